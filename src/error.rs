@@ -1,0 +1,40 @@
+//! The error a wait can end with.
+
+use core::fmt;
+
+/// Why a [`get`](crate::AwaitMap::get) or [`take`](crate::AwaitMap::take)
+/// ended without a value.
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, WaitError};
+///
+/// let map: AwaitMap<u32, &str> = AwaitMap::new();
+/// map.close();
+/// let err = futures::executor::block_on(map.get(&1)).unwrap_err();
+/// assert_eq!(err, WaitError::Closed);
+/// assert_eq!(err.to_string(), "the map was closed");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The map was [closed](crate::AwaitMap::close) while the key had no value.
+    Closed,
+    /// The wait was failed by [`cancel`](crate::AwaitMap::cancel).
+    Cancelled,
+    /// A `*_blocking_timeout` call ran out of time.
+    TimedOut,
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WaitError::Closed => "the map was closed",
+            WaitError::Cancelled => "the wait was cancelled",
+            WaitError::TimedOut => "the wait timed out",
+        })
+    }
+}
+
+impl core::error::Error for WaitError {}

@@ -1,0 +1,91 @@
+//! A keyed awaitable map: [`get`](AwaitMap::get) a key and await its value;
+//! the future resolves as soon as a producer [`insert`](AwaitMap::insert)s
+//! it, at once if it is already there.
+//!
+//! Producers fill the map in their own order, consumers ask in theirs.
+//! [`take`](AwaitMap::take) does the same but moves the value out: the
+//! request/response correlation an RPC client needs (send request `id`, await
+//! `take(&id)`, while the reader task inserts responses by id in whatever
+//! order they arrive, even before the request registered).
+//!
+//! ```
+//! use awaitmap::AwaitMap;
+//! use futures::executor::block_on;
+//!
+//! let responses = AwaitMap::new();
+//! let reply = responses.take(&7_u64); // registered on its first poll
+//! responses.insert(7, "pong");        // stores, then wakes the waiter
+//! assert_eq!(block_on(reply), Ok("pong"));
+//! assert!(responses.is_empty());      // `take` moved the value out
+//! ```
+//!
+//! # The model
+//!
+//! - **Store, then wake.** `insert` stores the value, then wakes every
+//!   waiting `get` of the key and the earliest waiting `take`. Wakers run
+//!   after the map's lock is released.
+//! - **Lazy, cancel-safe futures.** A future registers on its first poll and
+//!   deregisters when dropped; a `take` that was woken but dropped passes the
+//!   value on to the next `take`. Values are never lost or delivered twice.
+//! - **`cancel` vs `close`.** [`cancel`](AwaitMap::cancel) fails the current
+//!   waiters of one key and is forgotten; [`close`](AwaitMap::close) is
+//!   permanent and fails every wait on an absent key, now and later.
+//! - **What runs under the lock.** Only `K: Eq` and `V: Clone`. Hashing, key
+//!   clones, dropping keys and values, and waker clone/wake/drop happen after
+//!   the lock is released, so a waker may call back into the map.
+//! - **Happens-before.** Everything a producer did before `insert(k, v)` is
+//!   visible to the consumer whose future resolved with `v`.
+//!
+//! # Runtime-agnostic
+//!
+//! The futures are plain [`Future`](core::future::Future)s that store their
+//! waker per key: they work under tokio, smol, embassy, `futures::executor`,
+//! or a hand-written poll loop. With the `std` feature,
+//! [`get_blocking`](AwaitMap::get_blocking) and friends wait on a thread.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `std` | yes | the blocking API (`*_blocking`, `*_blocking_timeout`) |
+//!
+//! # `no_std`
+//!
+//! The crate is `#![no_std]` and needs `alloc`. Without `std` the map is
+//! guarded by a spin lock. On a single core, do not use the map from an
+//! interrupt handler that can interrupt code holding it: the handler would
+//! spin forever. [`get_owned`](AwaitMap::get_owned) and
+//! [`take_owned`](AwaitMap::take_owned) need `alloc::sync::Arc`, which exists
+//! on targets with atomic pointers.
+//!
+//! # When not to use it
+//!
+//! - One value, many readers, no key: `tokio::sync::watch` or a `OnceCell`.
+//! - One request, one response, no early arrival: a `oneshot` channel.
+//! - A cache with eviction and time-to-live: moka or quick_cache.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.85.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "std")]
+mod blocking;
+mod error;
+mod future;
+mod map;
+mod state;
+mod sync;
+mod waiters;
+
+pub use error::WaitError;
+pub use future::{Get, Take};
+#[cfg(target_has_atomic = "ptr")]
+pub use future::{GetOwned, TakeOwned};
+pub use hashbrown::{DefaultHashBuilder, Equivalent};
+pub use map::AwaitMap;

@@ -1,0 +1,713 @@
+//! [`AwaitMap`] and its methods.
+
+use core::fmt;
+use core::hash::{BuildHasher, Hash};
+use core::task::{Context, Poll};
+
+#[cfg(target_has_atomic = "ptr")]
+use alloc::sync::Arc;
+use alloc::borrow::ToOwned;
+use hashbrown::{DefaultHashBuilder, Equivalent};
+
+use crate::future::{Get, Take};
+#[cfg(target_has_atomic = "ptr")]
+use crate::future::{GetOwned, TakeOwned};
+use crate::state::{Mode, Phase, Prepared, Spill, State, Step};
+use crate::sync::Lock;
+use crate::waiters::{Kind, WakeBatch};
+use crate::WaitError;
+
+/// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
+/// return futures that resolve as soon as some producer
+/// [`insert`](Self::insert)s the key, at once if it is already there.
+///
+/// Every method takes `&self`; share the map by reference, in a `static`, or
+/// in an [`Arc`](alloc::sync::Arc) (then [`get_owned`](Self::get_owned) and
+/// [`take_owned`](Self::take_owned) give `'static` futures to spawn).
+///
+/// - [`get`](Self::get) resolves with a clone of the value and leaves it in
+///   the map: every waiting `get` of a key is woken by one `insert`.
+/// - [`take`](Self::take) moves the value out: one `insert` wakes one waiting
+///   `take` (the earliest registered), and the value goes to exactly one of
+///   them. This is the request/response pattern: await `take(&id)` while a
+///   reader task inserts responses by id, in any order, even before the
+///   request registered.
+/// - [`cancel`](Self::cancel) fails the waiters of one key, now;
+///   [`close`](Self::close) fails every waiter of an absent key, for good.
+///
+/// # Happens-before
+///
+/// Everything a producer did before `insert(k, v)` is visible to the consumer
+/// whose future for `k` resolved with `v`: both sides pass through the map's
+/// lock.
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::AwaitMap;
+/// use futures::executor::block_on;
+///
+/// let map = AwaitMap::new();
+/// let answer = map.get(&"answer");
+/// map.insert("answer", 42);
+/// assert_eq!(block_on(answer), Ok(42));
+/// assert_eq!(block_on(map.take(&"answer")), Ok(42));
+/// assert!(map.is_empty());
+/// ```
+///
+/// # Implementation notes
+///
+/// One lock (a spin lock; see the crate docs) guards a
+/// [`hashbrown::HashTable`] of entries and a slab of waiter nodes. Each entry
+/// stores its key's hash, computed before the lock is taken, so the only user
+/// code that runs under the lock is `K: Eq` and `V: Clone`; hashing, key
+/// clones, dropping keys and values, and every waker call (clone, wake, drop)
+/// happen after it is released. A future registers on its first `Pending`
+/// poll, owns one slab node identified by a never-reused sequence number, and
+/// frees it when it completes or is dropped; once the slab and table have
+/// grown to the peak number of waiters, waiting allocates nothing. Wake-ups
+/// go through an intrusive queue and are issued in batches of 16 with the
+/// lock released.
+pub struct AwaitMap<K, V, S = DefaultHashBuilder> {
+    hasher: S,
+    state: Lock<State<K, V>>,
+}
+
+impl<K, V> AwaitMap<K, V, DefaultHashBuilder> {
+    /// An empty map with the default hasher.
+    ///
+    /// The default hasher is seeded at run time, so `new` is not a `const fn`;
+    /// for a `static`, use [`with_hasher`](Self::with_hasher) with a hasher
+    /// that can be built in a constant.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u64, String> = awaitmap::AwaitMap::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_hasher(DefaultHashBuilder::default())
+    }
+
+    /// An empty map with room for `capacity` keys before its table grows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u64, u64> = awaitmap::AwaitMap::with_capacity(1024);
+    /// assert_eq!(map.len(), 0);
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacity_and_hasher(capacity, DefaultHashBuilder::default())
+    }
+}
+
+impl<K, V, S> AwaitMap<K, V, S> {
+    /// An empty map that hashes keys with `hasher`.
+    ///
+    /// This is a `const fn`: with a hasher that can be built in a constant,
+    /// the map can live in a `static`.
+    ///
+    /// Keys are hashed with `hasher`; if an attacker chooses the keys, use a
+    /// keyed hasher (the default one is fast but not HashDoS-resistant, and
+    /// on `no_std` its seed is fixed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::AwaitMap;
+    /// use core::hash::BuildHasherDefault;
+    /// use std::collections::hash_map::DefaultHasher;
+    ///
+    /// static REPLIES: AwaitMap<u32, u32, BuildHasherDefault<DefaultHasher>> =
+    ///     AwaitMap::with_hasher(BuildHasherDefault::new());
+    ///
+    /// REPLIES.insert(7, 49);
+    /// assert_eq!(REPLIES.try_get(&7), Some(49));
+    /// ```
+    pub const fn with_hasher(hasher: S) -> Self {
+        AwaitMap {
+            hasher,
+            state: Lock::new(State::new()),
+        }
+    }
+
+    /// An empty map with room for `capacity` keys, hashing with `hasher`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::AwaitMap;
+    /// use hashbrown::DefaultHashBuilder;
+    ///
+    /// let map: AwaitMap<u8, u8> = AwaitMap::with_capacity_and_hasher(16, DefaultHashBuilder::default());
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
+        AwaitMap {
+            hasher,
+            state: Lock::new(State::with_capacity(capacity)),
+        }
+    }
+
+    /// The map's hasher.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::hash::BuildHasher;
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// let _h = map.hasher().hash_one(1u8);
+    /// ```
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// The number of stored values (waiting futures are not counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, "one");
+    /// let _waiting = map.get(&2);
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.state.with(|st| st.len())
+    }
+
+    /// Whether the map stores no value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// assert!(map.is_empty());
+    /// map.insert(1, 1);
+    /// assert!(!map.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of futures registered as waiting, over all keys.
+    ///
+    /// A future registers when a poll returns `Pending` and deregisters when
+    /// it completes or is dropped. While no future has been woken and not yet
+    /// polled, this is exactly the number of futures that are waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    ///
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// let mut fut = map.get(&1);
+    /// assert_eq!(map.waiters(), 0); // lazy: nothing until polled
+    /// assert!((&mut fut).now_or_never().is_none());
+    /// assert_eq!(map.waiters(), 1);
+    /// drop(fut);
+    /// assert_eq!(map.waiters(), 0);
+    /// ```
+    pub fn waiters(&self) -> usize {
+        self.state.with(|st| st.slab.live())
+    }
+
+    /// Closes the map, for good; calling it again does nothing.
+    ///
+    /// Every waiting future whose key has no value for it resolves
+    /// `Err(WaitError::Closed)`, and so does every later `get` or `take` of an
+    /// absent key, on its first poll. Futures of present keys still resolve
+    /// `Ok`. [`insert`](Self::insert) keeps storing values after `close`, so
+    /// nothing handed to the map is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::{AwaitMap, WaitError};
+    /// use futures::executor::block_on;
+    ///
+    /// let map = AwaitMap::new();
+    /// map.insert("here", 1);
+    /// map.close();
+    /// assert_eq!(block_on(map.get(&"here")), Ok(1));
+    /// assert_eq!(block_on(map.get(&"absent")), Err(WaitError::Closed));
+    /// ```
+    pub fn close(&self) {
+        let more = self.state.with(|st| {
+            st.close();
+            st.slab.has_queued()
+        });
+        if more {
+            self.drain();
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// assert!(!map.is_closed());
+    /// map.close();
+    /// assert!(map.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.state.with(|st| st.is_closed())
+    }
+
+    /// Wakes the queued wakers, a batch at a time, with the lock released.
+    fn drain(&self) {
+        let mut batch = WakeBatch::new();
+        loop {
+            self.state.with(|st| st.slab.pop_batch(&mut batch));
+            if batch.is_empty() {
+                return;
+            }
+            batch.wake_all();
+        }
+    }
+
+    /// Deregisters a future that is dropped before it completed.
+    pub(crate) fn abandon(&self, kind: Kind, core: &mut Core) {
+        if let Phase::Registered { slot, seq, entry } = core.phase {
+            core.phase = Phase::Done;
+            let mut spill = Spill::new();
+            let more = self.state.with(|st| {
+                st.deregister(kind, core.hash, slot, seq, entry, &mut spill);
+                st.slab.has_queued()
+            });
+            drop(spill);
+            if more {
+                self.drain();
+            }
+        }
+    }
+}
+
+impl<K, V, S> AwaitMap<K, V, S>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+{
+    /// Stores `value` under `key`, then wakes every waiting
+    /// [`get`](Self::get) of the key and one waiting [`take`](Self::take)
+    /// (the earliest registered). Returns the value it replaced.
+    ///
+    /// The wakers run after the map's lock is released. After
+    /// [`close`](Self::close), `insert` still stores the value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// assert_eq!(map.insert(1, "a"), None);
+    /// assert_eq!(map.insert(1, "b"), Some("a"));
+    /// ```
+    pub fn insert(&self, key: K, value: V) -> Option<V> {
+        let hash = self.hasher.hash_one(&key);
+        let mut key = Some(key);
+        let mut value = Some(value);
+        let mut batch = WakeBatch::new();
+        let (old, more) = self.state.with(|st| {
+            let old = st.insert(hash, &mut key, &mut value, |a, b| a == b);
+            st.slab.pop_batch(&mut batch);
+            (old, st.slab.has_queued())
+        });
+        drop(key);
+        batch.wake_all();
+        if more {
+            self.drain();
+        }
+        old
+    }
+
+    /// A future that resolves with a clone of the key's value, as soon as it
+    /// has one; the value stays in the map.
+    ///
+    /// The future does nothing until polled. On its first poll it resolves at
+    /// once if the key has a value; otherwise it registers and waits for an
+    /// [`insert`](Self::insert). `key` may be any borrowed form of `K`
+    /// (`&str` for `String` keys).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Closed`] if the map is closed while the key has no value,
+    /// [`WaitError::Cancelled`] if [`cancel`](Self::cancel) fails the wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future deregisters it and loses nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::AwaitMap;
+    /// use futures::executor::block_on;
+    ///
+    /// let map: AwaitMap<String, u32> = AwaitMap::new();
+    /// map.insert("alpha".to_string(), 1);
+    /// assert_eq!(block_on(map.get("alpha")), Ok(1));
+    /// assert_eq!(map.len(), 1);
+    /// ```
+    pub fn get<'a, Q>(&'a self, key: &'a Q) -> Get<'a, K, V, S, Q>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+        V: Clone,
+    {
+        Get::new(self, key)
+    }
+
+    /// A future that resolves with the key's value, moving it out of the map.
+    ///
+    /// One [`insert`](Self::insert) wakes one waiting `take` (the earliest
+    /// registered) and the value goes to exactly one `take`. Like
+    /// [`get`](Self::get), the future is lazy and resolves at once if the key
+    /// has a value.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Closed`] if the map is closed while the key has no value
+    /// for this `take`, [`WaitError::Cancelled`] if [`cancel`](Self::cancel)
+    /// fails the wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a `take` dropped after it was woken but before it returned
+    /// the value leaves the value in the map and passes the wake-up on to the
+    /// next waiting `take` of the key. A value is never lost and never
+    /// delivered twice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::AwaitMap;
+    /// use futures::executor::block_on;
+    ///
+    /// let map = AwaitMap::new();
+    /// let reply = map.take(&17_u64);
+    /// map.insert(17, "pong");
+    /// assert_eq!(block_on(reply), Ok("pong"));
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn take<'a, Q>(&'a self, key: &'a Q) -> Take<'a, K, V, S, Q>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        Take::new(self, key)
+    }
+
+    /// A clone of the key's value, if it has one; never waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, 10);
+    /// assert_eq!(map.try_get(&1), Some(10));
+    /// assert_eq!(map.try_get(&2), None);
+    /// ```
+    pub fn try_get<Q>(&self, key: &Q) -> Option<V>
+    where
+        Q: ?Sized + Hash + Equivalent<K>,
+        V: Clone,
+    {
+        let hash = self.hasher.hash_one(key);
+        self.state.with(|st| {
+            st.value_mut(hash, |k| key.equivalent(k))
+                .and_then(|v| v.clone())
+        })
+    }
+
+    /// Whether the key has a value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert("k", ());
+    /// assert!(map.contains_key("k"));
+    /// assert!(!map.contains_key("other"));
+    /// ```
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        Q: ?Sized + Hash + Equivalent<K>,
+    {
+        let hash = self.hasher.hash_one(key);
+        self.state.with(|st| {
+            st.value_mut(hash, |k| key.equivalent(k))
+                .is_some_and(|v| v.is_some())
+        })
+    }
+
+    /// Takes the key's value out of the map, if it has one; never waits.
+    /// Futures waiting on the key are not affected and keep waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, "a");
+    /// assert_eq!(map.remove(&1), Some("a"));
+    /// assert_eq!(map.remove(&1), None);
+    /// ```
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        Q: ?Sized + Hash + Equivalent<K>,
+    {
+        let hash = self.hasher.hash_one(key);
+        let mut spill = Spill::new();
+        self.state
+            .with(|st| st.remove(hash, |k| key.equivalent(k), &mut spill))
+    }
+
+    /// Fails the futures waiting on `key` right now with
+    /// `Err(WaitError::Cancelled)` and returns how many.
+    ///
+    /// Futures that would resolve `Ok` if polled now (the key has a value for
+    /// them) are left alone. Not sticky: a `get` or `take` of the key made
+    /// afterwards waits as usual. For a lasting per-key failure, store a
+    /// `Result` as the value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::{AwaitMap, WaitError};
+    /// use futures::{FutureExt, executor::block_on};
+    ///
+    /// let map: AwaitMap<u8, u8> = AwaitMap::new();
+    /// let mut waiting = map.get(&1);
+    /// assert!((&mut waiting).now_or_never().is_none());
+    /// assert_eq!(map.cancel(&1), 1);
+    /// assert_eq!(block_on(waiting), Err(WaitError::Cancelled));
+    /// ```
+    pub fn cancel<Q>(&self, key: &Q) -> usize
+    where
+        Q: ?Sized + Hash + Equivalent<K>,
+    {
+        let hash = self.hasher.hash_one(key);
+        let mut spill = Spill::new();
+        let mut batch = WakeBatch::new();
+        let (n, more) = self.state.with(|st| {
+            let n = st.cancel(hash, |k| key.equivalent(k), &mut spill);
+            st.slab.pop_batch(&mut batch);
+            (n, st.slab.has_queued())
+        });
+        drop(spill);
+        batch.wake_all();
+        if more {
+            self.drain();
+        }
+        n
+    }
+
+    /// Polls a `get` or `take` future: the logic all four futures share.
+    pub(crate) fn poll_wait<M, Q>(
+        &self,
+        core: &mut Core,
+        key: &Q,
+        cx: &mut Context<'_>,
+        what: &'static str,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        M: Mode<V>,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        match core.phase {
+            Phase::Init => core.hash = self.hasher.hash_one(key),
+            Phase::Registered { .. } => {}
+            Phase::Done => panic!("`{what}` polled after it returned `Ready`"),
+        }
+        let mut prep = Prepared {
+            waker: None,
+            key: None,
+        };
+        loop {
+            let mut spill = Spill::new();
+            let step = self.state.with(|st| {
+                st.poll::<M>(
+                    &mut core.phase,
+                    core.hash,
+                    |k| key.equivalent(k),
+                    cx.waker(),
+                    &mut prep,
+                    &mut spill,
+                )
+            });
+            drop(spill);
+            match step {
+                Step::Ready(r) => {
+                    core.phase = Phase::Done;
+                    return Poll::Ready(r);
+                }
+                Step::Pending => return Poll::Pending,
+                Step::Need { key: need_key } => {
+                    // User code (waker clone, key conversion): outside the lock.
+                    if prep.waker.is_none() {
+                        prep.waker = Some(cx.waker().clone());
+                    }
+                    if need_key && prep.key.is_none() {
+                        prep.key = Some(key.to_owned().into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl<K, V, S> AwaitMap<K, V, S>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+{
+    /// Like [`get`](Self::get), but the future holds its own clone of the
+    /// `Arc` and an owned key, so it is `'static` and can be spawned.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get`](Self::get): dropping the future deregisters it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use awaitmap::AwaitMap;
+    ///
+    /// let map = Arc::new(AwaitMap::new());
+    /// let waiter = std::thread::spawn({
+    ///     let fut = map.get_owned(&1);
+    ///     move || futures::executor::block_on(fut)
+    /// });
+    /// map.insert(1, "one");
+    /// assert_eq!(waiter.join().unwrap(), Ok("one"));
+    /// ```
+    pub fn get_owned<Q>(self: &Arc<Self>, key: &Q) -> GetOwned<K, V, S>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+        K: Clone,
+        V: Clone,
+    {
+        GetOwned::new(Arc::clone(self), key.to_owned().into())
+    }
+
+    /// Like [`take`](Self::take), but the future holds its own clone of the
+    /// `Arc` and an owned key, so it is `'static` and can be spawned.
+    ///
+    /// # Errors
+    ///
+    /// As [`take`](Self::take).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`take`](Self::take): a woken future dropped before it returned the
+    /// value passes the wake-up on; the value stays in the map.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use awaitmap::AwaitMap;
+    ///
+    /// let map = Arc::new(AwaitMap::new());
+    /// let fut = map.take_owned(&5_u32);
+    /// map.insert(5, vec![1, 2, 3]);
+    /// assert_eq!(futures::executor::block_on(fut), Ok(vec![1, 2, 3]));
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn take_owned<Q>(self: &Arc<Self>, key: &Q) -> TakeOwned<K, V, S>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+        K: Clone,
+    {
+        TakeOwned::new(Arc::clone(self), key.to_owned().into())
+    }
+}
+
+/// A future's bookkeeping: its key's hash (valid once polled) and its phase.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) hash: u64,
+    pub(crate) phase: Phase,
+}
+
+impl Core {
+    pub(crate) const fn new() -> Self {
+        Core {
+            hash: 0,
+            phase: Phase::Init,
+        }
+    }
+
+    pub(crate) fn is_registered(&self) -> bool {
+        matches!(self.phase, Phase::Registered { .. })
+    }
+}
+
+impl<K, V, S: Default> Default for AwaitMap<K, V, S> {
+    /// An empty map with the hasher's default.
+    fn default() -> Self {
+        Self::with_hasher(S::default())
+    }
+}
+
+impl<K, V, S> fmt::Debug for AwaitMap<K, V, S> {
+    /// Prints the counts, never the keys or values, and never waits for the
+    /// lock: `AwaitMap { <locked> }` if it is busy.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = self
+            .state
+            .try_with(|st| (st.len(), st.slab.live(), st.is_closed()));
+        match counts {
+            Some((len, waiters, closed)) => f
+                .debug_struct("AwaitMap")
+                .field("len", &len)
+                .field("waiters", &waiters)
+                .field("closed", &closed)
+                .finish(),
+            None => f.write_str("AwaitMap { <locked> }"),
+        }
+    }
+}
+
+impl<K, V, S> Extend<(K, V)> for AwaitMap<K, V, S>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+{
+    /// Inserts each pair, waking waiters as [`insert`](Self::insert) does.
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K, V, S> FromIterator<(K, V)> for AwaitMap<K, V, S>
+where
+    K: Eq + Hash,
+    S: BuildHasher + Default,
+{
+    /// A map holding the pairs; a later pair replaces an earlier one with an
+    /// equal key.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let map = Self::with_capacity_and_hasher(iter.size_hint().0, S::default());
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}

@@ -1,0 +1,501 @@
+//! The map's state under the lock: the table of entries and the waiter slab.
+//!
+//! Everything here runs with the lock held, so nothing here may call user
+//! code other than `K: Eq` (through the `eq` closures) and `V: Clone` (through
+//! [`Mode::extract`]). Where those may panic, they run before any mutation, so
+//! a panic leaves the state consistent. Keys, values and wakers that must be
+//! dropped leave through [`Spill`] and are dropped by the caller after the
+//! lock is released.
+
+use core::task::Waker;
+
+use hashbrown::HashTable;
+
+use crate::WaitError;
+use crate::waiters::{Kind, List, NIL, NodeState, Slab};
+
+/// One key: its stored value and its waiting futures. An entry exists only
+/// while it has a value or at least one `Waiting` node.
+pub(crate) struct Entry<K, V> {
+    /// `S::hash_one` of the key, computed outside the lock. A resize rehashes
+    /// from it, so user `Hash` code never runs under the lock.
+    hash: u64,
+    /// Never reused: registered futures find their entry by `(hash, id)`, with
+    /// no call to user `Eq`.
+    id: u64,
+    key: K,
+    value: Option<V>,
+    gets: List,
+    takes: List,
+    /// The take that was woken to receive the current value, if any. It is
+    /// the head of `takes` (the earliest registered) whenever it is set.
+    baton: u32,
+}
+
+impl<K, V> Entry<K, V> {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.value.is_none() && self.gets.is_empty() && self.takes.is_empty()
+    }
+
+    fn list(&mut self, kind: Kind) -> &mut List {
+        match kind {
+            Kind::Get => &mut self.gets,
+            Kind::Take => &mut self.takes,
+        }
+    }
+}
+
+/// Things to drop once the lock is released.
+pub(crate) struct Spill<K> {
+    pub(crate) key: Option<K>,
+    pub(crate) waker: Option<Waker>,
+}
+
+impl<K> Spill<K> {
+    #[inline]
+    pub(crate) const fn new() -> Self {
+        Spill {
+            key: None,
+            waker: None,
+        }
+    }
+}
+
+/// What a future has prepared outside the lock for registering.
+pub(crate) struct Prepared<K> {
+    pub(crate) waker: Option<Waker>,
+    pub(crate) key: Option<K>,
+}
+
+/// How a future reads the value: `get` clones it, `take` moves it out.
+pub(crate) trait Mode<V> {
+    const KIND: Kind;
+    fn extract(slot: &mut Option<V>) -> Option<V>;
+}
+
+/// `get`: the value stays in the map.
+#[derive(Debug)]
+pub(crate) struct GetMode;
+/// `take`: the value leaves the map.
+#[derive(Debug)]
+pub(crate) struct TakeMode;
+
+impl<V: Clone> Mode<V> for GetMode {
+    const KIND: Kind = Kind::Get;
+    #[inline]
+    fn extract(slot: &mut Option<V>) -> Option<V> {
+        slot.clone()
+    }
+}
+
+impl<V> Mode<V> for TakeMode {
+    const KIND: Kind = Kind::Take;
+    #[inline]
+    fn extract(slot: &mut Option<V>) -> Option<V> {
+        slot.take()
+    }
+}
+
+/// Where a future stands.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Phase {
+    /// Not polled yet (or polled only to `Ready`): the map knows nothing of it.
+    Init,
+    /// Holds a node in the slab.
+    Registered { slot: u32, seq: u64, entry: u64 },
+    /// Returned `Ready`.
+    Done,
+}
+
+/// The outcome of one locked poll step.
+pub(crate) enum Step<V> {
+    Ready(Result<V, WaitError>),
+    Pending,
+    /// Registration needs a waker clone (and an owned key if `key`): the
+    /// caller makes them outside the lock and polls again.
+    Need {
+        key: bool,
+    },
+}
+
+pub(crate) struct State<K, V> {
+    table: HashTable<Entry<K, V>>,
+    pub(crate) slab: Slab,
+    len: usize,
+    next_id: u64,
+    closed: bool,
+}
+
+impl<K, V> State<K, V> {
+    pub(crate) const fn new() -> Self {
+        State {
+            table: HashTable::new(),
+            slab: Slab::new(),
+            len: 0,
+            next_id: 0,
+            closed: false,
+        }
+    }
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        State {
+            table: HashTable::with_capacity(n),
+            ..Self::new()
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The value slot of the key, if the key has an entry.
+    #[inline]
+    pub(crate) fn value_mut(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+    ) -> Option<&mut Option<V>> {
+        let mut eq = eq;
+        self.table
+            .find_mut(hash, |e| e.hash == hash && eq(&e.key))
+            .map(|e| &mut e.value)
+    }
+
+    /// Stores `value`, then queues the wake-ups it is due: every waiting
+    /// `get` and, unless one holds it already, the earliest waiting `take`.
+    /// Returns the replaced value; the key stays in `key` if the entry
+    /// existed. Key and value are taken from their options only after the
+    /// last `eq` call, so a panicking `Eq` drops neither under the lock.
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        mut eq: impl FnMut(&K, &K) -> bool,
+    ) -> Option<V> {
+        let probe = key.as_ref().expect("insert without a key");
+        let found = self
+            .table
+            .find_mut(hash, |e| e.hash == hash && eq(probe, &e.key));
+        match found {
+            Some(e) => {
+                let old = e.value.replace(value.take().expect("insert without a value"));
+                if old.is_none() {
+                    self.len += 1;
+                }
+                let mut slot = e.gets.head;
+                while slot != NIL {
+                    self.slab.enqueue(slot);
+                    slot = self.slab.next_of(slot);
+                }
+                if e.baton == NIL && !e.takes.is_empty() {
+                    e.baton = e.takes.head;
+                    self.slab.enqueue(e.baton);
+                }
+                old
+            }
+            None => {
+                let id = self.fresh_id();
+                let entry = Entry {
+                    hash,
+                    id,
+                    key: key.take().expect("insert without a key"),
+                    value: value.take(),
+                    gets: List::EMPTY,
+                    takes: List::EMPTY,
+                    baton: NIL,
+                };
+                self.table.insert_unique(hash, entry, |e| e.hash);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes the value out (`remove`); waiting futures keep waiting.
+    pub(crate) fn remove(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        spill: &mut Spill<K>,
+    ) -> Option<V> {
+        let mut eq = eq;
+        let Ok(mut occ) = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && eq(&e.key))
+        else {
+            return None;
+        };
+        let value = occ.get_mut().value.take()?;
+        self.len -= 1;
+        if occ.get().is_empty() {
+            spill.key = Some(occ.remove().0.key);
+        }
+        Some(value)
+    }
+
+    /// Fails the futures waiting on the key that would not resolve if polled
+    /// now; returns how many.
+    pub(crate) fn cancel(
+        &mut self,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        spill: &mut Spill<K>,
+    ) -> usize {
+        let mut eq = eq;
+        let Ok(mut occ) = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && eq(&e.key))
+        else {
+            return 0;
+        };
+        let e = occ.get_mut();
+        let mut count = 0;
+        // With a value present every waiting `get` resolves when polled, and
+        // so does the `take` holding the baton: those are left alone.
+        if e.value.is_none() {
+            while e.gets.head != NIL {
+                let slot = e.gets.head;
+                self.slab.unlink(&mut e.gets, slot);
+                self.slab.set_cancelled(slot);
+                self.slab.enqueue(slot);
+                count += 1;
+            }
+        }
+        let keep = if e.value.is_some() { e.baton } else { NIL };
+        let mut slot = e.takes.head;
+        while slot != NIL {
+            let next = self.slab.next_of(slot);
+            if slot != keep {
+                self.slab.unlink(&mut e.takes, slot);
+                self.slab.set_cancelled(slot);
+                self.slab.enqueue(slot);
+                count += 1;
+            }
+            slot = next;
+        }
+        e.baton = keep;
+        if e.is_empty() {
+            spill.key = Some(occ.remove().0.key);
+        }
+        count
+    }
+
+    /// Closes the map and queues every waiting future; each resolves
+    /// `Err(Closed)` on its next poll unless its key has a value for it.
+    pub(crate) fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.slab.enqueue_all_waiting();
+        }
+    }
+
+    /// One poll of a `get` or `take` future, under the lock.
+    #[inline]
+    pub(crate) fn poll<M: Mode<V>>(
+        &mut self,
+        phase: &mut Phase,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        cx_waker: &Waker,
+        prep: &mut Prepared<K>,
+        spill: &mut Spill<K>,
+    ) -> Step<V> {
+        match *phase {
+            Phase::Init => self.poll_first::<M>(phase, hash, eq, prep, spill),
+            Phase::Registered { slot, seq, entry } => {
+                self.poll_registered::<M>(phase, hash, slot, seq, entry, cx_waker, prep, spill)
+            }
+            Phase::Done => unreachable!("checked by the future"),
+        }
+    }
+
+    #[inline]
+    fn poll_first<M: Mode<V>>(
+        &mut self,
+        phase: &mut Phase,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        prep: &mut Prepared<K>,
+        spill: &mut Spill<K>,
+    ) -> Step<V> {
+        let found = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && eq(&e.key));
+        match found {
+            Ok(mut occ) => {
+                let e = occ.get_mut();
+                if e.value.is_some() {
+                    let v = M::extract(&mut e.value);
+                    if M::KIND == Kind::Take {
+                        self.len -= 1;
+                        if occ.get().is_empty() {
+                            spill.key = Some(occ.remove().0.key);
+                        }
+                    }
+                    return Step::Ready(v.ok_or(WaitError::Closed));
+                }
+                if self.closed {
+                    return Step::Ready(Err(WaitError::Closed));
+                }
+                let Some(waker) = prep.waker.take() else {
+                    return Step::Need { key: false };
+                };
+                let seq = self.next_id;
+                self.next_id += 1;
+                let slot = self.slab.alloc(seq, waker);
+                let e = occ.into_mut();
+                self.slab.push_back(e.list(M::KIND), slot);
+                *phase = Phase::Registered {
+                    slot,
+                    seq,
+                    entry: e.id,
+                };
+                Step::Pending
+            }
+            Err(_) => {
+                if self.closed {
+                    return Step::Ready(Err(WaitError::Closed));
+                }
+                if prep.waker.is_none() || prep.key.is_none() {
+                    return Step::Need { key: true };
+                }
+                let (Some(waker), Some(key)) = (prep.waker.take(), prep.key.take()) else {
+                    unreachable!()
+                };
+                let id = self.fresh_id();
+                let seq = self.fresh_id();
+                let slot = self.slab.alloc(seq, waker);
+                let mut entry = Entry {
+                    hash,
+                    id,
+                    key,
+                    value: None,
+                    gets: List::EMPTY,
+                    takes: List::EMPTY,
+                    baton: NIL,
+                };
+                self.slab.push_back(entry.list(M::KIND), slot);
+                self.table.insert_unique(hash, entry, |e| e.hash);
+                *phase = Phase::Registered {
+                    slot,
+                    seq,
+                    entry: id,
+                };
+                Step::Pending
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn poll_registered<M: Mode<V>>(
+        &mut self,
+        phase: &mut Phase,
+        hash: u64,
+        slot: u32,
+        seq: u64,
+        entry: u64,
+        cx_waker: &Waker,
+        prep: &mut Prepared<K>,
+        spill: &mut Spill<K>,
+    ) -> Step<V> {
+        if self.slab.node(slot, seq).state() == NodeState::Cancelled {
+            spill.waker = self.slab.free(slot);
+            return Step::Ready(Err(WaitError::Cancelled));
+        }
+        let Ok(mut occ) = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && e.id == entry)
+        else {
+            unreachable!("awaitmap: a waiting future's entry is missing (internal invariant broken)")
+        };
+        let e = occ.get_mut();
+        let mine = match M::KIND {
+            Kind::Get => e.value.is_some(),
+            Kind::Take => e.value.is_some() && (e.baton == slot || e.baton == NIL),
+        };
+        if mine || self.closed {
+            // `extract` may run user `Clone`: before any mutation.
+            let v = if mine { M::extract(&mut e.value) } else { None };
+            self.slab.unlink(e.list(M::KIND), slot);
+            if M::KIND == Kind::Take {
+                if mine {
+                    self.len -= 1;
+                }
+                if e.baton == slot {
+                    e.baton = NIL;
+                }
+            }
+            spill.waker = self.slab.free(slot);
+            if occ.get().is_empty() {
+                spill.key = Some(occ.remove().0.key);
+            }
+            *phase = Phase::Done;
+            return Step::Ready(v.ok_or(WaitError::Closed));
+        }
+        if M::KIND == Kind::Take && e.baton == slot {
+            // Woken for a value that is gone again: wait on, still first in
+            // line, and let the next insert hand the baton back.
+            e.baton = NIL;
+        }
+        if self.slab.will_wake(slot, cx_waker) {
+            return Step::Pending;
+        }
+        match prep.waker.take() {
+            Some(w) => {
+                spill.waker = self.slab.replace_waker(slot, w);
+                Step::Pending
+            }
+            None => Step::Need { key: false },
+        }
+    }
+
+    /// Deregisters a dropped future. A `take` holding the baton passes it to
+    /// the next waiting `take` if the value is still there (semantic 6).
+    pub(crate) fn deregister(
+        &mut self,
+        kind: Kind,
+        hash: u64,
+        slot: u32,
+        seq: u64,
+        entry: u64,
+        spill: &mut Spill<K>,
+    ) {
+        if self.slab.node(slot, seq).state() == NodeState::Waiting {
+            let Ok(mut occ) = self
+                .table
+                .find_entry(hash, |e| e.hash == hash && e.id == entry)
+            else {
+                unreachable!(
+                    "awaitmap: a waiting future's entry is missing (internal invariant broken)"
+                )
+            };
+            let e = occ.get_mut();
+            self.slab.unlink(e.list(kind), slot);
+            if e.baton == slot {
+                e.baton = NIL;
+                if e.value.is_some() && !e.takes.is_empty() {
+                    e.baton = e.takes.head;
+                    self.slab.enqueue(e.baton);
+                }
+            }
+            if e.is_empty() {
+                spill.key = Some(occ.remove().0.key);
+            }
+        }
+        spill.waker = self.slab.free(slot);
+    }
+}

@@ -1,0 +1,321 @@
+//! Waiter storage: a slab of nodes the map owns, the per-key lists threaded
+//! through it, and the map-wide queue of nodes whose wakers are due.
+//!
+//! Invariants (all under the map's lock):
+//! - A node is `Free`, `Waiting`, `Cancelled` or `Zombie`.
+//! - A `Waiting` node is linked in exactly one list (the `gets` or `takes` list
+//!   of the entry it registered on) and stays in it until its future finishes.
+//!   Nodes never move between entries.
+//! - A `Cancelled` node is in no list; its future learns the outcome on its
+//!   next poll and then frees the node.
+//! - A `Waiting` node whose `waker` is `None` has been woken since it last
+//!   stored a waker, so its future will poll again: enqueuing it is a no-op.
+//! - A node is in the wake queue at most once (`queued`). A node freed while
+//!   queued becomes a `Zombie`; the queue's consumer returns it to the free
+//!   list, so a slot is never reused while the queue still names it.
+//! - Every registration gets a fresh `seq` from a map-wide 64-bit counter and
+//!   futures name their node by `(slot, seq)`, so a stale handle can never
+//!   reach another future's node.
+
+use alloc::vec::Vec;
+use core::task::Waker;
+
+/// The "no node" link.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// How many wakers are moved out of the lock at once; the rest wait in the
+/// queue for the next round, so no wake-up needs an allocation.
+const BATCH: usize = 16;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Get,
+    Take,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum NodeState {
+    Free,
+    Waiting,
+    Cancelled,
+    Zombie,
+}
+
+pub(crate) struct Node {
+    waker: Option<Waker>,
+    seq: u64,
+    prev: u32,
+    /// The next node of the same list; the next free slot while `Free`.
+    next: u32,
+    wq_next: u32,
+    state: NodeState,
+    queued: bool,
+}
+
+impl Node {
+    #[inline]
+    pub(crate) fn state(&self) -> NodeState {
+        self.state
+    }
+}
+
+/// A doubly linked list of nodes, threaded through the slab.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct List {
+    pub(crate) head: u32,
+    tail: u32,
+}
+
+impl List {
+    pub(crate) const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+}
+
+pub(crate) struct Slab {
+    nodes: Vec<Node>,
+    free: u32,
+    /// Nodes owned by a future: `Waiting` or `Cancelled`.
+    live: usize,
+    wq_head: u32,
+    wq_tail: u32,
+}
+
+impl Slab {
+    pub(crate) const fn new() -> Self {
+        Slab {
+            nodes: Vec::new(),
+            free: NIL,
+            live: 0,
+            wq_head: NIL,
+            wq_tail: NIL,
+        }
+    }
+
+    /// The number of registered futures (see `AwaitMap::waiters`).
+    #[inline]
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Allocates a `Waiting` node holding `waker`. Reuses a free slot; grows
+    /// the slab (the only allocation here) only past the peak so far.
+    pub(crate) fn alloc(&mut self, seq: u64, waker: Waker) -> u32 {
+        let node = Node {
+            waker: Some(waker),
+            seq,
+            prev: NIL,
+            next: NIL,
+            wq_next: NIL,
+            state: NodeState::Waiting,
+            queued: false,
+        };
+        self.live += 1;
+        if self.free != NIL {
+            let slot = self.free;
+            let n = &mut self.nodes[slot as usize];
+            debug_assert_eq!(n.state, NodeState::Free);
+            self.free = n.next;
+            *n = node;
+            slot
+        } else {
+            let slot = u32::try_from(self.nodes.len())
+                .ok()
+                .filter(|&s| s != NIL)
+                .expect("awaitmap: more than u32::MAX - 1 waiters at once");
+            self.nodes.push(node);
+            slot
+        }
+    }
+
+    /// The node a future registered, checked against its `seq`.
+    #[inline]
+    pub(crate) fn node(&self, slot: u32, seq: u64) -> &Node {
+        let n = &self.nodes[slot as usize];
+        assert!(
+            n.seq == seq && matches!(n.state, NodeState::Waiting | NodeState::Cancelled),
+            "awaitmap: a future's waiter slot was reused (internal invariant broken)"
+        );
+        n
+    }
+
+    #[inline]
+    fn node_mut(&mut self, slot: u32) -> &mut Node {
+        &mut self.nodes[slot as usize]
+    }
+
+    /// Gives the slot back and returns its waker, to be dropped after the
+    /// lock is released. The node must be in no list.
+    pub(crate) fn free(&mut self, slot: u32) -> Option<Waker> {
+        self.live -= 1;
+        let n = &mut self.nodes[slot as usize];
+        let waker = n.waker.take();
+        if n.queued {
+            n.state = NodeState::Zombie;
+        } else {
+            n.state = NodeState::Free;
+            n.next = self.free;
+            self.free = slot;
+        }
+        waker
+    }
+
+    pub(crate) fn push_back(&mut self, list: &mut List, slot: u32) {
+        let tail = list.tail;
+        {
+            let n = self.node_mut(slot);
+            n.prev = tail;
+            n.next = NIL;
+        }
+        if tail == NIL {
+            list.head = slot;
+        } else {
+            self.node_mut(tail).next = slot;
+        }
+        list.tail = slot;
+    }
+
+    pub(crate) fn unlink(&mut self, list: &mut List, slot: u32) {
+        let (prev, next) = {
+            let n = self.node_mut(slot);
+            let links = (n.prev, n.next);
+            n.prev = NIL;
+            n.next = NIL;
+            links
+        };
+        if prev == NIL {
+            list.head = next;
+        } else {
+            self.node_mut(prev).next = next;
+        }
+        if next == NIL {
+            list.tail = prev;
+        } else {
+            self.node_mut(next).prev = prev;
+        }
+    }
+
+    /// The node after `slot` in its list.
+    #[inline]
+    pub(crate) fn next_of(&self, slot: u32) -> u32 {
+        self.nodes[slot as usize].next
+    }
+
+    /// Marks a node cancelled; the caller has unlinked it already.
+    pub(crate) fn set_cancelled(&mut self, slot: u32) {
+        self.node_mut(slot).state = NodeState::Cancelled;
+    }
+
+    /// Whether the node holds a waker that `waker` would wake anyway.
+    #[inline]
+    pub(crate) fn will_wake(&self, slot: u32, waker: &Waker) -> bool {
+        // `Waker::will_wake` compares pointers only: no user code runs.
+        self.nodes[slot as usize]
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(waker))
+    }
+
+    /// Stores a new waker and returns the old one (to drop after unlocking).
+    pub(crate) fn replace_waker(&mut self, slot: u32, waker: Waker) -> Option<Waker> {
+        self.node_mut(slot).waker.replace(waker)
+    }
+
+    /// Puts the node's waker on the wake queue. A node without a waker has
+    /// been woken already and will poll; a queued node is not queued twice.
+    pub(crate) fn enqueue(&mut self, slot: u32) {
+        let tail = self.wq_tail;
+        let n = self.node_mut(slot);
+        if n.queued || n.waker.is_none() {
+            return;
+        }
+        n.queued = true;
+        n.wq_next = NIL;
+        if tail == NIL {
+            self.wq_head = slot;
+        } else {
+            self.node_mut(tail).wq_next = slot;
+        }
+        self.wq_tail = slot;
+    }
+
+    /// Queues every node with a waker: used by `close`, which fails them all
+    /// on their next poll.
+    pub(crate) fn enqueue_all_waiting(&mut self) {
+        for slot in 0..self.nodes.len() {
+            if self.nodes[slot].state == NodeState::Waiting {
+                // `slot < nodes.len() <= u32::MAX` by `alloc`.
+                self.enqueue(slot as u32);
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has_queued(&self) -> bool {
+        self.wq_head != NIL
+    }
+
+    /// Moves up to a batch of due wakers out of the queue.
+    pub(crate) fn pop_batch(&mut self, batch: &mut WakeBatch) {
+        while batch.len < BATCH && self.wq_head != NIL {
+            let slot = self.wq_head;
+            let (next, zombie, waker) = {
+                let n = self.node_mut(slot);
+                n.queued = false;
+                (n.wq_next, n.state == NodeState::Zombie, n.waker.take())
+            };
+            self.wq_head = next;
+            if next == NIL {
+                self.wq_tail = NIL;
+            }
+            if zombie {
+                let free = self.free;
+                let n = self.node_mut(slot);
+                n.state = NodeState::Free;
+                n.next = free;
+                self.free = slot;
+            } else if let Some(w) = waker {
+                batch.wakers[batch.len] = Some(w);
+                batch.len += 1;
+            }
+        }
+    }
+}
+
+/// Wakers moved out from under the lock, woken after it is released.
+pub(crate) struct WakeBatch {
+    wakers: [Option<Waker>; BATCH],
+    len: usize,
+}
+
+impl WakeBatch {
+    pub(crate) const fn new() -> Self {
+        WakeBatch {
+            wakers: [const { None }; BATCH],
+            len: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Wakes and clears the batch. If a waker panics, the ones after it are
+    /// dropped without being woken; their futures still see the map's state
+    /// when they are next polled.
+    pub(crate) fn wake_all(&mut self) {
+        let len = core::mem::replace(&mut self.len, 0);
+        for w in &mut self.wakers[..len] {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+}
