@@ -31,7 +31,11 @@ macro_rules! debug_future {
 /// The future returned by [`AwaitMap::get`]: a clone of the key's value.
 ///
 /// Lazy (nothing happens until it is polled), `Unpin`, and deregistered when
-/// dropped. Polling it again after it returned `Ready` panics.
+/// dropped.
+///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics, as `std` futures do.
 ///
 /// # Cancel safety
 ///
@@ -56,8 +60,11 @@ pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K> {
 
 /// The future returned by [`AwaitMap::take`]: the key's value, moved out.
 ///
-/// Lazy, `Unpin`, and deregistered when dropped. Polling it again after it
-/// returned `Ready` panics.
+/// Lazy, `Unpin`, and deregistered when dropped.
+///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics, as `std` futures do.
 ///
 /// # Cancel safety
 ///
@@ -164,6 +171,10 @@ impl<K, V, S, Q: ?Sized> fmt::Debug for Take<'_, K, V, S, Q> {
 /// The future returned by [`AwaitMap::get_owned`]: like [`Get`], but it holds
 /// an `Arc` of the map and an owned key, so it is `'static`.
 ///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics, as `std` futures do.
+///
 /// # Cancel safety
 ///
 /// Cancel-safe, as [`Get`].
@@ -190,6 +201,10 @@ pub struct GetOwned<K, V, S = DefaultHashBuilder> {
 
 /// The future returned by [`AwaitMap::take_owned`]: like [`Take`], but it
 /// holds an `Arc` of the map and an owned key, so it is `'static`.
+///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics, as `std` futures do.
 ///
 /// # Cancel safety
 ///

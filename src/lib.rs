@@ -89,3 +89,8 @@ pub use future::{Get, Take};
 pub use future::{GetOwned, TakeOwned};
 pub use hashbrown::{DefaultHashBuilder, Equivalent};
 pub use map::AwaitMap;
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -300,6 +300,12 @@ where
     /// The wakers run after the map's lock is released. After
     /// [`close`](Self::close), `insert` still stores the value.
     ///
+    /// # Panics
+    ///
+    /// If a woken waker panics, the panic propagates out of `insert`; the
+    /// value is stored all the same, and futures whose wakers did not run
+    /// still see it when they are polled.
+    ///
     /// # Examples
     ///
     /// ```
