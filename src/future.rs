@@ -10,9 +10,9 @@ use core::hash::{BuildHasher, Hash};
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
+use alloc::borrow::ToOwned;
 #[cfg(target_has_atomic = "ptr")]
 use alloc::sync::Arc;
-use alloc::borrow::ToOwned;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 
 use crate::map::Core;

@@ -4,18 +4,18 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use core::task::{Context, Poll};
 
+use alloc::borrow::ToOwned;
 #[cfg(target_has_atomic = "ptr")]
 use alloc::sync::Arc;
-use alloc::borrow::ToOwned;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 
+use crate::WaitError;
 use crate::future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 use crate::future::{GetOwned, TakeOwned};
 use crate::state::{Mode, Phase, Prepared, Spill, State, Step};
 use crate::sync::Lock;
 use crate::waiters::{Kind, WakeBatch};
-use crate::WaitError;
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
 /// return futures that resolve as soon as some producer

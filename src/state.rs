@@ -192,7 +192,9 @@ impl<K, V> State<K, V> {
             .find_mut(hash, |e| e.hash == hash && eq(probe, &e.key));
         match found {
             Some(e) => {
-                let old = e.value.replace(value.take().expect("insert without a value"));
+                let old = e
+                    .value
+                    .replace(value.take().expect("insert without a value"));
                 if old.is_none() {
                     self.len += 1;
                 }
@@ -420,7 +422,9 @@ impl<K, V> State<K, V> {
             .table
             .find_entry(hash, |e| e.hash == hash && e.id == entry)
         else {
-            unreachable!("awaitmap: a waiting future's entry is missing (internal invariant broken)")
+            unreachable!(
+                "awaitmap: a waiting future's entry is missing (internal invariant broken)"
+            )
         };
         let e = occ.get_mut();
         let mine = match M::KIND {
