@@ -236,13 +236,13 @@ impl<K, V, S> AwaitMap<K, V, S> {
     /// assert_eq!(block_on(map.get(&"absent")), Err(WaitError::Closed));
     /// ```
     pub fn close(&self) {
+        let mut batch = WakeBatch::new();
         let more = self.state.with(|st| {
             st.close();
+            st.slab.pop_batch(&mut batch);
             st.slab.has_queued()
         });
-        if more {
-            self.drain();
-        }
+        self.wake(batch, more);
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -259,16 +259,23 @@ impl<K, V, S> AwaitMap<K, V, S> {
         self.state.with(|st| st.is_closed())
     }
 
-    /// Wakes the queued wakers, a batch at a time, with the lock released.
-    fn drain(&self) {
-        let mut batch = WakeBatch::new();
+    /// Wakes `batch` (popped under the lock by the caller), then, if `more`
+    /// wakers are queued, the rest, a batch at a time, with the lock
+    /// released. With `std`, a panicking waker does not stop the others: the
+    /// first panic is resumed once every due waker has run.
+    fn wake(&self, mut batch: WakeBatch, mut more: bool) {
+        let mut panic = None;
         loop {
-            self.state.with(|st| st.slab.pop_batch(&mut batch));
-            if batch.is_empty() {
-                return;
+            batch.wake_all(&mut panic);
+            if !more {
+                break;
             }
-            batch.wake_all();
+            more = self.state.with(|st| {
+                st.slab.pop_batch(&mut batch);
+                st.slab.has_queued()
+            });
         }
+        resume(panic);
     }
 
     /// Deregisters a future that is dropped before it completed.
@@ -276,14 +283,14 @@ impl<K, V, S> AwaitMap<K, V, S> {
         if let Phase::Registered { slot, seq, entry } = core.phase {
             core.phase = Phase::Done;
             let mut spill = Spill::new();
+            let mut batch = WakeBatch::new();
             let more = self.state.with(|st| {
                 st.deregister(kind, core.hash, slot, seq, entry, &mut spill);
+                st.slab.pop_batch(&mut batch);
                 st.slab.has_queued()
             });
             drop(spill);
-            if more {
-                self.drain();
-            }
+            self.wake(batch, more);
         }
     }
 }
@@ -302,9 +309,9 @@ where
     ///
     /// # Panics
     ///
-    /// If a woken waker panics, the panic propagates out of `insert`; the
-    /// value is stored all the same, and futures whose wakers did not run
-    /// still see it when they are polled.
+    /// If a waker panics, the panic propagates out of `insert` once the
+    /// other due wakers have run (with `std`; without it, at once); the value
+    /// is stored all the same.
     ///
     /// # Examples
     ///
@@ -324,10 +331,7 @@ where
             (old, st.slab.has_queued())
         });
         drop(key);
-        batch.wake_all();
-        if more {
-            self.drain();
-        }
+        self.wake(batch, more);
         old
     }
 
@@ -505,10 +509,7 @@ where
             (n, st.slab.has_queued())
         });
         drop(spill);
-        batch.wake_all();
-        if more {
-            self.drain();
-        }
+        self.wake(batch, more);
         n
     }
 
@@ -641,6 +642,17 @@ where
         TakeOwned::new(Arc::clone(self), key.to_owned().into())
     }
 }
+
+/// Resumes a panic that a waker raised, once every due waker has run.
+#[cfg(feature = "std")]
+fn resume(panic: Option<crate::waiters::Panic>) {
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+#[cfg(not(feature = "std"))]
+fn resume(_: Option<crate::waiters::Panic>) {}
 
 /// A future's bookkeeping: its key's hash (valid once polled) and its phase.
 #[derive(Debug)]

@@ -302,20 +302,35 @@ impl WakeBatch {
         }
     }
 
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Wakes and clears the batch. If a waker panics, the ones after it are
-    /// dropped without being woken; their futures still see the map's state
-    /// when they are next polled.
-    pub(crate) fn wake_all(&mut self) {
+    /// Wakes and clears the batch. With `std`, a waker that panics does not
+    /// stop the others: the first panic is kept in `panic` for the caller to
+    /// resume once every due waker has run.
+    pub(crate) fn wake_all(&mut self, panic: &mut Option<Panic>) {
         let len = core::mem::replace(&mut self.len, 0);
         for w in &mut self.wakers[..len] {
             if let Some(w) = w.take() {
-                w.wake();
+                wake_one(w, panic);
             }
         }
     }
+}
+
+/// A panic raised by a waker, kept until every due waker has run.
+#[cfg(feature = "std")]
+pub(crate) type Panic = alloc::boxed::Box<dyn core::any::Any + Send>;
+/// Without `std` a waker's panic propagates at once.
+#[cfg(not(feature = "std"))]
+pub(crate) type Panic = core::convert::Infallible;
+
+#[cfg(feature = "std")]
+fn wake_one(w: Waker, panic: &mut Option<Panic>) {
+    let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| w.wake()));
+    if let Err(payload) = woken {
+        panic.get_or_insert(payload);
+    }
+}
+
+#[cfg(not(feature = "std"))]
+fn wake_one(w: Waker, _: &mut Option<Panic>) {
+    w.wake();
 }
