@@ -68,6 +68,7 @@
 //!
 //! Rust 1.85.
 #![no_std]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;

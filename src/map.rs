@@ -220,7 +220,9 @@ impl<K, V, S> AwaitMap<K, V, S> {
     /// Every waiting future whose key has no value for it resolves
     /// `Err(WaitError::Closed)`, and so does every later `get` or `take` of an
     /// absent key, on its first poll. Futures of present keys still resolve
-    /// `Ok`. [`insert`](Self::insert) keeps storing values after `close`, so
+    /// `Ok`; among the `take`s waiting on a key, that means the one already
+    /// woken for its value, while the others (the value is not theirs) get
+    /// `Err(Closed)`. [`insert`](Self::insert) keeps storing values after `close`, so
     /// nothing handed to the map is lost.
     ///
     /// # Examples

@@ -93,3 +93,87 @@ pub fn live_counter() -> Arc<AtomicUsize> {
 pub fn live(counter: &Arc<AtomicUsize>) -> usize {
     counter.load(Ordering::SeqCst)
 }
+
+/// Counts kept by [`raw_counting_waker`].
+#[derive(Default)]
+pub struct RawCounts {
+    pub clones: AtomicUsize,
+    pub wakes: AtomicUsize,
+    pub drops: AtomicUsize,
+}
+
+impl RawCounts {
+    pub fn clones(&self) -> usize {
+        self.clones.load(Ordering::SeqCst)
+    }
+    pub fn wakes(&self) -> usize {
+        self.wakes.load(Ordering::SeqCst)
+    }
+    pub fn drops(&self) -> usize {
+        self.drops.load(Ordering::SeqCst)
+    }
+}
+
+// The library itself forbids unsafe code; tests use it only here, to build a
+// waker that can observe its own clones (a `Wake` impl cannot).
+#[allow(unsafe_code)]
+mod raw {
+    use super::RawCounts;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::task::{RawWaker, RawWakerVTable};
+
+    pub(super) static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop);
+
+    pub(super) fn raw(counts: Arc<RawCounts>) -> RawWaker {
+        RawWaker::new(Arc::into_raw(counts).cast(), &VTABLE)
+    }
+
+    fn counts(data: *const ()) -> *const RawCounts {
+        data.cast()
+    }
+
+    unsafe fn clone(data: *const ()) -> RawWaker {
+        // SAFETY: `data` came from `Arc::into_raw` and this waker still owns
+        // one strong count, so the `Arc` is alive; the clone takes another.
+        unsafe {
+            (*counts(data)).clones.fetch_add(1, Ordering::SeqCst);
+            Arc::increment_strong_count(counts(data));
+        }
+        RawWaker::new(data, &VTABLE)
+    }
+
+    unsafe fn wake(data: *const ()) {
+        // SAFETY: as in `clone`; `wake` consumes the waker, so its strong
+        // count is given back by `drop`.
+        unsafe {
+            (*counts(data)).wakes.fetch_add(1, Ordering::SeqCst);
+            drop(data);
+        }
+    }
+
+    unsafe fn wake_by_ref(data: *const ()) {
+        // SAFETY: as in `clone`: the waker is alive while borrowed.
+        unsafe { (*counts(data)).wakes.fetch_add(1, Ordering::SeqCst) };
+    }
+
+    unsafe fn drop(data: *const ()) {
+        // SAFETY: as in `clone`; this gives back the strong count the waker
+        // owned, exactly once.
+        unsafe {
+            (*counts(data)).drops.fetch_add(1, Ordering::SeqCst);
+            Arc::decrement_strong_count(counts(data));
+        }
+    }
+}
+
+/// A waker whose clones, wakes and drops are counted, including the clones a
+/// `Wake`-based waker cannot observe.
+#[allow(unsafe_code)]
+pub fn raw_counting_waker() -> (Arc<RawCounts>, Waker) {
+    let counts = Arc::new(RawCounts::default());
+    // SAFETY: the vtable's functions uphold `RawWaker`'s contract: the data
+    // pointer is an `Arc<RawCounts>` whose strong counts track the wakers.
+    let waker = unsafe { Waker::from_raw(raw::raw(Arc::clone(&counts))) };
+    (counts, waker)
+}

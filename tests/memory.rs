@@ -1,0 +1,474 @@
+//! Memory: a waiter that leaves frees its state (SPEC semantic 5), the hot
+//! paths allocate nothing once warmed up (the performance floor's allocation
+//! targets), and every key and value is dropped exactly once.
+//!
+//! This file is its own test binary, so it installs a counting global
+//! allocator. The counters are thread-local and count only on threads that
+//! switched them on, so the tests (and the harness) running on other threads
+//! do not disturb a measurement.
+#![allow(unsafe_code)] // the counting `GlobalAlloc`
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+
+use awaitmap::{AwaitMap, TakeOwned, WaitError};
+use common::{Tracked, counting_waker, live, live_counter, poll_once};
+
+// ---------------------------------------------------------------------------
+// The counting allocator.
+// ---------------------------------------------------------------------------
+
+/// What this thread allocated since it switched counting on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Calls to `alloc`, `alloc_zeroed` and `realloc`.
+    allocs: u64,
+    /// Bytes allocated minus bytes freed.
+    live: i64,
+}
+
+thread_local! {
+    /// `None` while this thread does not count. Const-initialised and without
+    /// a destructor, so the allocator can use it without allocating.
+    static COUNTS: Cell<Option<Counts>> = const { Cell::new(None) };
+}
+
+fn record(allocs: u64, bytes: i64) {
+    let _ = COUNTS.try_with(|c| {
+        if let Some(mut counts) = c.get() {
+            counts.allocs += allocs;
+            counts.live += bytes;
+            c.set(Some(counts));
+        }
+    });
+}
+
+struct CountingAlloc;
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, and only adds bookkeeping that neither allocates nor unwinds.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            record(1, layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            record(1, layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (so from `System`) with
+        // `layout`, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) };
+        record(0, -(layout.size() as i64));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            record(1, new_size as i64 - layout.size() as i64);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Switches counting on for this thread (each test runs on its own thread).
+/// Checks the counter sees an allocation, so a zero is a real zero.
+fn start_counting() {
+    COUNTS.set(Some(Counts::default()));
+    let ((), c) = measure(|| drop(std::hint::black_box(Box::new(1_u64))));
+    assert_eq!(
+        (c.allocs, c.live),
+        (1, 0),
+        "the counting allocator is not counting"
+    );
+}
+
+fn counts() -> Counts {
+    COUNTS.get().expect("counting is on for this thread")
+}
+
+/// Runs `f` and returns what it allocated.
+fn measure<R>(f: impl FnOnce() -> R) -> (R, Counts) {
+    let before = counts();
+    let r = f();
+    let after = counts();
+    let delta = Counts {
+        allocs: after.allocs - before.allocs,
+        live: after.live - before.live,
+    };
+    (r, delta)
+}
+
+/// Scales a loop count down under miri.
+fn scaled(n: u64) -> u64 {
+    if cfg!(miri) { n.min(200) } else { n }
+}
+
+type Map = AwaitMap<u64, u64>;
+
+// ---------------------------------------------------------------------------
+// Semantic 5: waiting and leaving frees the key's waiting state.
+// ---------------------------------------------------------------------------
+
+// Semantic 5: futures that wait and are dropped, one per key, on a million
+// distinct keys, leave memory exactly where it was after warm-up and allocate
+// nothing.
+#[test]
+fn waiting_and_dropping_on_a_million_keys_leaves_memory_flat() {
+    start_counting();
+    let map = Map::new();
+    let (_, w) = counting_waker();
+    let churn = |from: u64, n: u64, take: bool| {
+        for k in from..from + n {
+            if take {
+                let mut f = map.take(&k);
+                assert!(poll_once(&mut f, &w).is_pending());
+            } else {
+                let mut f = map.get(&k);
+                assert!(poll_once(&mut f, &w).is_pending());
+            }
+        }
+    };
+    churn(0, 1_000, false);
+    churn(0, 1_000, true);
+    let n = scaled(1_000_000);
+    let ((), gets) = measure(|| churn(1_000, n, false));
+    let ((), takes) = measure(|| churn(1_000 + n, n, true));
+    eprintln!("wait+drop, {n} gets: {gets:?}; {n} takes: {takes:?}");
+    assert_eq!(
+        gets,
+        Counts::default(),
+        "get: allocations / live bytes after {n} keys"
+    );
+    assert_eq!(
+        takes,
+        Counts::default(),
+        "take: allocations / live bytes after {n} keys"
+    );
+    assert_eq!(map.waiters(), 0);
+    assert!(map.is_empty());
+}
+
+// Semantic 5 (with 8): the same churn, each future failed by `cancel`
+// instead of dropped, leaves memory flat and allocates nothing.
+#[test]
+fn waiting_and_cancelling_on_distinct_keys_leaves_memory_flat() {
+    start_counting();
+    let map = Map::new();
+    let (_, w) = counting_waker();
+    let churn = |from: u64, n: u64, take: bool| {
+        for k in from..from + n {
+            let r = if take {
+                let mut f = map.take(&k);
+                assert!(poll_once(&mut f, &w).is_pending());
+                assert_eq!(map.cancel(&k), 1);
+                poll_once(&mut f, &w)
+            } else {
+                let mut f = map.get(&k);
+                assert!(poll_once(&mut f, &w).is_pending());
+                assert_eq!(map.cancel(&k), 1);
+                poll_once(&mut f, &w)
+            };
+            assert_eq!(r, Poll::Ready(Err(WaitError::Cancelled)));
+        }
+    };
+    churn(0, 1_000, false);
+    churn(0, 1_000, true);
+    let n = scaled(250_000);
+    let ((), gets) = measure(|| churn(1_000, n, false));
+    let ((), takes) = measure(|| churn(1_000 + n, n, true));
+    eprintln!("wait+cancel, {n} gets: {gets:?}; {n} takes: {takes:?}");
+    assert_eq!(
+        gets,
+        Counts::default(),
+        "get: allocations / live bytes after {n} keys"
+    );
+    assert_eq!(
+        takes,
+        Counts::default(),
+        "take: allocations / live bytes after {n} keys"
+    );
+    assert_eq!(map.waiters(), 0);
+    assert!(map.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Performance floor: zero allocations on the hot paths after warm-up.
+// ---------------------------------------------------------------------------
+
+// Semantic 5 (performance floor "miss → insert → ready"): a take or get
+// that waits, is filled by an insert and resolves, on distinct keys,
+// allocates nothing after warm-up and leaves memory flat.
+#[test]
+fn miss_insert_ready_cycles_allocate_nothing_after_warm_up() {
+    start_counting();
+    let map = Map::new();
+    let (wc, w) = counting_waker();
+    let rpc = |from: u64, n: u64| {
+        for k in from..from + n {
+            let mut f = map.take(&k);
+            assert!(poll_once(&mut f, &w).is_pending());
+            assert_eq!(map.insert(k, k + 1), None);
+            assert_eq!(poll_once(&mut f, &w), Poll::Ready(Ok(k + 1)));
+        }
+    };
+    let fill = |from: u64, n: u64| {
+        for k in from..from + n {
+            let mut f = map.get(&k);
+            assert!(poll_once(&mut f, &w).is_pending());
+            assert_eq!(map.insert(k, k + 1), None);
+            assert_eq!(poll_once(&mut f, &w), Poll::Ready(Ok(k + 1)));
+            assert_eq!(map.remove(&k), Some(k + 1));
+        }
+    };
+    rpc(0, 1_000);
+    fill(0, 1_000);
+    let n = scaled(250_000);
+    let wakes = wc.wakes();
+    let ((), takes) = measure(|| rpc(1_000, n));
+    let ((), gets) = measure(|| fill(1_000 + n, n));
+    assert_eq!(wc.wakes() - wakes, 2 * n as usize, "one wake-up per cycle");
+    eprintln!("miss->insert->ready, {n} takes: {takes:?}; {n} gets (+remove): {gets:?}");
+    assert_eq!(
+        takes,
+        Counts::default(),
+        "take cycles: allocations / live bytes"
+    );
+    assert_eq!(
+        gets,
+        Counts::default(),
+        "get cycles: allocations / live bytes"
+    );
+    assert!(map.is_empty());
+}
+
+// Performance floor "RPC take": N takes waiting at once, filled in a shuffled
+// order, allocate nothing once the map has seen N in flight.
+#[test]
+fn rpc_takes_in_flight_allocate_nothing_after_warm_up() {
+    start_counting();
+    for n in [1_usize, 16, 256, 4096] {
+        // Powers of two, so the stride below permutes `0..n`.
+        let n = if cfg!(miri) { n.min(64) } else { n };
+        let map = Arc::new(Map::new());
+        let (_, w) = counting_waker();
+        let mut futs: Vec<TakeOwned<u64, u64>> = Vec::with_capacity(n);
+        // A fixed permutation of 0..n (n is a power of two: odd stride).
+        let order: Vec<u64> = (0..n as u64)
+            .map(|i| (i * 2_654_435_761) % n as u64)
+            .collect();
+        let mut round = |base: u64| {
+            for i in 0..n as u64 {
+                futs.push(map.take_owned(&(base + i)));
+            }
+            for f in &mut futs {
+                assert!(poll_once(f, &w).is_pending());
+            }
+            for &i in &order {
+                assert_eq!(map.insert(base + i, i), None);
+            }
+            for (i, f) in futs.iter_mut().enumerate() {
+                assert_eq!(poll_once(f, &w), Poll::Ready(Ok(i as u64)));
+            }
+            futs.clear();
+        };
+        round(0);
+        let ((), c) = measure(|| {
+            for r in 1..=4 {
+                round(r * n as u64);
+            }
+        });
+        eprintln!("rpc, {n} in flight, 4 rounds: {c:?}");
+        assert_eq!(c, Counts::default(), "{n} takes in flight");
+        assert!(map.is_empty());
+        assert_eq!(map.waiters(), 0);
+    }
+}
+
+// Performance floor "fan-out": one insert waking M waiting gets allocates
+// nothing (the shared waker's clones only bump a reference count), and
+// neither do the registrations and polls once the map has seen M waiters.
+#[test]
+fn fan_out_insert_allocates_nothing() {
+    start_counting();
+    const KEY: u64 = 7;
+    for m in [1_usize, 8, 64, 512] {
+        let map = Map::new();
+        let (wc, w) = counting_waker();
+        let mut futs = Vec::with_capacity(m);
+        let mut round = |value: u64| {
+            let ((), register) = measure(|| {
+                futs.extend((0..m).map(|_| map.get(&KEY)));
+                for f in &mut futs {
+                    assert!(poll_once(f, &w).is_pending());
+                }
+            });
+            let wakes = wc.wakes();
+            let (old, insert) = measure(|| map.insert(KEY, value));
+            assert_eq!(old, None);
+            assert_eq!(wc.wakes() - wakes, m, "each waiter woken once");
+            let ((), polls) = measure(|| {
+                for f in &mut futs {
+                    assert_eq!(poll_once(f, &w), Poll::Ready(Ok(value)));
+                }
+                futs.clear();
+            });
+            assert_eq!(map.remove(&KEY), Some(value));
+            (register, insert, polls)
+        };
+        let (warm_register, warm_insert, _) = round(1);
+        let (register, insert, polls) = round(2);
+        eprintln!(
+            "fan-out M={m}: first round register {warm_register:?} insert {warm_insert:?}; \
+             then register {register:?} insert {insert:?} polls {polls:?}"
+        );
+        assert_eq!(
+            warm_insert.allocs, 0,
+            "M={m}: the insert that wakes allocates"
+        );
+        assert_eq!(insert.allocs, 0, "M={m}: the insert that wakes allocates");
+        assert_eq!(
+            register.allocs, 0,
+            "M={m}: registration after warm-up allocates"
+        );
+        assert_eq!(polls.allocs, 0, "M={m}: resolving allocates");
+        assert_eq!(map.waiters(), 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Every key and value dropped exactly once.
+// ---------------------------------------------------------------------------
+
+/// A key that counts its live instances.
+#[derive(Debug)]
+struct TrackedKey {
+    id: u64,
+    live: Arc<AtomicUsize>,
+}
+
+impl TrackedKey {
+    fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        TrackedKey {
+            id,
+            live: Arc::clone(live),
+        }
+    }
+}
+
+impl Clone for TrackedKey {
+    fn clone(&self) -> Self {
+        TrackedKey::new(self.id, &self.live)
+    }
+}
+
+impl PartialEq for TrackedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for TrackedKey {}
+
+impl Hash for TrackedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl Drop for TrackedKey {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// Semantics 5 and 6: through inserts that replace, takes, gets, removes,
+// waiters that leave or are cancelled, and values never taken, every key and
+// value the map was given is dropped exactly once, when it leaves the map or
+// when the map is dropped.
+#[test]
+fn every_key_and_value_is_dropped_exactly_once() {
+    let keys = live_counter();
+    let values = live_counter();
+    let map: AwaitMap<TrackedKey, Tracked> = AwaitMap::new();
+    let key = |id| TrackedKey::new(id, &keys);
+    let (_, w) = counting_waker();
+    let n = scaled(200);
+
+    for id in 0..n {
+        assert_eq!(map.insert(key(id), Tracked::new(id, &values)), None);
+    }
+    // Replace a quarter: the old value comes back, the spare key goes.
+    for id in (0..n).step_by(4) {
+        let old = map.insert(key(id), Tracked::new(id + 1_000, &values));
+        assert_eq!(old.map(|v| v.id), Some(id));
+    }
+    // Take, get and remove some.
+    for id in (1..n).step_by(4) {
+        let k = key(id);
+        let mut f = map.take(&k);
+        assert!(matches!(poll_once(&mut f, &w), Poll::Ready(Ok(ref v)) if v.id == id));
+    }
+    for id in (2..n).step_by(4) {
+        let k = key(id);
+        let mut f = map.get(&k);
+        assert!(matches!(poll_once(&mut f, &w), Poll::Ready(Ok(ref v)) if v.id == id));
+    }
+    for id in (3..n).step_by(8) {
+        assert_eq!(map.remove(&key(id)).map(|v| v.id), Some(id));
+    }
+    // Waiters on absent keys: dropped, cancelled, or filled by an insert.
+    for id in n..2 * n {
+        let k = key(id);
+        let mut get = map.get(&k);
+        let mut take = map.take(&k);
+        assert!(poll_once(&mut get, &w).is_pending());
+        assert!(poll_once(&mut take, &w).is_pending());
+        match id % 3 {
+            0 => drop((get, take)),
+            1 => {
+                assert_eq!(map.cancel(&k), 2);
+                assert_eq!(
+                    poll_once(&mut take, &w),
+                    Poll::Ready(Err(WaitError::Cancelled))
+                );
+            }
+            _ => {
+                map.insert(key(id), Tracked::new(id, &values));
+                assert!(matches!(poll_once(&mut get, &w), Poll::Ready(Ok(ref v)) if v.id == id));
+                // A woken take dropped before it took the value: it stays.
+                drop(take);
+            }
+        }
+    }
+    assert_eq!(map.waiters(), 0);
+    // With no future left, the map holds exactly one key per stored value.
+    assert_eq!(live(&values), map.len(), "values lost or duplicated");
+    assert_eq!(live(&keys), map.len(), "keys lost or duplicated");
+    assert!(!map.is_empty());
+    drop(map);
+    assert_eq!(live(&values), 0, "values leaked or dropped twice");
+    assert_eq!(live(&keys), 0, "keys leaked or dropped twice");
+}
