@@ -38,10 +38,10 @@
 //!
 //! # Runtime-agnostic
 //!
-//! The futures are plain [`Future`](core::future::Future)s that store their
+//! The futures are plain [`Future`]s that store their
 //! waker per key: they work under tokio, smol, embassy, `futures::executor`,
 //! or a hand-written poll loop. With the `std` feature,
-//! [`get_blocking`](AwaitMap::get_blocking) and friends wait on a thread.
+//! `AwaitMap::get_blocking` and friends wait on a thread.
 //!
 //! # Feature flags
 //!
