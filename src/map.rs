@@ -14,7 +14,7 @@ use crate::future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 use crate::future::{GetOwned, TakeOwned};
 use crate::state::{Mode, Phase, Prepared, Spill, State, Step};
-use crate::sync::Lock;
+use crate::sync::{Lock, const_fn_unless_loom};
 use crate::waiters::{Kind, WakeBatch};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -104,32 +104,34 @@ impl<K, V> AwaitMap<K, V, DefaultHashBuilder> {
 }
 
 impl<K, V, S> AwaitMap<K, V, S> {
-    /// An empty map that hashes keys with `hasher`.
-    ///
-    /// This is a `const fn`: with a hasher that can be built in a constant,
-    /// the map can live in a `static`.
-    ///
-    /// Keys are hashed with `hasher`; if an attacker chooses the keys, use a
-    /// keyed hasher (the default one is fast but not HashDoS-resistant, and
-    /// on `no_std` its seed is fixed).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitmap::AwaitMap;
-    /// use core::hash::BuildHasherDefault;
-    /// use std::collections::hash_map::DefaultHasher;
-    ///
-    /// static REPLIES: AwaitMap<u32, u32, BuildHasherDefault<DefaultHasher>> =
-    ///     AwaitMap::with_hasher(BuildHasherDefault::new());
-    ///
-    /// REPLIES.insert(7, 49);
-    /// assert_eq!(REPLIES.try_get(&7), Some(49));
-    /// ```
-    pub const fn with_hasher(hasher: S) -> Self {
-        AwaitMap {
-            hasher,
-            state: Lock::new(State::new()),
+    const_fn_unless_loom! {
+        /// An empty map that hashes keys with `hasher`.
+        ///
+        /// This is a `const fn`: with a hasher that can be built in a constant,
+        /// the map can live in a `static`.
+        ///
+        /// Keys are hashed with `hasher`; if an attacker chooses the keys, use a
+        /// keyed hasher (the default one is fast but not HashDoS-resistant, and
+        /// on `no_std` its seed is fixed).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use awaitmap::AwaitMap;
+        /// use core::hash::BuildHasherDefault;
+        /// use std::collections::hash_map::DefaultHasher;
+        ///
+        /// static REPLIES: AwaitMap<u32, u32, BuildHasherDefault<DefaultHasher>> =
+        ///     AwaitMap::with_hasher(BuildHasherDefault::new());
+        ///
+        /// REPLIES.insert(7, 49);
+        /// assert_eq!(REPLIES.try_get(&7), Some(49));
+        /// ```
+        pub fn with_hasher(hasher: S) -> Self {
+            AwaitMap {
+                hasher,
+                state: Lock::new(State::new()),
+            }
         }
     }
 

@@ -3,17 +3,34 @@
 //! The rest of the crate only sees [`Lock::with`] and [`Lock::try_with`]: a
 //! scoped API, so no guard can escape across an `.await`, and the lock can be
 //! swapped (spin, a std lock, a critical section, loom's mutex) without
-//! touching the logic.
+//! touching the logic. The crate has no atomics outside the lock.
+//!
+//! Under `--cfg awaitmap_loom` the lock is loom's mutex, so loom can explore
+//! the interleavings of the map's operations (it cannot see spin's atomics).
+
+#[cfg(not(awaitmap_loom))]
+type Inner<T> = spin::mutex::SpinMutex<T>;
+#[cfg(awaitmap_loom)]
+type Inner<T> = loom::sync::Mutex<T>;
 
 /// A mutual-exclusion lock around `T`.
 pub(crate) struct Lock<T> {
-    inner: spin::mutex::SpinMutex<T>,
+    inner: Inner<T>,
 }
 
 impl<T> Lock<T> {
+    #[cfg(not(awaitmap_loom))]
     pub(crate) const fn new(value: T) -> Self {
         Lock {
             inner: spin::mutex::SpinMutex::new(value),
+        }
+    }
+
+    /// loom's mutex cannot be built in a constant.
+    #[cfg(awaitmap_loom)]
+    pub(crate) fn new(value: T) -> Self {
+        Lock {
+            inner: loom::sync::Mutex::new(value),
         }
     }
 
@@ -21,12 +38,34 @@ impl<T> Lock<T> {
     /// the panic unwinds.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        #[cfg(not(awaitmap_loom))]
         let mut guard = self.inner.lock();
+        #[cfg(awaitmap_loom)]
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
 
     /// Runs `f` if the lock is free right now; never waits.
     pub(crate) fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        self.inner.try_lock().map(|mut guard| f(&mut guard))
+        #[cfg(not(awaitmap_loom))]
+        let guard = self.inner.try_lock();
+        #[cfg(awaitmap_loom)]
+        let guard = self.inner.try_lock().ok();
+        guard.map(|mut guard| f(&mut guard))
     }
 }
+
+/// Declares a `const fn`, except under loom, whose mutex cannot be built in a
+/// constant.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        #[cfg(not(awaitmap_loom))]
+        $(#[$attr])*
+        $vis const fn $name($($arg: $ty),*) -> $ret $body
+
+        #[cfg(awaitmap_loom)]
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+pub(crate) use const_fn_unless_loom;
