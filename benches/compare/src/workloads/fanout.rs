@@ -1,0 +1,118 @@
+//! W4, fan-out: M `get`s wait on one key (each polled once: `Pending`), one
+//! insert wakes them all, each is polled (`Ready`), then the key is removed.
+//! One operation = one waiter served.
+
+use std::future::Future;
+use std::hash::RandomState;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::Poll;
+
+use awaitmap::AwaitMap;
+use tokio::sync::watch;
+
+use crate::harness::{KEYSPACE, Meter, batches, fixed, keys, noop_cx};
+use crate::peers::WakerListMap;
+
+/// Warm-up: at least two rounds and at least 4,096 waiters.
+fn round_loop(m_waiters: usize, iters: u64, m: &mut Meter, mut round: impl FnMut(u64)) {
+    let warm = (4096 / m_waiters as u64).max(2);
+    for r in 0..warm {
+        round(r);
+    }
+    let measured = batches(iters, m_waiters);
+    m.start();
+    for r in warm..warm + measured {
+        round(r);
+    }
+    m.stop(measured * m_waiters as u64);
+}
+
+pub fn awaitmap(m_waiters: usize, iters: u64, m: &mut Meter) {
+    let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
+    let keys = keys();
+    let mut cx = noop_cx();
+    let mut futs = Vec::with_capacity(m_waiters);
+    round_loop(m_waiters, iters, m, |r| {
+        let key = &keys[r as usize % KEYSPACE];
+        futs.extend((0..m_waiters).map(|_| map.get(key)));
+        for f in &mut futs {
+            assert!(Pin::new(f).poll(&mut cx).is_pending());
+        }
+        map.insert(*key, *key);
+        for f in &mut futs {
+            match Pin::new(f).poll(&mut cx) {
+                Poll::Ready(Ok(v)) => {
+                    black_box(v);
+                }
+                _ => panic!("not ready after the insert"),
+            }
+        }
+        futs.clear();
+        assert!(map.remove(key).is_some());
+    });
+}
+
+pub fn hand_sip(m_waiters: usize, iters: u64, m: &mut Meter) {
+    let map = WakerListMap::new(RandomState::new());
+    let keys = keys();
+    let mut cx = noop_cx();
+    let mut futs = Vec::with_capacity(m_waiters);
+    round_loop(m_waiters, iters, m, |r| {
+        let key = keys[r as usize % KEYSPACE];
+        futs.extend((0..m_waiters).map(|_| map.get(key)));
+        for f in &mut futs {
+            assert!(Pin::new(f).poll(&mut cx).is_pending());
+        }
+        map.insert(key, key);
+        for f in &mut futs {
+            match Pin::new(f).poll(&mut cx) {
+                Poll::Ready(v) => {
+                    black_box(v);
+                }
+                Poll::Pending => panic!("not ready after the insert"),
+            }
+        }
+        futs.clear();
+        assert!(map.remove(key).is_some());
+    });
+}
+
+/// A tokio `watch` channel standing for the one key (no map around it, so
+/// this is a lower bound for a keyed version): M receivers each poll
+/// `changed()` once, one `send` wakes them, each polls again and reads the
+/// value. The receivers are made once at setup.
+///
+/// `changed()` futures are `!Unpin` and borrow their receiver mutably, so
+/// they live in one pinned array per round (hence the constant `M`).
+pub fn watch<const M: usize>(iters: u64, m: &mut Meter) {
+    let (tx, rx) = watch::channel(0_u64);
+    let mut rxs: [watch::Receiver<u64>; M] = std::array::from_fn(|_| rx.clone());
+    drop(rx);
+    let keys = keys();
+    let mut cx = noop_cx();
+    round_loop(M, iters, m, |r| {
+        let value = keys[r as usize % KEYSPACE];
+        {
+            let futs = std::pin::pin!(rxs.each_mut().map(|rx| rx.changed()));
+            // SAFETY: the array is pinned and its elements are never moved
+            // out of it; pinning each element in place is structural pinning.
+            let futs = unsafe { futs.get_unchecked_mut() };
+            for f in futs.iter_mut() {
+                // SAFETY: see above; `f` stays in the pinned array until it
+                // is dropped there.
+                let f = unsafe { Pin::new_unchecked(f) };
+                assert!(f.poll(&mut cx).is_pending());
+            }
+            tx.send(value).unwrap();
+            for f in futs.iter_mut() {
+                // SAFETY: as above.
+                let f = unsafe { Pin::new_unchecked(f) };
+                assert!(matches!(f.poll(&mut cx), Poll::Ready(Ok(()))));
+            }
+        }
+        for rx in &rxs {
+            black_box(*rx.borrow());
+        }
+    });
+}

@@ -1,0 +1,87 @@
+//! W6, threads: T OS threads share one map, each running an RPC-style loop on
+//! its own keys (register a wait, insert its response, poll it `Ready`).
+//! One operation = one request; the figure is wall time ÷ all threads'
+//! requests.
+
+use std::future::Future;
+use std::hash::RandomState;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Barrier;
+use std::task::Poll;
+
+use awaitmap::AwaitMap;
+
+use crate::harness::{Meter, fixed, noop_cx};
+use crate::peers::OneshotMap;
+
+const WARM: u64 = 1024;
+
+/// Spawns `threads` threads that each run `request(thread, i)` `WARM` times,
+/// then wait until the meter is started, then run their share of `iters`.
+///
+/// The meter starts before the threads are let go (with more threads than
+/// cores, the main thread may be descheduled for a while once they run).
+fn threaded(threads: usize, iters: u64, m: &mut Meter, request: impl Fn(u64, u64) + Sync) {
+    let per_thread = iters.div_ceil(threads as u64).max(1);
+    let warmed_up = Barrier::new(threads + 1);
+    let go = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads as u64 {
+            let (warmed_up, go, request) = (&warmed_up, &go, &request);
+            s.spawn(move || {
+                for i in 0..WARM {
+                    request(t, i);
+                }
+                warmed_up.wait();
+                go.wait();
+                for i in WARM..WARM + per_thread {
+                    request(t, i);
+                }
+            });
+        }
+        warmed_up.wait();
+        m.start();
+        go.wait();
+    });
+    m.stop(per_thread * threads as u64);
+}
+
+/// Thread `t`'s `i`-th request id: each thread has its own key range.
+fn id(t: u64, i: u64) -> u64 {
+    (t << 48) | i
+}
+
+pub fn awaitmap(threads: usize, iters: u64, m: &mut Meter) {
+    let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
+    threaded(threads, iters, m, |t, i| {
+        let mut cx = noop_cx();
+        let k = id(t, i);
+        let mut f = map.take(&k);
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        map.insert(k, i);
+        match Pin::new(&mut f).poll(&mut cx) {
+            Poll::Ready(Ok(v)) => {
+                black_box(v);
+            }
+            _ => panic!("not ready after the response"),
+        }
+    });
+}
+
+pub fn oneshot_std_sip(threads: usize, iters: u64, m: &mut Meter) {
+    let map = OneshotMap::<u64, _, std::sync::Mutex<_>>::new(RandomState::new());
+    threaded(threads, iters, m, |t, i| {
+        let mut cx = noop_cx();
+        let k = id(t, i);
+        let mut rx = map.register(k);
+        assert!(Pin::new(&mut rx).poll(&mut cx).is_pending());
+        assert!(map.respond(k, i));
+        match Pin::new(&mut rx).poll(&mut cx) {
+            Poll::Ready(Ok(v)) => {
+                black_box(v);
+            }
+            _ => panic!("not ready after the response"),
+        }
+    });
+}

@@ -1,0 +1,661 @@
+//! Models of the map's races, checked by loom.
+//!
+//! Under `RUSTFLAGS="--cfg awaitmap_loom"` the map's lock is loom's mutex and
+//! each model runs under `loom::model`, which explores every interleaving of
+//! the threads' lock operations (up to a preemption bound). A future that is
+//! never woken leaves `block_on` parked forever, which loom reports as a
+//! deadlock: that is how these models catch lost wake-ups, so every model is
+//! built so that the correct library always wakes every future (a final
+//! `insert` or a `close` where a wait could otherwise legitimately last
+//! forever). Without the cfg, each model runs a few hundred times on real
+//! threads, so the file also passes in a plain `cargo test`.
+//!
+//! Run: `RUSTFLAGS="--cfg awaitmap_loom" cargo test --release --test loom`.
+
+#![cfg(feature = "std")]
+
+mod common;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+#[cfg(awaitmap_loom)]
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc as StdArc, Mutex as StdMutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use awaitmap::{AwaitMap, WaitError};
+use common::{counting_waker, poll_once};
+use foldhash::fast::FixedState;
+
+#[cfg(awaitmap_loom)]
+use loom::{sync::Arc, thread};
+
+#[cfg(not(awaitmap_loom))]
+use {futures::executor::block_on, std::sync::Arc, std::thread};
+
+/// Drives `fut` to completion on the current loom thread, parking on a loom
+/// `Notify` between polls: a future that is never woken leaves the thread
+/// parked, which loom reports as a deadlock. (This is what
+/// `loom::future::block_on` does; that one needs loom's `futures` feature.)
+#[cfg(awaitmap_loom)]
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(loom::sync::Notify);
+
+    impl Wake for Unpark {
+        fn wake(self: StdArc<Self>) {
+            self.0.notify();
+        }
+
+        fn wake_by_ref(self: &StdArc<Self>) {
+            self.0.notify();
+        }
+    }
+
+    let unpark = StdArc::new(Unpark(loom::sync::Notify::new()));
+    let waker = Waker::from(StdArc::clone(&unpark));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        unpark.0.wait();
+    }
+}
+
+/// The map of every model: a fixed-seed hasher keeps runs deterministic.
+type Map = AwaitMap<u64, u64, FixedState>;
+
+/// The key every model races on.
+const K: u64 = 7;
+
+fn new_map() -> Map {
+    AwaitMap::with_hasher(FixedState::with_seed(0x5eed))
+}
+
+/// The preemption bound of the loom runs (unless `LOOM_MAX_PREEMPTIONS` is
+/// set): enough for each model below to reach every one of its legal
+/// outcomes, except one model that raises it to 4.
+const PREEMPTIONS: usize = 3;
+
+/// Runs `f` under loom's model checker, or, without loom, a few hundred times
+/// on real threads.
+fn model(f: impl Fn() + Send + Sync + 'static) {
+    model_bounded(PREEMPTIONS, f);
+}
+
+/// [`model`] with another preemption bound under loom.
+fn model_bounded(preemptions: usize, f: impl Fn() + Send + Sync + 'static) {
+    #[cfg(awaitmap_loom)]
+    {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(preemptions);
+        }
+        let runs = StdArc::new(AtomicUsize::new(0));
+        let counted = StdArc::clone(&runs);
+        builder.check(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            f();
+        });
+        // Shown with `--nocapture`: how many interleavings were explored.
+        eprintln!("loom explored {} executions", runs.load(Ordering::Relaxed));
+    }
+    #[cfg(not(awaitmap_loom))]
+    {
+        let _ = preemptions;
+        let runs = if cfg!(miri) { 4 } else { 300 };
+        for _ in 0..runs {
+            f();
+        }
+    }
+}
+
+/// Runs `f` as [`model_bounded`] does; each execution returns its outcome,
+/// which must be in `legal`. Under loom, which explores the interleavings,
+/// every legal outcome must also be reached: the model really races what it
+/// claims to.
+fn model_outcomes<T>(preemptions: usize, legal: &[T], f: impl Fn() -> T + Send + Sync + 'static)
+where
+    T: PartialEq + Debug + Clone + Send + Sync + 'static,
+{
+    let seen = StdArc::new(StdMutex::new(Vec::<T>::new()));
+    {
+        let legal = legal.to_vec();
+        let seen = StdArc::clone(&seen);
+        model_bounded(preemptions, move || {
+            let outcome = f();
+            assert!(legal.contains(&outcome), "illegal outcome {outcome:?}");
+            let mut seen = seen.lock().unwrap();
+            if !seen.contains(&outcome) {
+                seen.push(outcome);
+            }
+        });
+    }
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    if cfg!(awaitmap_loom) {
+        let missed: Vec<&T> = legal.iter().filter(|o| !seen.contains(o)).collect();
+        assert!(
+            missed.is_empty(),
+            "legal outcomes never reached: {missed:?}"
+        );
+    }
+}
+
+/// A waker that runs a hook (which may call back into the map) and then wakes
+/// the task. With the hook, a model also checks that wakers run with the lock
+/// released and see the state the wake-up announced.
+struct HookWaker {
+    hook: StdArc<dyn Fn() + Send + Sync>,
+    task: Waker,
+}
+
+impl Wake for HookWaker {
+    fn wake(self: StdArc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &StdArc<Self>) {
+        (self.hook)();
+        self.task.wake_by_ref();
+    }
+}
+
+/// `fut`, polled with a [`HookWaker`] around the task's waker. The hook waker
+/// is reused while the task's waker stays the same, so the map sees one waker.
+struct OnWake<F> {
+    fut: F,
+    hook: StdArc<dyn Fn() + Send + Sync>,
+    cached: Option<(Waker, Waker)>,
+}
+
+fn on_wake<F>(fut: F, hook: impl Fn() + Send + Sync + 'static) -> OnWake<F> {
+    OnWake {
+        fut,
+        hook: StdArc::new(hook),
+        cached: None,
+    }
+}
+
+impl<F: Future + Unpin> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let fresh = match &this.cached {
+            Some((task, _)) => !task.will_wake(cx.waker()),
+            None => true,
+        };
+        if fresh {
+            let hooked = Waker::from(StdArc::new(HookWaker {
+                hook: StdArc::clone(&this.hook),
+                task: cx.waker().clone(),
+            }));
+            this.cached = Some((cx.waker().clone(), hooked));
+        }
+        let (_, hooked) = this.cached.as_ref().expect("set above");
+        Pin::new(&mut this.fut).poll(&mut Context::from_waker(hooked))
+    }
+}
+
+/// A hook that only calls back into the map: it deadlocks if a waker runs
+/// under the map's lock.
+fn reenter(map: &Arc<Map>) -> impl Fn() + Send + Sync + 'static {
+    let map = Arc::clone(map);
+    move || {
+        let _ = map.len();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. insert ‖ first poll of `get`
+// ---------------------------------------------------------------------------
+
+// Semantics 1, 2, 3: whichever runs first, the get resolves with the value,
+// and its waker (if it waited) runs with the lock free and the value stored.
+#[test]
+fn get_resolves_whether_insert_runs_before_or_after_its_first_poll() {
+    model(|| {
+        let map = Arc::new(new_map());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        let hook_map = Arc::clone(&map);
+        let got = block_on(on_wake(map.get(&K), move || {
+            assert!(
+                hook_map.contains_key(&K),
+                "woken before the value was stored"
+            );
+        }));
+        assert_eq!(got, Ok(10));
+        assert_eq!(producer.join().unwrap(), None);
+        assert_eq!(map.try_get(&K), Some(10));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+// Semantics 1, 2: the same race with a `take`: it resolves with the value and
+// the value leaves the map.
+#[test]
+fn take_resolves_whether_insert_runs_before_or_after_its_first_poll() {
+    model(|| {
+        let map = Arc::new(new_map());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        let got = block_on(on_wake(map.take(&K), reenter(&map)));
+        assert_eq!(got, Ok(10));
+        assert_eq!(producer.join().unwrap(), None);
+        assert_eq!(map.len(), 0);
+        assert!(!map.contains_key(&K));
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 2. insert ‖ drop of a waiting `get`
+// ---------------------------------------------------------------------------
+
+// Semantics 1, 5: dropping a waiting get while an insert runs deregisters it
+// and the value is stored either way.
+#[test]
+fn dropping_a_waiting_get_during_an_insert_deregisters_it() {
+    model(|| {
+        let map = Arc::new(new_map());
+        let (counter, waker) = counting_waker();
+        let mut waiting = map.get(&K);
+        assert!(poll_once(&mut waiting, &waker).is_pending());
+        assert_eq!(map.waiters(), 1);
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        drop(waiting);
+        assert_eq!(producer.join().unwrap(), None);
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(map.try_get(&K), Some(10));
+        assert_eq!(map.len(), 1);
+        assert!(counter.wakes() <= 1);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 3. two gets and a take on one key ‖ inserts
+// ---------------------------------------------------------------------------
+
+/// One execution of [`two_gets_and_a_take_race_three_inserts`]: what the take
+/// got, what the second and third inserts replaced, and the two gets.
+type GetsTakeOutcome = (u64, Option<u64>, Option<u64>, u64, u64);
+
+// Semantics 1, 6: every get sees some inserted value, the take gets exactly
+// one, and each value is taken, replaced or still stored: never lost or
+// delivered twice.
+#[test]
+fn two_gets_and_a_take_race_three_inserts() {
+    // The take resolves before the third insert (the main thread joins it
+    // first). Either it took 1 before the second insert (which then replaced
+    // nothing and the third replaced 2), or 2 after it (the second replaced
+    // 1, the third nothing). The gets may see any of the three values.
+    let mut legal: Vec<GetsTakeOutcome> = Vec::new();
+    for (take, second, third) in [(1, None, Some(2)), (2, Some(1), None)] {
+        for a in 1..=3 {
+            for b in 1..=3 {
+                legal.push((take, second, third, a, b));
+            }
+        }
+    }
+    // Two of these outcomes (the second get seeing 1 while the first sees a
+    // later value) need four preemptions.
+    model_outcomes(4, &legal, || {
+        let map = Arc::new(new_map());
+        let getter = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || {
+                let both = futures::future::join(map.get(&K), map.get(&K));
+                let (a, b) = block_on(on_wake(both, reenter(&map)));
+                (a.unwrap(), b.unwrap())
+            })
+        };
+        let taker = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(on_wake(map.take(&K), reenter(&map))).unwrap())
+        };
+        assert_eq!(map.insert(K, 1), None);
+        let second = map.insert(K, 2);
+        let take = taker.join().unwrap();
+        let third = map.insert(K, 3);
+        let (a, b) = getter.join().unwrap();
+
+        // Conservation: every inserted value is accounted for exactly once.
+        let mut accounted: Vec<u64> = [Some(take), second, third, map.try_get(&K)]
+            .into_iter()
+            .flatten()
+            .collect();
+        accounted.sort_unstable();
+        assert_eq!(accounted, [1, 2, 3]);
+        assert_eq!(map.try_get(&K), Some(3));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+        (take, second, third, a, b)
+    });
+}
+
+// Semantics 1, 6, 9: two takes, two inserts (the second may replace the
+// first) and a close: each stored value goes to exactly one take, and a take
+// left without a value fails `Closed` instead of hanging.
+#[test]
+fn two_takes_race_inserts_and_close_each_value_delivered_once() {
+    let legal = [
+        // The first value was taken before the second insert.
+        (Ok(1), Ok(2), None),
+        (Ok(2), Ok(1), None),
+        // The second insert replaced the first value: one take gets it.
+        (Ok(2), Err(WaitError::Closed), Some(1)),
+        (Err(WaitError::Closed), Ok(2), Some(1)),
+    ];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let spawn_take = || {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(map.take(&K)))
+        };
+        let (first, second) = (spawn_take(), spawn_take());
+        assert_eq!(map.insert(K, 1), None);
+        let replaced = map.insert(K, 2);
+        map.close();
+        let outcome = (first.join().unwrap(), second.join().unwrap(), replaced);
+        assert_eq!(map.len(), 0);
+        assert_eq!(map.waiters(), 0);
+        outcome
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 4. close ‖ poll
+// ---------------------------------------------------------------------------
+
+// Semantic 9: a get and a take blocked (or about to block) on other threads
+// resolve `Err(Closed)` when the map is closed; nothing stays registered.
+#[test]
+fn close_fails_a_get_and_a_take_waiting_on_other_threads() {
+    model(|| {
+        let map = Arc::new(new_map());
+        let closed_hook = |map: &Arc<Map>| {
+            let map = Arc::clone(map);
+            move || assert!(map.is_closed(), "woken before the map was closed")
+        };
+        let getter = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(on_wake(map.get(&K), closed_hook(&map))))
+        };
+        let taker = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(on_wake(map.take(&K), closed_hook(&map))))
+        };
+        map.close();
+        assert_eq!(getter.join().unwrap(), Err(WaitError::Closed));
+        assert_eq!(taker.join().unwrap(), Err(WaitError::Closed));
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(map.len(), 0);
+        assert!(map.is_closed());
+    });
+}
+
+// Semantics 1, 9: close ‖ insert ‖ get: the get gets the value or `Closed`,
+// and the value is stored in any case.
+#[test]
+fn close_insert_and_get_race_value_is_stored_either_way() {
+    model_outcomes(PREEMPTIONS, &[Ok(5), Err(WaitError::Closed)], || {
+        let map = Arc::new(new_map());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 5))
+        };
+        let getter = {
+            let map = Arc::clone(&map);
+            let hook_map = Arc::clone(&map);
+            thread::spawn(move || {
+                block_on(on_wake(map.get(&K), move || {
+                    assert!(hook_map.is_closed() || hook_map.contains_key(&K));
+                }))
+            })
+        };
+        map.close();
+        assert_eq!(producer.join().unwrap(), None);
+        let got = getter.join().unwrap();
+        assert_eq!(map.try_get(&K), Some(5));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+        got
+    });
+}
+
+// Semantics 6, 9: close ‖ insert ‖ take: the take gets the value (which then
+// leaves the map) or `Closed` (and the value stays): never both, never none.
+#[test]
+fn close_insert_and_take_race_value_is_taken_or_stored() {
+    model_outcomes(PREEMPTIONS, &[Ok(5), Err(WaitError::Closed)], || {
+        let map = Arc::new(new_map());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 5))
+        };
+        let taker = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(on_wake(map.take(&K), reenter(&map))))
+        };
+        map.close();
+        assert_eq!(producer.join().unwrap(), None);
+        let got = taker.join().unwrap();
+        match got {
+            Ok(_) => assert_eq!(map.len(), 0),
+            Err(_) => assert_eq!(map.try_get(&K), Some(5)),
+        }
+        assert_eq!(map.waiters(), 0);
+        got
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 5. cancel ‖ re-registration
+// ---------------------------------------------------------------------------
+
+// Semantic 8: a get registered before `cancel` is failed; a take registered
+// on another thread while `cancel` runs is failed exactly when `cancel`
+// counted it, and otherwise resolves Ok after a final insert.
+#[test]
+fn cancel_counts_exactly_the_futures_it_fails_while_another_registers() {
+    // (cancel's count, the new take's outcome)
+    let legal = [(2, Err(WaitError::Cancelled)), (1, Ok(7))];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        // `take_owned` needs the map in a std `Arc`; loom's cannot call it.
+        let map = StdArc::new(new_map());
+        let (early_counter, early_waker) = counting_waker();
+        let mut early = map.get(&K);
+        assert!(poll_once(&mut early, &early_waker).is_pending());
+        let (late_counter, late_waker) = counting_waker();
+        let registrar = {
+            let map = StdArc::clone(&map);
+            thread::spawn(move || {
+                let mut late = map.take_owned(&K);
+                assert!(poll_once(&mut late, &late_waker).is_pending());
+                late
+            })
+        };
+        let cancelled = map.cancel(&K);
+        let late = registrar.join().unwrap();
+        // `cancel` wakes exactly the futures it failed.
+        assert_eq!(early_counter.wakes(), 1);
+        assert_eq!(late_counter.wakes(), cancelled - 1);
+
+        assert_eq!(map.insert(K, 7), None);
+        assert_eq!(block_on(early), Err(WaitError::Cancelled));
+        let late = block_on(late);
+        let failed = 1 + usize::from(late == Err(WaitError::Cancelled));
+        assert_eq!(cancelled, failed);
+        assert_eq!(map.len(), if late.is_ok() { 0 } else { 1 });
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(StdArc::strong_count(&map), 1);
+        (cancelled, late)
+    });
+}
+
+// Semantics 1, 8: cancel ‖ insert on a key with a waiting take: before the
+// insert the take is failed and the value stays; after it the take holds the
+// value, is left alone and gets it.
+#[test]
+fn cancel_and_insert_race_on_a_key_with_a_waiting_take() {
+    let legal = [(1, Err(WaitError::Cancelled)), (0, Ok(9))];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let (_counter, waker) = counting_waker();
+        let mut waiting = map.take(&K);
+        assert!(poll_once(&mut waiting, &waker).is_pending());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 9))
+        };
+        let cancelled = map.cancel(&K);
+        assert_eq!(producer.join().unwrap(), None);
+        let got = block_on(waiting);
+        match got {
+            Ok(_) => assert_eq!(map.len(), 0),
+            Err(_) => assert_eq!(map.try_get(&K), Some(9)),
+        }
+        assert_eq!(map.waiters(), 0);
+        (cancelled, got)
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 6. a woken take dropped ‖ another take
+// ---------------------------------------------------------------------------
+
+// Semantic 6: take A is woken for the value, then dropped on one thread while
+// take B waits on another: the wake-up passes to B, which gets the value.
+#[test]
+fn dropping_a_woken_take_hands_the_value_to_the_next_take() {
+    model(|| {
+        // `take_owned` needs the map in a std `Arc`; loom's cannot call it.
+        let map = StdArc::new(new_map());
+        let (a_counter, a_waker) = counting_waker();
+        let (b_counter, b_waker) = counting_waker();
+        let mut a = map.take_owned(&K);
+        let mut b = map.take(&K);
+        assert!(poll_once(&mut a, &a_waker).is_pending());
+        assert!(poll_once(&mut b, &b_waker).is_pending());
+        assert_eq!(map.insert(K, 3), None);
+        assert_eq!((a_counter.wakes(), b_counter.wakes()), (1, 0));
+
+        let dropper = thread::spawn(move || drop(a));
+        assert_eq!(block_on(b), Ok(3));
+        dropper.join().unwrap();
+        assert_eq!(map.len(), 0);
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(StdArc::strong_count(&map), 1);
+    });
+}
+
+// Semantics 1, 5, 6: the first waiting take is dropped on one thread while an
+// insert runs on another and the second take waits on a third: the value ends
+// with the second take whichever ran first.
+#[test]
+fn dropping_a_waiting_take_during_an_insert_leaves_the_value_to_the_next() {
+    model(|| {
+        // `take_owned` needs the map in a std `Arc`; loom's cannot call it.
+        let map = StdArc::new(new_map());
+        let (a_counter, a_waker) = counting_waker();
+        let (_b_counter, b_waker) = counting_waker();
+        let mut a = map.take_owned(&K);
+        let mut b = map.take(&K);
+        assert!(poll_once(&mut a, &a_waker).is_pending());
+        assert!(poll_once(&mut b, &b_waker).is_pending());
+        let producer = {
+            let map = StdArc::clone(&map);
+            thread::spawn(move || map.insert(K, 4))
+        };
+        let dropper = thread::spawn(move || drop(a));
+        assert_eq!(block_on(b), Ok(4));
+        assert_eq!(producer.join().unwrap(), None);
+        dropper.join().unwrap();
+        assert_eq!(map.len(), 0);
+        assert_eq!(map.waiters(), 0);
+        assert!(a_counter.wakes() <= 1);
+        assert_eq!(StdArc::strong_count(&map), 1);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 7. remove ‖ waiting get
+// ---------------------------------------------------------------------------
+
+// Semantics 1, 7: a get waits while a value is inserted and removed on other
+// threads; it resolves with an inserted value (a final insert guarantees one
+// stays), and remove and insert account for every value.
+#[test]
+fn remove_races_a_waiting_get_which_resolves_with_an_inserted_value() {
+    // (what remove got, what the final insert replaced, the get's value)
+    let legal = [
+        (Some(1), None, 1),
+        (Some(1), None, 2),
+        (None, Some(1), 1),
+        (None, Some(1), 2),
+    ];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let getter = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(on_wake(map.get(&K), reenter(&map))).unwrap())
+        };
+        let remover = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.remove(&K))
+        };
+        assert_eq!(map.insert(K, 1), None);
+        let removed = remover.join().unwrap();
+        let replaced = map.insert(K, 2);
+        let got = getter.join().unwrap();
+        assert_eq!(map.try_get(&K), Some(2));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+        (removed, replaced, got)
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Extra: a woken take whose value vanishes
+// ---------------------------------------------------------------------------
+
+// Semantics 1, 6, 7: a take woken for a value that a `remove` on another
+// thread then takes out waits again, still first in line, and the next insert
+// wakes it; or it got the first value and the second stays stored.
+#[test]
+fn woken_take_whose_value_is_removed_is_woken_again_by_the_next_insert() {
+    // (what remove got, what the take got, values left)
+    let legal = [(None, 1, 1), (Some(1), 2, 0)];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let (counter, waker) = counting_waker();
+        let mut waiting = map.take(&K);
+        assert!(poll_once(&mut waiting, &waker).is_pending());
+        assert_eq!(map.insert(K, 1), None);
+        assert_eq!(counter.wakes(), 1);
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || {
+                let removed = map.remove(&K);
+                assert_eq!(map.insert(K, 2), None);
+                removed
+            })
+        };
+        let got = block_on(on_wake(waiting, reenter(&map))).unwrap();
+        let removed = producer.join().unwrap();
+        assert_eq!(map.waiters(), 0);
+        (removed, got, map.len())
+    });
+}
