@@ -150,8 +150,8 @@ fn waiting_and_dropping_on_a_million_keys_leaves_memory_flat() {
             }
         }
     };
-    churn(0, 1_000, false);
-    churn(0, 1_000, true);
+    churn(0, scaled(1_000), false);
+    churn(0, scaled(1_000), true);
     let n = scaled(1_000_000);
     let ((), gets) = measure(|| churn(1_000, n, false));
     let ((), takes) = measure(|| churn(1_000 + n, n, true));
@@ -193,8 +193,8 @@ fn waiting_and_cancelling_on_distinct_keys_leaves_memory_flat() {
             assert_eq!(r, Poll::Ready(Err(WaitError::Cancelled)));
         }
     };
-    churn(0, 1_000, false);
-    churn(0, 1_000, true);
+    churn(0, scaled(1_000), false);
+    churn(0, scaled(1_000), true);
     let n = scaled(250_000);
     let ((), gets) = measure(|| churn(1_000, n, false));
     let ((), takes) = measure(|| churn(1_000 + n, n, true));
@@ -242,8 +242,8 @@ fn miss_insert_ready_cycles_allocate_nothing_after_warm_up() {
             assert_eq!(map.remove(&k), Some(k + 1));
         }
     };
-    rpc(0, 1_000);
-    fill(0, 1_000);
+    rpc(0, scaled(1_000));
+    fill(0, scaled(1_000));
     let n = scaled(250_000);
     let wakes = wc.wakes();
     let ((), takes) = measure(|| rpc(1_000, n));
