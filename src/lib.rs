@@ -48,6 +48,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `std` | yes | the blocking API (`*_blocking`, `*_blocking_timeout`) |
+//! | `portable-atomic` | no | targets without compare-and-swap: the lock's atomics go through `portable-atomic`; the final binary picks its backend |
 //!
 //! # `no_std`
 //!
