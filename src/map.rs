@@ -2,7 +2,7 @@
 
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
-use core::task::{Context, Poll};
+use core::task::{Context, Poll, Waker};
 
 use alloc::borrow::ToOwned;
 #[cfg(target_has_atomic = "ptr")]
@@ -13,9 +13,9 @@ use crate::WaitError;
 use crate::future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 use crate::future::{GetOwned, TakeOwned};
-use crate::state::{Mode, Phase, Prepared, Spill, State, Step};
+use crate::state::{Hit, Mode, Phase, Prepared, Spill, State, Step};
 use crate::sync::{Lock, const_fn_unless_loom};
-use crate::waiters::{Kind, WakeBatch};
+use crate::waiters::{Kind, WakeBatch, wake_one};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
 /// return futures that resolve as soon as some producer
@@ -240,13 +240,11 @@ impl<K, V, S> AwaitMap<K, V, S> {
     /// assert_eq!(block_on(map.get(&"absent")), Err(WaitError::Closed));
     /// ```
     pub fn close(&self) {
-        let mut batch = WakeBatch::new();
-        let more = self.state.with(|st| {
+        let (first, more) = self.state.with(|st| {
             st.close();
-            st.slab.pop_batch(&mut batch);
-            st.slab.has_queued()
+            (st.slab.pop_one(), st.slab.has_queued())
         });
-        self.wake(batch, more);
+        self.wake(first, more);
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -263,38 +261,69 @@ impl<K, V, S> AwaitMap<K, V, S> {
         self.state.with(|st| st.is_closed())
     }
 
-    /// Wakes `batch` (popped under the lock by the caller), then, if `more`
+    /// Wakes `first` (popped under the lock by the caller), then, if `more`
     /// wakers are queued, the rest, a batch at a time, with the lock
     /// released. With `std`, a panicking waker does not stop the others: the
     /// first panic is resumed once every due waker has run.
-    fn wake(&self, mut batch: WakeBatch, mut more: bool) {
+    #[inline]
+    fn wake(&self, first: Option<Waker>, more: bool) {
         let mut panic = None;
-        loop {
-            batch.wake_all(&mut panic);
-            if !more {
-                break;
-            }
-            more = self.state.with(|st| {
-                st.slab.pop_batch(&mut batch);
-                st.slab.has_queued()
-            });
+        if let Some(w) = first {
+            wake_one(w, &mut panic);
+        }
+        if more {
+            self.drain(&mut panic);
         }
         resume(panic);
     }
 
-    /// Deregisters a future that is dropped before it completed.
-    pub(crate) fn abandon(&self, kind: Kind, core: &mut Core) {
-        if let Phase::Registered { slot, seq, entry } = core.phase {
-            core.phase = Phase::Done;
-            let mut spill = Spill::new();
-            let mut batch = WakeBatch::new();
-            let more = self.state.with(|st| {
-                st.deregister(kind, core.hash, slot, seq, entry, &mut spill);
+    #[cold]
+    #[inline(never)]
+    fn drain(&self, panic: &mut Option<crate::waiters::Panic>) {
+        let mut batch = WakeBatch::new();
+        let mut more = true;
+        while more {
+            more = self.state.with(|st| {
                 st.slab.pop_batch(&mut batch);
                 st.slab.has_queued()
             });
+            batch.wake_all(panic);
+        }
+    }
+
+    /// Deregisters a future that is dropped before it completed.
+    #[inline]
+    pub(crate) fn abandon(&self, kind: Kind, core: &mut Core) {
+        if let Phase::Registered {
+            slot,
+            seq,
+            entry,
+            bucket,
+        } = core.phase
+        {
+            self.deregister(kind, core, slot, seq, entry, bucket);
+        }
+    }
+
+    #[inline(never)]
+    fn deregister(
+        &self,
+        kind: Kind,
+        core: &mut Core,
+        slot: u32,
+        seq: u64,
+        entry: u64,
+        bucket: usize,
+    ) {
+        {
+            core.phase = Phase::Done;
+            let mut spill = Spill::new();
+            let (first, more) = self.state.with(|st| {
+                st.deregister(kind, core.hash, slot, seq, entry, bucket, &mut spill);
+                (st.slab.pop_one(), st.slab.has_queued())
+            });
             drop(spill);
-            self.wake(batch, more);
+            self.wake(first, more);
         }
     }
 }
@@ -328,14 +357,12 @@ where
         let hash = self.hasher.hash_one(&key);
         let mut key = Some(key);
         let mut value = Some(value);
-        let mut batch = WakeBatch::new();
-        let (old, more) = self.state.with(|st| {
+        let (old, first, more) = self.state.with(|st| {
             let old = st.insert(hash, &mut key, &mut value, |a, b| a == b);
-            st.slab.pop_batch(&mut batch);
-            (old, st.slab.has_queued())
+            (old, st.slab.pop_one(), st.slab.has_queued())
         });
         drop(key);
-        self.wake(batch, more);
+        self.wake(first, more);
         old
     }
 
@@ -506,18 +533,20 @@ where
     {
         let hash = self.hasher.hash_one(key);
         let mut spill = Spill::new();
-        let mut batch = WakeBatch::new();
-        let (n, more) = self.state.with(|st| {
+        let (n, first, more) = self.state.with(|st| {
             let n = st.cancel(hash, |k| key.equivalent(k), &mut spill);
-            st.slab.pop_batch(&mut batch);
-            (n, st.slab.has_queued())
+            (n, st.slab.pop_one(), st.slab.has_queued())
         });
         drop(spill);
-        self.wake(batch, more);
+        self.wake(first, more);
         n
     }
 
     /// Polls a `get` or `take` future: the logic all four futures share.
+    ///
+    /// The first poll of a present key is the hot path: one hash, one lock,
+    /// one probe, one clone (or move). Everything else is out of line.
+    #[inline(always)]
     pub(crate) fn poll_wait<M, Q>(
         &self,
         core: &mut Core,
@@ -530,15 +559,68 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        match core.phase {
-            Phase::Init => core.hash = self.hasher.hash_one(key),
-            Phase::Registered { .. } => {}
-            Phase::Done => panic!("`{what}` polled after it returned `Ready`"),
+        if let Phase::Init = core.phase {
+            let hash = self.hasher.hash_one(key);
+            core.hash = hash;
+            if M::KIND == Kind::Take {
+                // A `take` mostly waits (a response awaited before it
+                // arrives): preparing its registration up front saves a
+                // second trip through the lock.
+                return self.poll_slow::<M, Q>(core, key, cx, what, Some(false));
+            }
+            let mut spill_key = None;
+            let hit = self
+                .state
+                .with(|st| st.poll_hit::<M>(hash, |k| key.equivalent(k), &mut spill_key));
+            drop(spill_key);
+            match hit {
+                Hit::Ready(r) => {
+                    core.phase = Phase::Done;
+                    return Poll::Ready(r);
+                }
+                Hit::Miss { entry } => {
+                    return self.poll_slow::<M, Q>(core, key, cx, what, Some(entry));
+                }
+            }
+        }
+        self.poll_slow::<M, Q>(core, key, cx, what, None)
+    }
+
+    /// Registration and every poll after the first: a loop of locked steps,
+    /// each of which may ask for a waker clone or an owned key, made outside
+    /// the lock.
+    ///
+    /// `missed` is set after the fast path found no value: `Some(true)` if
+    /// the key has an entry (so registering needs no owned key).
+    #[inline(never)]
+    fn poll_slow<M, Q>(
+        &self,
+        core: &mut Core,
+        key: &Q,
+        cx: &mut Context<'_>,
+        what: &'static str,
+        missed: Option<bool>,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        M: Mode<V>,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        if let Phase::Done = core.phase {
+            panic!("`{what}` polled after it returned `Ready`");
         }
         let mut prep = Prepared {
             waker: None,
             key: None,
         };
+        // Registering needs a waker (and maybe an owned key): user code, so
+        // made here, before the lock is taken again.
+        if let Some(entry) = missed {
+            prep.waker = Some(cx.waker().clone());
+            if !entry {
+                prep.key = Some(key.to_owned().into());
+            }
+        }
         loop {
             let mut spill = Spill::new();
             let step = self.state.with(|st| {
@@ -559,7 +641,6 @@ where
                 }
                 Step::Pending => return Poll::Pending,
                 Step::Need { key: need_key } => {
-                    // User code (waker clone, key conversion): outside the lock.
                     if prep.waker.is_none() {
                         prep.waker = Some(cx.waker().clone());
                     }

@@ -10,6 +10,7 @@
 use core::task::Waker;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::{Entry as TableEntry, OccupiedEntry};
 
 use crate::WaitError;
 use crate::waiters::{Kind, List, NIL, NodeState, Slab};
@@ -103,9 +104,26 @@ pub(crate) enum Phase {
     /// Not polled yet (or polled only to `Ready`): the map knows nothing of it.
     Init,
     /// Holds a node in the slab.
-    Registered { slot: u32, seq: u64, entry: u64 },
+    /// `bucket` is where the entry was when it registered: a hint, checked
+    /// against `entry` (the table may have moved it since).
+    Registered {
+        slot: u32,
+        seq: u64,
+        entry: u64,
+        bucket: usize,
+    },
     /// Returned `Ready`.
     Done,
+}
+
+/// The outcome of the first poll's fast path.
+pub(crate) enum Hit<V> {
+    Ready(Result<V, WaitError>),
+    /// The key has no value; `entry` says whether it has an entry (waiters),
+    /// so registering would not need an owned key.
+    Miss {
+        entry: bool,
+    },
 }
 
 /// The outcome of one locked poll step.
@@ -305,6 +323,48 @@ impl<K, V> State<K, V> {
         }
     }
 
+    /// The first poll's fast path: the key's value if it has one (and, for a
+    /// `take` that empties the entry, the key to drop after unlocking), an
+    /// error if the map is closed, or a miss.
+    #[inline]
+    pub(crate) fn poll_hit<M: Mode<V>>(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        spill_key: &mut Option<K>,
+    ) -> Hit<V> {
+        let entry = match M::KIND {
+            Kind::Get => match self.table.find_mut(hash, |e| e.hash == hash && eq(&e.key)) {
+                Some(e) => match M::extract(&mut e.value) {
+                    Some(v) => return Hit::Ready(Ok(v)),
+                    None => true,
+                },
+                None => false,
+            },
+            Kind::Take => match self
+                .table
+                .find_entry(hash, |e| e.hash == hash && eq(&e.key))
+            {
+                Ok(mut occ) => match M::extract(&mut occ.get_mut().value) {
+                    Some(v) => {
+                        self.len -= 1;
+                        if occ.get().is_empty() {
+                            *spill_key = Some(occ.remove().0.key);
+                        }
+                        return Hit::Ready(Ok(v));
+                    }
+                    None => true,
+                },
+                Err(_) => false,
+            },
+        };
+        if self.closed {
+            Hit::Ready(Err(WaitError::Closed))
+        } else {
+            Hit::Miss { entry }
+        }
+    }
+
     /// One poll of a `get` or `take` future, under the lock.
     #[inline]
     pub(crate) fn poll<M: Mode<V>>(
@@ -318,9 +378,13 @@ impl<K, V> State<K, V> {
     ) -> Step<V> {
         match *phase {
             Phase::Init => self.poll_first::<M>(phase, hash, eq, prep, spill),
-            Phase::Registered { slot, seq, entry } => {
-                self.poll_registered::<M>(phase, hash, slot, seq, entry, cx_waker, prep, spill)
-            }
+            Phase::Registered {
+                slot,
+                seq,
+                entry,
+                bucket,
+            } => self
+                .poll_registered::<M>(phase, hash, slot, seq, entry, bucket, cx_waker, prep, spill),
             Phase::Done => unreachable!("checked by the future"),
         }
     }
@@ -334,11 +398,12 @@ impl<K, V> State<K, V> {
         prep: &mut Prepared<K>,
         spill: &mut Spill<K>,
     ) -> Step<V> {
+        // One probe finds the entry or the place to insert it.
         let found = self
             .table
-            .find_entry(hash, |e| e.hash == hash && eq(&e.key));
+            .entry(hash, |e| e.hash == hash && eq(&e.key), |e| e.hash);
         match found {
-            Ok(mut occ) => {
+            TableEntry::Occupied(mut occ) => {
                 let e = occ.get_mut();
                 if e.value.is_some() {
                     let v = M::extract(&mut e.value);
@@ -359,27 +424,30 @@ impl<K, V> State<K, V> {
                 let seq = self.next_id;
                 self.next_id += 1;
                 let slot = self.slab.alloc(seq, waker);
+                let bucket = occ.bucket_index();
                 let e = occ.into_mut();
                 self.slab.push_back(e.list(M::KIND), slot);
                 *phase = Phase::Registered {
                     slot,
                     seq,
                     entry: e.id,
+                    bucket,
                 };
                 Step::Pending
             }
-            Err(_) => {
+            TableEntry::Vacant(vacant) => {
                 if self.closed {
                     return Step::Ready(Err(WaitError::Closed));
                 }
-                if prep.waker.is_none() || prep.key.is_none() {
+                let (Some(_), Some(_)) = (&prep.waker, &prep.key) else {
                     return Step::Need { key: true };
-                }
-                let (Some(waker), Some(key)) = (prep.waker.take(), prep.key.take()) else {
-                    unreachable!()
                 };
-                let id = self.fresh_id();
-                let seq = self.fresh_id();
+                let (Some(waker), Some(key)) = (prep.waker.take(), prep.key.take()) else {
+                    unreachable!("both checked above")
+                };
+                let id = self.next_id;
+                let seq = id + 1;
+                self.next_id += 2;
                 let slot = self.slab.alloc(seq, waker);
                 let mut entry = Entry {
                     hash,
@@ -391,11 +459,12 @@ impl<K, V> State<K, V> {
                     baton: NIL,
                 };
                 self.slab.push_back(entry.list(M::KIND), slot);
-                self.table.insert_unique(hash, entry, |e| e.hash);
+                let bucket = vacant.insert(entry).bucket_index();
                 *phase = Phase::Registered {
                     slot,
                     seq,
                     entry: id,
+                    bucket,
                 };
                 Step::Pending
             }
@@ -410,6 +479,7 @@ impl<K, V> State<K, V> {
         slot: u32,
         seq: u64,
         entry: u64,
+        bucket: usize,
         cx_waker: &Waker,
         prep: &mut Prepared<K>,
         spill: &mut Spill<K>,
@@ -418,14 +488,7 @@ impl<K, V> State<K, V> {
             spill.waker = self.slab.free(slot);
             return Step::Ready(Err(WaitError::Cancelled));
         }
-        let Ok(mut occ) = self
-            .table
-            .find_entry(hash, |e| e.hash == hash && e.id == entry)
-        else {
-            unreachable!(
-                "awaitmap: a waiting future's entry is missing (internal invariant broken)"
-            )
-        };
+        let mut occ = entry_of(&mut self.table, hash, entry, bucket);
         let e = occ.get_mut();
         let mine = match M::KIND {
             Kind::Get => e.value.is_some(),
@@ -469,6 +532,7 @@ impl<K, V> State<K, V> {
 
     /// Deregisters a dropped future. A `take` holding the baton passes it to
     /// the next waiting `take` if the value is still there (semantic 6).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn deregister(
         &mut self,
         kind: Kind,
@@ -476,17 +540,11 @@ impl<K, V> State<K, V> {
         slot: u32,
         seq: u64,
         entry: u64,
+        bucket: usize,
         spill: &mut Spill<K>,
     ) {
         if self.slab.node(slot, seq).state() == NodeState::Waiting {
-            let Ok(mut occ) = self
-                .table
-                .find_entry(hash, |e| e.hash == hash && e.id == entry)
-            else {
-                unreachable!(
-                    "awaitmap: a waiting future's entry is missing (internal invariant broken)"
-                )
-            };
+            let mut occ = entry_of(&mut self.table, hash, entry, bucket);
             let e = occ.get_mut();
             self.slab.unlink(e.list(kind), slot);
             if e.baton == slot {
@@ -502,4 +560,24 @@ impl<K, V> State<K, V> {
         }
         spill.waker = self.slab.free(slot);
     }
+}
+
+/// The entry a registered future waits on, found without user code: at the
+/// bucket where it registered if it is still there, else by its hash and id.
+/// A `Waiting` node's entry always exists.
+#[inline]
+fn entry_of<K, V>(
+    table: &mut HashTable<Entry<K, V>>,
+    hash: u64,
+    id: u64,
+    bucket: usize,
+) -> OccupiedEntry<'_, Entry<K, V>> {
+    let index = if table.get_bucket(bucket).is_some_and(|e| e.id == id) {
+        Some(bucket)
+    } else {
+        table.find_bucket_index(hash, |e| e.hash == hash && e.id == id)
+    };
+    index
+        .and_then(|i| table.get_bucket_entry(i).ok())
+        .expect("awaitmap: a waiting future's entry is missing (internal invariant broken)")
 }

@@ -8,8 +8,30 @@
 //! Under `--cfg awaitmap_loom` the lock is loom's mutex, so loom can explore
 //! the interleavings of the map's operations (it cannot see spin's atomics).
 
-#[cfg(not(awaitmap_loom))]
+#[cfg(all(not(awaitmap_loom), not(feature = "std")))]
 type Inner<T> = spin::mutex::SpinMutex<T>;
+#[cfg(all(not(awaitmap_loom), feature = "std"))]
+type Inner<T> = spin::mutex::SpinMutex<T, SpinThenYield>;
+
+/// The wait between two looks at a busy lock: a short spin (critical
+/// sections here are a few dozen nanoseconds), then the rest of the time
+/// slice is given away, so a lock holder that was preempted gets to run
+/// instead of every waiter burning its own slice. A plain spin lock collapses
+/// when threads outnumber cores; this one does not, and its release stays a
+/// single store.
+#[cfg(feature = "std")]
+pub(crate) struct SpinThenYield;
+
+#[cfg(feature = "std")]
+impl spin::RelaxStrategy for SpinThenYield {
+    #[inline]
+    fn relax() {
+        for _ in 0..16 {
+            core::hint::spin_loop();
+        }
+        std::thread::yield_now();
+    }
+}
 #[cfg(awaitmap_loom)]
 type Inner<T> = loom::sync::Mutex<T>;
 
@@ -22,7 +44,7 @@ impl<T> Lock<T> {
     #[cfg(not(awaitmap_loom))]
     pub(crate) const fn new(value: T) -> Self {
         Lock {
-            inner: spin::mutex::SpinMutex::new(value),
+            inner: Inner::new(value),
         }
     }
 
@@ -40,6 +62,8 @@ impl<T> Lock<T> {
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         #[cfg(not(awaitmap_loom))]
         let mut guard = self.inner.lock();
+        // A panic under the lock (user `Eq` or `Clone`) leaves the state
+        // consistent by construction, so poisoning carries no information.
         #[cfg(awaitmap_loom)]
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)

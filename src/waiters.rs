@@ -261,26 +261,45 @@ impl Slab {
         self.wq_head != NIL
     }
 
+    /// Moves the first due waker out of the queue: most operations wake at
+    /// most one, and this spares them a batch.
+    #[inline]
+    pub(crate) fn pop_one(&mut self) -> Option<Waker> {
+        while self.wq_head != NIL {
+            if let Some(w) = self.pop_front() {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Unqueues the head node and returns its waker, if it still has one; a
+    /// zombie goes back to the free list.
+    fn pop_front(&mut self) -> Option<Waker> {
+        let slot = self.wq_head;
+        let free = self.free;
+        let n = &mut self.nodes[slot as usize];
+        n.queued = false;
+        let next = n.wq_next;
+        let waker = if n.state == NodeState::Zombie {
+            n.state = NodeState::Free;
+            n.next = free;
+            self.free = slot;
+            None
+        } else {
+            n.waker.take()
+        };
+        self.wq_head = next;
+        if next == NIL {
+            self.wq_tail = NIL;
+        }
+        waker
+    }
+
     /// Moves up to a batch of due wakers out of the queue.
     pub(crate) fn pop_batch(&mut self, batch: &mut WakeBatch) {
         while batch.len < BATCH && self.wq_head != NIL {
-            let slot = self.wq_head;
-            let (next, zombie, waker) = {
-                let n = self.node_mut(slot);
-                n.queued = false;
-                (n.wq_next, n.state == NodeState::Zombie, n.waker.take())
-            };
-            self.wq_head = next;
-            if next == NIL {
-                self.wq_tail = NIL;
-            }
-            if zombie {
-                let free = self.free;
-                let n = self.node_mut(slot);
-                n.state = NodeState::Free;
-                n.next = free;
-                self.free = slot;
-            } else if let Some(w) = waker {
+            if let Some(w) = self.pop_front() {
                 batch.wakers[batch.len] = Some(w);
                 batch.len += 1;
             }
@@ -323,7 +342,7 @@ pub(crate) type Panic = alloc::boxed::Box<dyn core::any::Any + Send>;
 pub(crate) type Panic = core::convert::Infallible;
 
 #[cfg(feature = "std")]
-fn wake_one(w: Waker, panic: &mut Option<Panic>) {
+pub(crate) fn wake_one(w: Waker, panic: &mut Option<Panic>) {
     let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| w.wake()));
     if let Err(payload) = woken {
         panic.get_or_insert(payload);
@@ -331,6 +350,6 @@ fn wake_one(w: Waker, panic: &mut Option<Panic>) {
 }
 
 #[cfg(not(feature = "std"))]
-fn wake_one(w: Waker, _: &mut Option<Panic>) {
+pub(crate) fn wake_one(w: Waker, _: &mut Option<Panic>) {
     w.wake();
 }
