@@ -394,6 +394,7 @@ where
     /// assert_eq!(block_on(map.get("alpha")), Ok(1));
     /// assert_eq!(map.len(), 1);
     /// ```
+    #[inline]
     pub fn get<'a, Q>(&'a self, key: &'a Q) -> Get<'a, K, V, S, Q>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
@@ -435,6 +436,7 @@ where
     /// assert_eq!(block_on(reply), Ok("pong"));
     /// assert!(map.is_empty());
     /// ```
+    #[inline]
     pub fn take<'a, Q>(&'a self, key: &'a Q) -> Take<'a, K, V, S, Q>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
@@ -453,6 +455,7 @@ where
     /// assert_eq!(map.try_get(&1), Some(10));
     /// assert_eq!(map.try_get(&2), None);
     /// ```
+    #[inline]
     pub fn try_get<Q>(&self, key: &Q) -> Option<V>
     where
         Q: ?Sized + Hash + Equivalent<K>,
