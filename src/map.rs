@@ -299,32 +299,23 @@ impl<K, V, S> AwaitMap<K, V, S> {
             seq,
             entry,
             bucket,
+            hash,
         } = core.phase
         {
-            self.deregister(kind, core, slot, seq, entry, bucket);
+            core.phase = Phase::Done;
+            self.deregister(kind, hash, slot, seq, entry, bucket);
         }
     }
 
     #[inline(never)]
-    fn deregister(
-        &self,
-        kind: Kind,
-        core: &mut Core,
-        slot: u32,
-        seq: u64,
-        entry: u64,
-        bucket: usize,
-    ) {
-        {
-            core.phase = Phase::Done;
-            let mut spill = Spill::new();
-            let (first, more) = self.state.with(|st| {
-                st.deregister(kind, core.hash, slot, seq, entry, bucket, &mut spill);
-                (st.slab.pop_one(), st.slab.has_queued())
-            });
-            drop(spill);
-            self.wake(first, more);
-        }
+    fn deregister(&self, kind: Kind, hash: u64, slot: u32, seq: u64, entry: u64, bucket: usize) {
+        let mut spill = Spill::new();
+        let (first, more) = self.state.with(|st| {
+            st.deregister(kind, hash, slot, seq, entry, bucket, &mut spill);
+            (st.slab.pop_one(), st.slab.has_queued())
+        });
+        drop(spill);
+        self.wake(first, more);
     }
 }
 
@@ -564,8 +555,8 @@ where
     {
         if let Phase::Init = core.phase {
             let hash = self.hasher.hash_one(key);
-            core.hash = hash;
             if M::KIND == Kind::Take {
+                core.hash = hash;
                 // A `take` mostly waits (a response awaited before it
                 // arrives): preparing its registration up front saves a
                 // second trip through the lock.
@@ -582,6 +573,7 @@ where
                     return Poll::Ready(r);
                 }
                 Hit::Miss { entry } => {
+                    core.hash = hash;
                     return self.poll_slow::<M, Q>(core, key, cx, what, Some(entry));
                 }
             }

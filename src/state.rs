@@ -106,11 +106,16 @@ pub(crate) enum Phase {
     /// Holds a node in the slab.
     /// `bucket` is where the entry was when it registered: a hint, checked
     /// against `entry` (the table may have moved it since).
+    ///
+    /// `hash` is the entry's stored hash, which may differ from the one the
+    /// future computed if the key's `Hash` is inconsistent: the entry is only
+    /// ever found again by what it stores.
     Registered {
         slot: u32,
         seq: u64,
         entry: u64,
         bucket: usize,
+        hash: u64,
     },
     /// Returned `Ready`.
     Done,
@@ -188,7 +193,7 @@ impl<K, V> State<K, V> {
     ) -> Option<&mut Option<V>> {
         let mut eq = eq;
         self.table
-            .find_mut(hash, |e| e.hash == hash && eq(&e.key))
+            .find_mut(hash, |e| eq(&e.key))
             .map(|e| &mut e.value)
     }
 
@@ -205,9 +210,7 @@ impl<K, V> State<K, V> {
         mut eq: impl FnMut(&K, &K) -> bool,
     ) -> Option<V> {
         let probe = key.as_ref().expect("insert without a key");
-        let found = self
-            .table
-            .find_mut(hash, |e| e.hash == hash && eq(probe, &e.key));
+        let found = self.table.find_mut(hash, |e| eq(probe, &e.key));
         match found {
             Some(e) => {
                 let old = e
@@ -253,10 +256,7 @@ impl<K, V> State<K, V> {
         spill: &mut Spill<K>,
     ) -> Option<V> {
         let mut eq = eq;
-        let Ok(mut occ) = self
-            .table
-            .find_entry(hash, |e| e.hash == hash && eq(&e.key))
-        else {
+        let Ok(mut occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
             return None;
         };
         let value = occ.get_mut().value.take()?;
@@ -276,10 +276,7 @@ impl<K, V> State<K, V> {
         spill: &mut Spill<K>,
     ) -> usize {
         let mut eq = eq;
-        let Ok(mut occ) = self
-            .table
-            .find_entry(hash, |e| e.hash == hash && eq(&e.key))
-        else {
+        let Ok(mut occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
             return 0;
         };
         let e = occ.get_mut();
@@ -334,17 +331,14 @@ impl<K, V> State<K, V> {
         spill_key: &mut Option<K>,
     ) -> Hit<V> {
         let entry = match M::KIND {
-            Kind::Get => match self.table.find_mut(hash, |e| e.hash == hash && eq(&e.key)) {
+            Kind::Get => match self.table.find_mut(hash, |e| eq(&e.key)) {
                 Some(e) => match M::extract(&mut e.value) {
                     Some(v) => return Hit::Ready(Ok(v)),
                     None => true,
                 },
                 None => false,
             },
-            Kind::Take => match self
-                .table
-                .find_entry(hash, |e| e.hash == hash && eq(&e.key))
-            {
+            Kind::Take => match self.table.find_entry(hash, |e| eq(&e.key)) {
                 Ok(mut occ) => match M::extract(&mut occ.get_mut().value) {
                     Some(v) => {
                         self.len -= 1;
@@ -383,6 +377,7 @@ impl<K, V> State<K, V> {
                 seq,
                 entry,
                 bucket,
+                hash,
             } => self
                 .poll_registered::<M>(phase, hash, slot, seq, entry, bucket, cx_waker, prep, spill),
             Phase::Done => unreachable!("checked by the future"),
@@ -399,9 +394,7 @@ impl<K, V> State<K, V> {
         spill: &mut Spill<K>,
     ) -> Step<V> {
         // One probe finds the entry or the place to insert it.
-        let found = self
-            .table
-            .entry(hash, |e| e.hash == hash && eq(&e.key), |e| e.hash);
+        let found = self.table.entry(hash, |e| eq(&e.key), |e| e.hash);
         match found {
             TableEntry::Occupied(mut occ) => {
                 let e = occ.get_mut();
@@ -432,6 +425,7 @@ impl<K, V> State<K, V> {
                     seq,
                     entry: e.id,
                     bucket,
+                    hash: e.hash,
                 };
                 Step::Pending
             }
@@ -465,6 +459,7 @@ impl<K, V> State<K, V> {
                     seq,
                     entry: id,
                     bucket,
+                    hash,
                 };
                 Step::Pending
             }
@@ -472,6 +467,7 @@ impl<K, V> State<K, V> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn poll_registered<M: Mode<V>>(
         &mut self,
         phase: &mut Phase,

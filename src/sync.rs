@@ -8,10 +8,12 @@
 //! Under `--cfg awaitmap_loom` the lock is loom's mutex, so loom can explore
 //! the interleavings of the map's operations (it cannot see spin's atomics).
 
+#[cfg(not(awaitmap_loom))]
+type Inner<T> = spin::mutex::SpinMutex<T, Relax>;
 #[cfg(all(not(awaitmap_loom), not(feature = "std")))]
-type Inner<T> = spin::mutex::SpinMutex<T>;
+type Relax = spin::relax::Spin;
 #[cfg(all(not(awaitmap_loom), feature = "std"))]
-type Inner<T> = spin::mutex::SpinMutex<T, SpinThenYield>;
+type Relax = SpinThenYield;
 
 /// The wait between two looks at a busy lock: a short spin (critical
 /// sections here are a few dozen nanoseconds), then the rest of the time
@@ -62,13 +64,25 @@ impl<T> Lock<T> {
     /// the panic unwinds.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // The uncontended case inline, the wait out of line: the fast path
+        // makes no call, so it needs no saved registers.
         #[cfg(not(awaitmap_loom))]
-        let mut guard = self.inner.lock();
+        let mut guard = match self.inner.try_lock() {
+            Some(guard) => guard,
+            None => self.lock_slow(),
+        };
         // A panic under the lock (user `Eq` or `Clone`) leaves the state
         // consistent by construction, so poisoning carries no information.
         #[cfg(awaitmap_loom)]
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
+    }
+
+    #[cfg(not(awaitmap_loom))]
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self) -> spin::mutex::SpinMutexGuard<'_, T, Relax> {
+        self.inner.lock()
     }
 
     /// Runs `f` if the lock is free right now; never waits.

@@ -106,8 +106,34 @@ impl Slab {
 
     /// Allocates a `Waiting` node holding `waker`. Reuses a free slot; grows
     /// the slab (the only allocation here) only past the peak so far.
+    #[inline]
     pub(crate) fn alloc(&mut self, seq: u64, waker: Waker) -> u32 {
-        let node = Node {
+        self.live += 1;
+        if self.free != NIL {
+            let slot = self.free;
+            let n = &mut self.nodes[slot as usize];
+            debug_assert!(n.state == NodeState::Free && n.waker.is_none());
+            // A free node has no waker, no links and is not queued: only
+            // these fields need writing.
+            self.free = n.next;
+            n.waker = Some(waker);
+            n.seq = seq;
+            n.prev = NIL;
+            n.next = NIL;
+            n.state = NodeState::Waiting;
+            slot
+        } else {
+            self.grow(seq, waker)
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, seq: u64, waker: Waker) -> u32 {
+        let slot = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&s| s != NIL)
+            .expect("awaitmap: more than u32::MAX - 1 waiters at once");
+        self.nodes.push(Node {
             waker: Some(waker),
             seq,
             prev: NIL,
@@ -115,23 +141,8 @@ impl Slab {
             wq_next: NIL,
             state: NodeState::Waiting,
             queued: false,
-        };
-        self.live += 1;
-        if self.free != NIL {
-            let slot = self.free;
-            let n = &mut self.nodes[slot as usize];
-            debug_assert_eq!(n.state, NodeState::Free);
-            self.free = n.next;
-            *n = node;
-            slot
-        } else {
-            let slot = u32::try_from(self.nodes.len())
-                .ok()
-                .filter(|&s| s != NIL)
-                .expect("awaitmap: more than u32::MAX - 1 waiters at once");
-            self.nodes.push(node);
-            slot
-        }
+        });
+        slot
     }
 
     /// The node a future registered, checked against its `seq`.

@@ -4,17 +4,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::RandomState;
+use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use awaitmap::AwaitMap;
 use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle};
 
-use crate::harness::{Meter, fixed, noop_cx};
+use crate::harness::{Meter, fixed};
 use crate::peers::Floor;
 
 const PRESENT: u64 = 1024;
@@ -38,30 +38,37 @@ impl Val for Arc<[u8]> {
     }
 }
 
-/// Runs `lookup` on present keys, `WARM` times untimed, then `iters` times
+/// One lookup of a present key, returning a clone. Every peer implements it
+/// with `#[inline(always)]`, and the measured loop calls it through the one
+/// out-of-line [`one_lookup`], so every peer pays the same call and none is
+/// helped or hurt by the compiler's choice to inline it into the loop.
+trait Lookup<V> {
+    fn lookup(&mut self, k: u64) -> Option<V>;
+}
+
+/// Runs `l` on present keys, `WARM` times untimed, then `iters` times
 /// measured. The returned clone is handed to `black_box` and then dropped,
 /// so its drop counts as part of the operation.
-fn hit_loop<V>(iters: u64, m: &mut Meter, mut lookup: impl FnMut(u64) -> Option<V>) {
+fn hit_loop<V, L: Lookup<V>>(iters: u64, m: &mut Meter, mut l: L) {
     for i in 0..WARM {
-        assert!(lookup(i % PRESENT).is_some());
+        assert!(one_lookup(&mut l, i % PRESENT).is_some());
     }
     m.start();
     for i in 0..iters {
         let k = black_box(i % PRESENT);
-        assert!(black_box(one_lookup(&mut lookup, k)).is_some());
+        assert!(black_box(one_lookup(&mut l, k)).is_some());
     }
     m.stop(iters);
 }
 
-/// One lookup, as one out-of-line call for every peer alike, so that the
-/// compiler's choice to inline a small lookup into the loop (and not a larger
-/// one) does not skew the comparison.
 #[inline(never)]
-fn one_lookup<V>(lookup: &mut impl FnMut(u64) -> Option<V>, k: u64) -> Option<V> {
-    lookup(k)
+fn one_lookup<V, L: Lookup<V>>(l: &mut L, k: u64) -> Option<V> {
+    l.lookup(k)
 }
 
-fn awaitmap_filled<V: Val>() -> AwaitMap<u64, V, foldhash::fast::FixedState> {
+type Fixed = foldhash::fast::FixedState;
+
+fn awaitmap_filled<V: Val>() -> AwaitMap<u64, V, Fixed> {
     let map = AwaitMap::with_hasher(fixed());
     for k in 0..PRESENT {
         map.insert(k, V::make(k));
@@ -69,22 +76,51 @@ fn awaitmap_filled<V: Val>() -> AwaitMap<u64, V, foldhash::fast::FixedState> {
     map
 }
 
-/// `map.get(&k)` polled once: `Ready` at once.
-pub fn awaitmap_get<V: Val>(iters: u64, m: &mut Meter) {
-    let map = awaitmap_filled::<V>();
-    let mut cx = noop_cx();
-    hit_loop(iters, m, |k| {
-        let mut f = map.get(&k);
-        match Pin::new(&mut f).poll(&mut cx) {
+struct AwaitGet<'a, V> {
+    map: &'a AwaitMap<u64, V, Fixed>,
+    cx: Context<'a>,
+}
+
+impl<V: Val> Lookup<V> for AwaitGet<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        let mut f = self.map.get(&k);
+        match Pin::new(&mut f).poll(&mut self.cx) {
             Poll::Ready(Ok(v)) => Some(v),
             _ => None,
         }
-    });
+    }
+}
+
+/// `map.get(&k)` polled once: `Ready` at once.
+pub fn awaitmap_get<V: Val>(iters: u64, m: &mut Meter) {
+    let map = awaitmap_filled::<V>();
+    let waker = Waker::noop();
+    let cx = Context::from_waker(waker);
+    hit_loop(iters, m, AwaitGet { map: &map, cx });
+}
+
+struct AwaitTryGet<'a, V>(&'a AwaitMap<u64, V, Fixed>);
+
+impl<V: Val> Lookup<V> for AwaitTryGet<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        self.0.try_get(&k)
+    }
 }
 
 pub fn awaitmap_try_get<V: Val>(iters: u64, m: &mut Meter) {
     let map = awaitmap_filled::<V>();
-    hit_loop(iters, m, |k| map.try_get(&k));
+    hit_loop(iters, m, AwaitTryGet(&map));
+}
+
+struct MutexMap<'a, V, S>(&'a Mutex<HashMap<u64, V, S>>);
+
+impl<V: Val, S: BuildHasher> Lookup<V> for MutexMap<'_, V, S> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        self.0.lock().unwrap().get(&k).cloned()
+    }
 }
 
 /// `Mutex<HashMap<u64, V>>`, lock + lookup + clone, with std's SipHash.
@@ -93,7 +129,7 @@ pub fn mutex_std_sip<V: Val>(iters: u64, m: &mut Meter) {
     for k in 0..PRESENT {
         map.lock().unwrap().insert(k, V::make(k));
     }
-    hit_loop(iters, m, |k| map.lock().unwrap().get(&k).cloned());
+    hit_loop(iters, m, MutexMap(&map));
 }
 
 /// The same with a fixed-seed foldhash.
@@ -102,7 +138,16 @@ pub fn mutex_std_fold<V: Val>(iters: u64, m: &mut Meter) {
     for k in 0..PRESENT {
         map.lock().unwrap().insert(k, V::make(k));
     }
-    hit_loop(iters, m, |k| map.lock().unwrap().get(&k).cloned());
+    hit_loop(iters, m, MutexMap(&map));
+}
+
+struct FloorLookup<'a, V>(&'a Floor<V, Fixed>);
+
+impl<V: Val> Lookup<V> for FloorLookup<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        self.0.get(k)
+    }
 }
 
 pub fn floor<V: Val>(iters: u64, m: &mut Meter) {
@@ -110,14 +155,25 @@ pub fn floor<V: Val>(iters: u64, m: &mut Meter) {
     for k in 0..PRESENT {
         map.insert(k, V::make(k));
     }
-    hit_loop(iters, m, |k| map.get(k));
+    hit_loop(iters, m, FloorLookup(&map));
+}
+
+type QuickCache<V> = Cache<u64, V, UnitWeighter, Fixed, DefaultLifecycle<u64, V>>;
+
+struct QuickLookup<'a, V: Val>(&'a QuickCache<V>);
+
+impl<V: Val> Lookup<V> for QuickLookup<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        self.0.get(&k)
+    }
 }
 
 /// quick_cache's `Cache::get` (sharded, a read lock per shard), sized so
 /// nothing is evicted.
 pub fn quick_cache<V: Val>(iters: u64, m: &mut Meter) {
     let cap = 2 * PRESENT as usize;
-    let cache: Cache<u64, V, UnitWeighter, _, DefaultLifecycle<u64, V>> = Cache::with(
+    let cache: QuickCache<V> = Cache::with(
         cap,
         cap as u64,
         UnitWeighter,
@@ -127,5 +183,5 @@ pub fn quick_cache<V: Val>(iters: u64, m: &mut Meter) {
     for k in 0..PRESENT {
         cache.insert(k, V::make(k));
     }
-    hit_loop(iters, m, |k| cache.get(&k));
+    hit_loop(iters, m, QuickLookup(&cache));
 }
