@@ -1,6 +1,8 @@
-//! Memory: a waiter that leaves frees its state (SPEC semantic 5), the hot
-//! paths allocate nothing once warmed up (the performance floor's allocation
-//! targets), and every key and value is dropped exactly once.
+//! The allocation budget: a waiter that leaves frees its state (SPEC
+//! semantic 5), the workloads of the performance floor (W1 hit, W2 miss →
+//! insert → ready, W3 RPC takes, W4 fan-out, W5 churn) allocate nothing once
+//! warmed up, and every key and value is dropped exactly once. A regression
+//! fails here, in the plain test suite, without valgrind.
 //!
 //! This file is its own test binary, so it installs a counting global
 //! allocator. The counters are thread-local and count only on threads that
@@ -126,6 +128,40 @@ fn scaled(n: u64) -> u64 {
 }
 
 type Map = AwaitMap<u64, u64>;
+
+// Performance floor "hit" (W1): `get` polled once and `try_get` of present
+// keys, with a value whose clone is trivial and one whose clone is not (an
+// `Arc`), allocate nothing and leave memory flat.
+#[test]
+fn hits_allocate_nothing() {
+    start_counting();
+    let map = Map::new();
+    let shared: AwaitMap<u64, Arc<[u8]>> = AwaitMap::new();
+    for k in 0..1_024 {
+        map.insert(k, k + 1);
+        shared.insert(k, Arc::from([k as u8; 32]));
+    }
+    let (wc, w) = counting_waker();
+    let n = scaled(100_000);
+    let ((), hits) = measure(|| {
+        for i in 0..n {
+            let k = i % 1_024;
+            let mut f = map.get(&k);
+            assert_eq!(poll_once(&mut f, &w), Poll::Ready(Ok(k + 1)));
+            assert_eq!(map.try_get(&k), Some(k + 1));
+            let mut f = shared.get(&k);
+            let Poll::Ready(Ok(v)) = poll_once(&mut f, &w) else {
+                panic!("a present key was not ready at once");
+            };
+            assert_eq!(v[0], k as u8);
+            assert!(shared.try_get(&k).is_some());
+        }
+    });
+    eprintln!("hit, {n} x (2 get + 2 try_get): {hits:?}");
+    assert_eq!(hits, Counts::default(), "hits: allocations / live bytes");
+    assert_eq!(wc.wakes(), 0);
+    assert_eq!(map.waiters() + shared.waiters(), 0);
+}
 
 // ---------------------------------------------------------------------------
 // Semantic 5: waiting and leaving frees the key's waiting state.
