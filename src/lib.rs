@@ -52,10 +52,13 @@
 //!
 //! # `no_std`
 //!
-//! The crate is `#![no_std]` and needs `alloc`. Without `std` the map is
-//! guarded by a spin lock. On a single core, do not use the map from an
-//! interrupt handler that can interrupt code holding it: the handler would
-//! spin forever. [`get_owned`](AwaitMap::get_owned) and
+//! The crate is `#![no_std]` and needs `alloc`. One lock guards the map;
+//! the work done under it is short and calls no user code but `Eq` and
+//! `Clone`. Without `std` it is a spin lock: on a single core, do not use
+//! the map from an interrupt handler that can interrupt code holding it (the
+//! handler would spin forever). With `std`, a waiter spins briefly and then
+//! yields its thread, so a preempted holder gets to run when threads
+//! outnumber cores. [`get_owned`](AwaitMap::get_owned) and
 //! [`take_owned`](AwaitMap::take_owned) need `alloc::sync::Arc`, which exists
 //! on targets with atomic pointers.
 //!

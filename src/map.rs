@@ -57,7 +57,8 @@ use crate::waiters::{Kind, WakeBatch, wake_one};
 ///
 /// # Implementation notes
 ///
-/// One lock (a spin lock; see the crate docs) guards a
+/// One lock (a spin lock that yields the thread under `std`; see the crate
+/// docs) guards a
 /// [`hashbrown::HashTable`] of entries and a slab of waiter nodes. Each entry
 /// stores its key's hash, computed before the lock is taken, so the only user
 /// code that runs under the lock is `K: Eq` and `V: Clone`; hashing, key
@@ -401,6 +402,11 @@ where
     /// registered) and the value goes to exactly one `take`. Like
     /// [`get`](Self::get), the future is lazy and resolves at once if the key
     /// has a value.
+    ///
+    /// Since a `take` usually waits (a response awaited before it arrives),
+    /// its first poll clones the waker and makes an owned key before it takes
+    /// the lock, so it registers in one trip; if the key turns out to have a
+    /// value, those copies are dropped after the lock is released.
     ///
     /// # Errors
     ///
