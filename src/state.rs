@@ -359,6 +359,27 @@ impl<K, V> State<K, V> {
         }
     }
 
+    /// Keeps the table at most half full before a waiter may create an
+    /// entry. Waiting keys come and go (every request creates one and its
+    /// response removes it); a table at most half full absorbs the tombstones
+    /// they leave by rehashing in place, where a fuller one would grow. So
+    /// once the table has grown for the peak number of keys, registering
+    /// allocates nothing, whatever the hash seed.
+    #[inline]
+    fn reserve_for_waiter(&mut self) {
+        let buckets = self.table.num_buckets();
+        // hashbrown's usable capacity for that many buckets.
+        let full = if buckets <= 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
+        };
+        let len = self.table.len();
+        if 2 * (len + 1) > full {
+            self.table.reserve(len + 2, |e| e.hash);
+        }
+    }
+
     /// One poll of a `get` or `take` future, under the lock.
     #[inline]
     pub(crate) fn poll<M: Mode<V>>(
@@ -393,6 +414,9 @@ impl<K, V> State<K, V> {
         prep: &mut Prepared<K>,
         spill: &mut Spill<K>,
     ) -> Step<V> {
+        if prep.key.is_some() {
+            self.reserve_for_waiter();
+        }
         // One probe finds the entry or the place to insert it.
         let found = self.table.entry(hash, |e| eq(&e.key), |e| e.hash);
         match found {
