@@ -566,13 +566,11 @@ where
                 // A `take` mostly waits (a response awaited before it
                 // arrives): preparing its registration up front saves a
                 // second trip through the lock.
-                return self.poll_slow::<M, Q>(core, key, cx, what, Some(false));
+                return self.poll_slow::<M, Q>(core, key, cx, what, Some(true));
             }
-            let mut spill_key = None;
             let hit = self
                 .state
-                .with(|st| st.poll_hit::<M>(hash, |k| key.equivalent(k), &mut spill_key));
-            drop(spill_key);
+                .with(|st| st.poll_hit::<M>(hash, |k| key.equivalent(k)));
             match hit {
                 Hit::Ready(r) => {
                     core.phase = Phase::Done;
@@ -580,7 +578,7 @@ where
                 }
                 Hit::Miss { entry } => {
                     core.hash = hash;
-                    return self.poll_slow::<M, Q>(core, key, cx, what, Some(entry));
+                    return self.poll_slow::<M, Q>(core, key, cx, what, Some(!entry));
                 }
             }
         }
@@ -591,8 +589,8 @@ where
     /// each of which may ask for a waker clone or an owned key, made outside
     /// the lock.
     ///
-    /// `missed` is set after the fast path found no value: `Some(true)` if
-    /// the key has an entry (so registering needs no owned key).
+    /// `need` is set when registering is known to be next: `Some(true)` if
+    /// it needs an owned key as well as a waker (the key has no entry).
     #[inline(never)]
     fn poll_slow<M, Q>(
         &self,
@@ -600,7 +598,7 @@ where
         key: &Q,
         cx: &mut Context<'_>,
         what: &'static str,
-        missed: Option<bool>,
+        mut need: Option<bool>,
     ) -> Poll<Result<V, WaitError>>
     where
         M: Mode<V>,
@@ -614,15 +612,17 @@ where
             waker: None,
             key: None,
         };
-        // Registering needs a waker (and maybe an owned key): user code, so
-        // made here, before the lock is taken again.
-        if let Some(entry) = missed {
-            prep.waker = Some(cx.waker().clone());
-            if !entry {
-                prep.key = Some(key.to_owned().into());
-            }
-        }
         loop {
+            // Registering needs a waker (and maybe an owned key): user code,
+            // so made here, between two trips through the lock.
+            if let Some(key_too) = need.take() {
+                if prep.waker.is_none() {
+                    prep.waker = Some(cx.waker().clone());
+                }
+                if key_too && prep.key.is_none() {
+                    prep.key = Some(key.to_owned().into());
+                }
+            }
             let mut spill = Spill::new();
             let step = self.state.with(|st| {
                 st.poll::<M>(
@@ -641,14 +641,7 @@ where
                     return Poll::Ready(r);
                 }
                 Step::Pending => return Poll::Pending,
-                Step::Need { key: need_key } => {
-                    if prep.waker.is_none() {
-                        prep.waker = Some(cx.waker().clone());
-                    }
-                    if need_key && prep.key.is_none() {
-                        prep.key = Some(key.to_owned().into());
-                    }
-                }
+                Step::Need { key: key_too } => need = Some(key_too),
             }
         }
     }

@@ -320,37 +320,22 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The first poll's fast path: the key's value if it has one (and, for a
-    /// `take` that empties the entry, the key to drop after unlocking), an
-    /// error if the map is closed, or a miss.
+    /// The first poll's fast path, for `get` (a `take` registers at once):
+    /// a clone of the key's value if it has one, an error if the map is
+    /// closed, or a miss.
     #[inline]
     pub(crate) fn poll_hit<M: Mode<V>>(
         &mut self,
         hash: u64,
         mut eq: impl FnMut(&K) -> bool,
-        spill_key: &mut Option<K>,
     ) -> Hit<V> {
-        let entry = match M::KIND {
-            Kind::Get => match self.table.find_mut(hash, |e| eq(&e.key)) {
-                Some(e) => match M::extract(&mut e.value) {
-                    Some(v) => return Hit::Ready(Ok(v)),
-                    None => true,
-                },
-                None => false,
+        debug_assert!(M::KIND == Kind::Get, "a take never takes the fast path");
+        let entry = match self.table.find_mut(hash, |e| eq(&e.key)) {
+            Some(e) => match M::extract(&mut e.value) {
+                Some(v) => return Hit::Ready(Ok(v)),
+                None => true,
             },
-            Kind::Take => match self.table.find_entry(hash, |e| eq(&e.key)) {
-                Ok(mut occ) => match M::extract(&mut occ.get_mut().value) {
-                    Some(v) => {
-                        self.len -= 1;
-                        if occ.get().is_empty() {
-                            *spill_key = Some(occ.remove().0.key);
-                        }
-                        return Hit::Ready(Ok(v));
-                    }
-                    None => true,
-                },
-                Err(_) => false,
-            },
+            None => false,
         };
         if self.closed {
             Hit::Ready(Err(WaitError::Closed))

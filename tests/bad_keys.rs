@@ -15,42 +15,17 @@ mod common;
 use std::cell::Cell;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
-use std::panic;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, mpsc};
 use std::task::{Poll, Waker};
-use std::thread;
-use std::time::Duration;
 
 use awaitmap::{AwaitMap, GetOwned, TakeOwned, WaitError};
 use common::{CountingWaker, Tracked, counting_waker, live, live_counter, poll_once};
 
-/// How long one test may run before it counts as hung: a deadlock detector,
-/// not a timing assertion. Miri's clock (virtual under isolation) advances
-/// with every step it interprets, so a test running 100x slower needs more.
-const HANG_LIMIT: Duration = Duration::from_secs(if cfg!(miri) { 120 } else { 10 });
-
-/// Runs `body` on its own thread and fails if it has not finished within
-/// [`HANG_LIMIT`]. A panic in `body` is re-raised here.
+/// Runs `body` on its own thread; fails if it hangs (see
+/// [`common::no_hang_or`]).
 fn no_hang(what: &'static str, body: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let worker = thread::Builder::new()
-        .name(what.into())
-        .spawn(move || {
-            body();
-            let _ = done_tx.send(());
-        })
-        .expect("spawn the test thread");
-    match done_rx.recv_timeout(HANG_LIMIT) {
-        Ok(()) => worker.join().expect("the test thread finished"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(payload) => panic::resume_unwind(payload),
-            Ok(()) => unreachable!("the body returns only after it reported"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what}: still running after {HANG_LIMIT:?}: the map hung on bad keys")
-        }
-    }
+    common::no_hang_or(what, "the map hung on bad keys", body);
 }
 
 /// A small deterministic generator (xorshift64*), so a failure replays.

@@ -17,10 +17,8 @@ use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, RawWaker, RawWakerVTable, Wake, Waker};
-use std::thread;
-use std::time::Duration;
 
 use awaitmap::{AwaitMap, GetOwned, WaitError};
 use common::{Tracked, counting_waker, live, live_counter, poll_once};
@@ -32,33 +30,14 @@ const KEY: u64 = 1;
 /// The key hooks use for their own calls into the map.
 const SIDE: u64 = 1_000;
 
-/// How long a test body may run before it counts as hung. Generous: this is a
-/// deadlock detector, not a timing assertion. Miri's clock (virtual under
-/// isolation) advances with every step it interprets, so it needs more.
-const HANG_LIMIT: Duration = Duration::from_secs(if cfg!(miri) { 120 } else { 10 });
-
-/// Runs `body` on its own thread and fails if it has not finished within
-/// [`HANG_LIMIT`]. A panic in `body` is re-raised here.
+/// Runs `body` on its own thread; fails if it hangs (see
+/// [`common::no_hang_or`]).
 fn no_hang(what: &'static str, body: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let worker = thread::Builder::new()
-        .name(what.into())
-        .spawn(move || {
-            body();
-            let _ = done_tx.send(());
-        })
-        .expect("spawn the test thread");
-    match done_rx.recv_timeout(HANG_LIMIT) {
-        Ok(()) => worker.join().expect("the test thread finished"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(payload) => panic::resume_unwind(payload),
-            Ok(()) => unreachable!("the body returns only after it reported"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-            "{what}: still running after {HANG_LIMIT:?}: a deadlock \
-             (user code run under the map's lock called back into the map?)"
-        ),
-    }
+    common::no_hang_or(
+        what,
+        "a deadlock (user code run under the map's lock called back into the map?)",
+        body,
+    );
 }
 
 /// Whether the map's lock is held right now. The map's `Debug` never blocks;

@@ -177,3 +177,33 @@ pub fn raw_counting_waker() -> (Arc<RawCounts>, Waker) {
     let waker = unsafe { Waker::from_raw(raw::raw(Arc::clone(&counts))) };
     (counts, waker)
 }
+
+/// How long a test body may run before it counts as hung: a deadlock
+/// detector, not a timing assertion. Miri's clock (virtual under isolation)
+/// advances with every step it interprets, so it needs more.
+pub const HANG_LIMIT: std::time::Duration =
+    std::time::Duration::from_secs(if cfg!(miri) { 120 } else { 10 });
+
+/// Runs `body` on its own thread and fails, saying `hung_means`, if it has
+/// not finished within [`HANG_LIMIT`]. A panic in `body` is re-raised here.
+pub fn no_hang_or(what: &'static str, hung_means: &str, body: impl FnOnce() + Send + 'static) {
+    use std::sync::mpsc;
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let worker = std::thread::Builder::new()
+        .name(what.into())
+        .spawn(move || {
+            body();
+            let _ = done_tx.send(());
+        })
+        .expect("spawn the test thread");
+    match done_rx.recv_timeout(HANG_LIMIT) {
+        Ok(()) => worker.join().expect("the test thread finished"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(payload) => std::panic::resume_unwind(payload),
+            Ok(()) => unreachable!("the body returns only after it reported"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what}: still running after {HANG_LIMIT:?}: {hung_means}")
+        }
+    }
+}
