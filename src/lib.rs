@@ -62,11 +62,25 @@
 //! [`take_owned`](AwaitMap::take_owned) need `alloc::sync::Arc`, which exists
 //! on targets with atomic pointers.
 //!
-//! # When not to use it
+//! # Choosing
 //!
-//! - One value, many readers, no key: `tokio::sync::watch` or a `OnceCell`.
-//! - One request, one response, no early arrival: a `oneshot` channel.
-//! - A cache with eviction and time-to-live: moka or quick_cache.
+//! Reach for `AwaitMap` when values are identified by a key, produced in one
+//! order and consumed in another, and consumers must be able to ask before
+//! the value exists (or after: a value inserted early is kept, not lost):
+//! request/response correlation by id, reorder buffers, memoised task
+//! graphs, "wake the task waiting on pin/channel/request N" on a
+//! microcontroller.
+//!
+//! Something else fits better when:
+//! - there is no key, just one value that changes and many readers:
+//!   `tokio::sync::watch`; one value set once: a `OnceCell` (or
+//!   `tokio::sync::OnceCell` to await the first set);
+//! - one request, one response, and the response can never arrive before the
+//!   request registered: a `oneshot` channel is enough (but it allocates per
+//!   request and leaves cleanup on cancellation to you);
+//! - values should expire, be evicted under a size bound, or be computed on
+//!   a miss by a loader: a cache such as moka or quick_cache;
+//! - a stream of values per key rather than one value: a channel per key.
 //!
 //! # Minimum supported Rust version
 //!
