@@ -19,6 +19,9 @@
 //! assert!(responses.is_empty());      // `take` moved the value out
 //! ```
 //!
+//! The examples here drive futures with `futures::executor::block_on`; in an
+//! async function under any runtime, `.await` them instead.
+//!
 //! # The model
 //!
 //! - **Store, then wake.** `insert` stores the value, then wakes every
@@ -106,7 +109,25 @@ pub use error::WaitError;
 pub use future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 pub use future::{GetOwned, TakeOwned};
-pub use hashbrown::{DefaultHashBuilder, Equivalent};
+pub use hashbrown::Equivalent;
+
+/// The default hasher of [`AwaitMap`]: foldhash's fast hasher, as in
+/// hashbrown.
+///
+/// It is fast but not HashDoS-resistant, and on `no_std` its seed is fixed
+/// per firmware image: if an attacker chooses the keys, build the map with
+/// [`AwaitMap::with_hasher`] and a keyed hasher.
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, DefaultHashBuilder};
+///
+/// let map: AwaitMap<u8, u8, DefaultHashBuilder> =
+///     AwaitMap::with_capacity_and_hasher(8, DefaultHashBuilder::default());
+/// assert!(map.is_empty());
+/// ```
+pub type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
 pub use map::AwaitMap;
 
 // The README's examples are compiled and run as doctests.

@@ -21,7 +21,7 @@ use crate::waiters::{Kind, WakeBatch, wake_one};
 /// return futures that resolve as soon as some producer
 /// [`insert`](Self::insert)s the key, at once if it is already there.
 ///
-/// Every method takes `&self`; share the map by reference, in a `static`, or
+/// Every operation takes `&self`; share the map by reference, in a `static`, or
 /// in an [`Arc`](alloc::sync::Arc) (then [`get_owned`](Self::get_owned) and
 /// [`take_owned`](Self::take_owned) give `'static` futures to spawn).
 ///
@@ -59,7 +59,7 @@ use crate::waiters::{Kind, WakeBatch, wake_one};
 ///
 /// One lock (a spin lock that yields the thread under `std`; see the crate
 /// docs) guards a
-/// [`hashbrown::HashTable`] of entries and a slab of waiter nodes. Each entry
+/// hashbrown `HashTable` of entries and a slab of waiter nodes. Each entry
 /// stores its key's hash, computed before the lock is taken, so the only user
 /// code that runs under the lock is `K: Eq` and `V: Clone`; hashing, key
 /// clones, dropping keys and values, and every waker call (clone, wake, drop)
@@ -141,8 +141,7 @@ impl<K, V, S> AwaitMap<K, V, S> {
     /// # Examples
     ///
     /// ```
-    /// use awaitmap::AwaitMap;
-    /// use hashbrown::DefaultHashBuilder;
+    /// use awaitmap::{AwaitMap, DefaultHashBuilder};
     ///
     /// let map: AwaitMap<u8, u8> = AwaitMap::with_capacity_and_hasher(16, DefaultHashBuilder::default());
     /// assert!(map.is_empty());
@@ -366,10 +365,15 @@ where
     /// [`insert`](Self::insert). `key` may be any borrowed form of `K`
     /// (`&str` for `String` keys).
     ///
+    /// The future borrows both the map and the key; to spawn it or keep it
+    /// beyond them, use [`get_owned`](Self::get_owned) on an `Arc<AwaitMap>`.
+    ///
     /// # Errors
     ///
     /// [`WaitError::Closed`] if the map is closed while the key has no value,
     /// [`WaitError::Cancelled`] if [`cancel`](Self::cancel) fails the wait.
+    /// Never [`WaitError::TimedOut`]: for a deadline, wrap the future in your
+    /// runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety
     ///
@@ -408,11 +412,21 @@ where
     /// the lock, so it registers in one trip; if the key turns out to have a
     /// value, those copies are dropped after the lock is released.
     ///
+    /// The future borrows both the map and the key; to spawn it or keep it
+    /// beyond them, use [`take_owned`](Self::take_owned) on an
+    /// `Arc<AwaitMap>`.
+    ///
+    /// A `take` that gives up (dropped, say by a timeout) deregisters; a
+    /// value inserted for it afterwards stays in the map until someone takes
+    /// or [`remove`](Self::remove)s it. An RPC client that times calls out
+    /// should `remove(&id)` responses that arrive too late.
+    ///
     /// # Errors
     ///
     /// [`WaitError::Closed`] if the map is closed while the key has no value
     /// for this `take`, [`WaitError::Cancelled`] if [`cancel`](Self::cancel)
-    /// fails the wait.
+    /// fails the wait. Never [`WaitError::TimedOut`]: for a deadline, wrap the
+    /// future in your runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety
     ///
@@ -752,6 +766,12 @@ impl Core {
         matches!(self.phase, Phase::Registered { .. })
     }
 }
+
+// A panic in user code (`Eq`, `Clone`, a waker) leaves the map consistent
+// (SPEC semantic 11, tested in tests/hostile_wakers.rs), so the map can be
+// used after a caught panic, as a poisoning std `Mutex` can.
+impl<K, V, S> core::panic::UnwindSafe for AwaitMap<K, V, S> {}
+impl<K, V, S> core::panic::RefUnwindSafe for AwaitMap<K, V, S> {}
 
 impl<K, V, S: Default> Default for AwaitMap<K, V, S> {
     /// An empty map with the hasher's default.

@@ -425,6 +425,22 @@ fn futures_are_send_for_send_sync_keys_values_hasher() {
     assert_eq!(out, Ok(9));
 }
 
+// Semantic 11: a panic leaves the map consistent, so it is unwind-safe.
+#[test]
+fn map_is_unwind_safe_so_it_can_be_used_after_a_caught_panic() {
+    fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+    assert_unwind_safe::<AwaitMap<u64, u64>>();
+    assert_unwind_safe::<AwaitMap<String, Cell<u8>>>();
+    // `&AwaitMap` crosses `catch_unwind` without `AssertUnwindSafe`.
+    let map: AwaitMap<u8, u8> = AwaitMap::new();
+    let caught = std::panic::catch_unwind(|| {
+        map.insert(1, 1);
+        panic!("a panic after an insert");
+    });
+    assert!(caught.is_err());
+    assert_eq!(map.try_get(&1), Some(1));
+}
+
 // Call shapes: `AwaitMap<K, V>` is `Send + Sync` with `K: Send`, `V: Send` only (`Cell` is not `Sync`).
 #[test]
 fn map_is_send_and_sync_without_sync_keys_or_values() {
