@@ -3,7 +3,8 @@
 # pair, counted by callgrind: each pair runs twice, for LO and HI operations
 # after the same setup and warm-up, and the table shows
 # (Ir(HI) - Ir(LO)) / (ops(HI) - ops(LO)), so setup, warm-up and process
-# start-up cancel out.
+# start-up cancel out. Retained bytes per operation come the same way from
+# two native runs with byte tracking on.
 #
 #   bash benches/compare/callgrind.sh [FILTER]     # FILTER: part of a workload name
 #
@@ -23,25 +24,30 @@ bin=target/release/awaitmap-compare
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Prints "Ir ops allocs" for one run of one pair.
+# Prints "Ir ops allocs retained" for one run of one pair: Ir, ops and allocs
+# from a run under callgrind, retained (bytes) from the same run done natively
+# with byte tracking on, which would add instructions of its own.
 run_once() {
-    local err="$work/err.$BASHPID" out ir
+    local err="$work/err.$BASHPID" out bytes ir
     out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         "$bin" one "$1" "$2" "$3" 2>"$err")
     # valgrind's summary line reads "==PID== Collected : 123456789".
     ir=$(sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$err")
     [ -n "$ir" ] || { echo "no callgrind summary for $1 $2:" >&2; cat "$err" >&2; return 1; }
-    # The program prints "ops=N allocs=N ns_per_op=X".
-    set -- $out
-    echo "$ir ${1#ops=} ${2#allocs=}"
+    bytes=$("$bin" one "$1" "$2" "$3" --bytes)
+    # The program prints "ops=N allocs=N ns_per_op=X", then " retained=N"
+    # with --bytes.
+    set -- $out $bytes
+    echo "$ir ${1#ops=} ${2#allocs=} ${7#retained=}"
 }
 
-# Writes "Ir/op allocs/op" for one pair to $work/res.$1.
+# Writes "Ir/op allocs/op retained-B/op" for one pair to $work/res.$1.
 measure_pair() {
     local lo hi
     lo=$(run_once "$2" "$3" "$LO")
     hi=$(run_once "$2" "$3" "$HI")
-    echo "$lo $hi" | awk '{ d = $5 - $2; printf "%.1f %.3f\n", ($4 - $1) / d, ($6 - $3) / d }' \
+    echo "$lo $hi" | awk '{ d = $6 - $2
+        printf "%.1f %.4f %.1f\n", ($5 - $1) / d, ($7 - $3) / d, ($8 - $4) / d }' \
         >"$work/res.$1"
 }
 
@@ -60,8 +66,8 @@ wait
 
 echo "callgrind, ops $LO and $HI after the same warm-up; Ir/op = (Ir($HI) - Ir($LO)) / (ops($HI) - ops($LO)); ratio = this pair's Ir/op ÷ awaitmap's (> 1: awaitmap cheaper)"
 echo
-echo "| workload | peer | Ir/op | ÷ awaitmap | allocs/op |"
-echo "|---|---|---:|---:|---:|"
+echo "| workload | peer | Ir/op | ÷ awaitmap | allocs/op | retained B/op |"
+echo "|---|---|---:|---:|---:|---:|"
 i=0
 while IFS=$'\t' read -r workload peer status; do
     i=$((i + 1))
@@ -76,10 +82,10 @@ done <"$work/pairs" | awk -F'\t' '
         split($4, r, " ")
         if (!($1 in base)) base[$1] = r[1]
         ir[$1 "|" $2] = r[1]
-        printf "| %s | %s | %s | %.2f | %s |\n", $1, $2, r[1], r[1] / base[$1], r[2]
+        printf "| %s | %s | %s | %.2f | %s | %s |\n", $1, $2, r[1], r[1] / base[$1], r[2], r[3]
         next
     }
-    { sub(/^time-only: /, "not measured: ", $3); printf "| %s | %s | %s | | |\n", $1, $2, $3 }
+    { sub(/^time-only: /, "not measured: ", $3); printf "| %s | %s | %s | | | |\n", $1, $2, $3 }
     END {
         print ""
         for (w in base) if (w ~ /^hit-/ && (w "|floor") in ir)

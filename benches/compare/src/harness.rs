@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::fast::FixedState;
 
-use crate::alloc_count::allocations;
+use crate::alloc_count::{allocations, live_bytes, track_bytes};
 
 /// The seed of every fixed-seed hasher and of the shuffles.
 pub const SEED: u64 = 0x5eed_a3a1_7a9b_0001;
@@ -19,12 +19,14 @@ const ROUNDS: usize = 21;
 /// Measured time each pair aims at in one round of the `time` mode.
 const TARGET: Duration = Duration::from_millis(25);
 
-/// Times one measured section and counts its allocations.
+/// Times one measured section, counts its allocations, and how many bytes
+/// it left allocated (live at its end and not at its start).
 #[derive(Default)]
 pub struct Meter {
-    started: Option<(Instant, u64)>,
+    started: Option<(Instant, u64, i64)>,
     elapsed: Duration,
     allocs: u64,
+    retained: i64,
     ops: u64,
 }
 
@@ -32,16 +34,17 @@ impl Meter {
     /// Starts the measured section (after setup and warm-up).
     #[inline]
     pub fn start(&mut self) {
-        let allocs = allocations();
-        self.started = Some((Instant::now(), allocs));
+        let (allocs, bytes) = (allocations(), live_bytes());
+        self.started = Some((Instant::now(), allocs, bytes));
     }
 
     /// Ends the measured section, which performed `ops` operations.
     #[inline]
     pub fn stop(&mut self, ops: u64) {
-        let (t0, a0) = self.started.take().expect("Meter::stop without start");
+        let (t0, a0, b0) = self.started.take().expect("Meter::stop without start");
         self.elapsed = t0.elapsed();
         self.allocs = allocations() - a0;
+        self.retained = live_bytes() - b0;
         self.ops = ops;
     }
 
@@ -198,6 +201,25 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
         );
     }
 
+    // Retained bytes: one more, untimed, run per pair with byte tracking on.
+    track_bytes(true);
+    let retained: Vec<f64> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p.run() {
+            Some(f) => {
+                let m = measure(f, iters[i]);
+                let r = m.retained as f64 / m.ops as f64;
+                // A few bytes freed by exiting threads are not growth:
+                // show "0.0", not "-0.0".
+                if r.abs() < 0.05 { 0.0 } else { r }
+            }
+            None => 0.0,
+        })
+        .collect();
+    track_bytes(false);
+    eprintln!("retained bytes measured at {:.1?}", started.elapsed());
+
     // Per-round ratio of pair `a` to pair `b`, medianed over the rounds.
     let ratio = |a: usize, b: usize| {
         let r: Vec<f64> = ns[a].iter().zip(&ns[b]).map(|(x, y)| x / y).collect();
@@ -213,24 +235,27 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
         "{ROUNDS} rounds, each pair measured for ~{TARGET:?} per round; \
          ratio = this pair's ns/op ÷ awaitmap's in the same round (median over rounds; > 1: awaitmap faster)\n"
     );
-    println!("| workload | peer | ns/op (median) | min–max over rounds | ÷ awaitmap | allocs/op |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "| workload | peer | ns/op (median) | min–max over rounds | ÷ awaitmap | allocs/op | retained B/op |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for (i, p) in pairs.iter().enumerate() {
         match &p.kind {
             Kind::NotApplicable(why) => {
-                println!("| {} | {} | n/a: {why} | | | |", p.workload, p.peer);
+                println!("| {} | {} | n/a: {why} | | | | |", p.workload, p.peer);
             }
             _ => {
                 let base = baseline(i).expect("a runnable pair has a baseline");
                 let min = ns[i].iter().copied().fold(f64::INFINITY, f64::min);
                 let max = ns[i].iter().copied().fold(0.0, f64::max);
                 println!(
-                    "| {} | {} | {:.1} | {min:.1}–{max:.1} | {:.2} | {:.3} |",
+                    "| {} | {} | {:.1} | {min:.1}–{max:.1} | {:.2} | {:.4} | {:.1} |",
                     p.workload,
                     p.peer,
                     median(&ns[i]),
                     ratio(i, base),
-                    allocs[i] as f64 / ops[i] as f64
+                    allocs[i] as f64 / ops[i] as f64,
+                    retained[i]
                 );
             }
         }
@@ -268,8 +293,16 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
 }
 
 /// The `one` mode: exactly one pair, for `iters` operations after its
-/// warm-up. Prints the measured section's operations and allocations.
-pub fn one(pairs: &[Pair], workload: &str, peer: &str, iters: u64) -> Result<(), String> {
+/// warm-up. Prints the measured section's operations, allocations and time,
+/// and with `bytes` (byte tracking on, which adds its own instructions and
+/// time) the bytes it retained.
+pub fn one(
+    pairs: &[Pair],
+    workload: &str,
+    peer: &str,
+    iters: u64,
+    bytes: bool,
+) -> Result<(), String> {
     let p = pairs
         .iter()
         .find(|p| p.workload == workload && p.peer == peer)
@@ -278,13 +311,19 @@ pub fn one(pairs: &[Pair], workload: &str, peer: &str, iters: u64) -> Result<(),
         Kind::Run(f) | Kind::TimeOnly(f, _) => f,
         Kind::NotApplicable(why) => return Err(format!("n/a: {why}")),
     };
+    track_bytes(bytes);
     let m = measure(f, iters);
-    println!(
+    track_bytes(false);
+    print!(
         "ops={} allocs={} ns_per_op={:.1}",
         m.ops,
         m.allocs,
         m.ns_per_op()
     );
+    if bytes {
+        print!(" retained={}", m.retained);
+    }
+    println!();
     Ok(())
 }
 

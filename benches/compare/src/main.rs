@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -- time [FILTER]           # interleaved timing table
 //! cargo run --release -- one WORKLOAD PEER ITERS # one pair, for callgrind.sh
+//! cargo run --release -- one WORKLOAD PEER ITERS --bytes # the same, and the bytes it retained
 //! cargo run --release -- list                    # every pair and its status
 //! ```
 
@@ -19,7 +20,7 @@ mod workloads;
 static ALLOC: alloc_count::Counting = alloc_count::Counting;
 
 const USAGE: &str =
-    "usage: awaitmap-compare time [FILTER] | one WORKLOAD PEER ITERS | list | legend";
+    "usage: awaitmap-compare time [FILTER] | one WORKLOAD PEER ITERS [--bytes] | list | legend";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,10 +35,12 @@ fn main() {
             harness::time(&pairs, Some(filter));
             Ok(())
         }
-        ["one", workload, peer, iters] => match iters.replace('_', "").parse() {
-            Ok(iters) => harness::one(&pairs, workload, peer, iters),
-            Err(e) => Err(format!("ITERS: {e}")),
-        },
+        ["one", workload, peer, iters, flags @ ..] if matches!(flags, [] | ["--bytes"]) => {
+            match iters.replace('_', "").parse() {
+                Ok(iters) => harness::one(&pairs, workload, peer, iters, !flags.is_empty()),
+                Err(e) => Err(format!("ITERS: {e}")),
+            }
+        }
         ["list"] => {
             harness::list(&pairs);
             Ok(())

@@ -6,7 +6,10 @@
 //!   slot plus the wakers of the tasks waiting for it.
 //! - [`Floor`]: the SPEC's floor for a hit, one lock + one hashbrown lookup
 //!   with a stored hash + one clone.
+//! - [`WaitKey`]: not a peer, the key newtype that `waitmap` needs for `u64`
+//!   keys (its `wait` wants `K: From<&Q>`, which `u64` lacks).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -201,5 +204,26 @@ impl<V: Clone, S: BuildHasher> Floor<V, S> {
             .lock()
             .find(hash, |e| e.1 == key)
             .map(|e| e.2.clone())
+    }
+}
+
+/// A `u64` key for `waitmap::WaitMap`, whose `wait(&q)` builds its own key
+/// with `K::from(&q)`. It hashes and compares exactly as the `u64` it wraps
+/// (the derived `Hash` hashes the one field), so `Borrow<u64>` is sound and
+/// lookups take a plain `&u64`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WaitKey(pub u64);
+
+impl From<&u64> for WaitKey {
+    #[inline]
+    fn from(k: &u64) -> Self {
+        WaitKey(*k)
+    }
+}
+
+impl Borrow<u64> for WaitKey {
+    #[inline]
+    fn borrow(&self) -> &u64 {
+        &self.0
     }
 }

@@ -10,7 +10,7 @@ use awaitmap::AwaitMap;
 use maitake_sync::WaitMap;
 
 use crate::harness::{Meter, fixed, noop_cx};
-use crate::peers::OneshotMap;
+use crate::peers::{OneshotMap, WaitKey};
 
 const WARM: u64 = 4096;
 const HOT: u64 = 7;
@@ -65,5 +65,20 @@ pub fn maitake_default(distinct: bool, iters: u64, m: &mut Meter) {
     churn_loop(iters, m, distinct, |k| {
         let f = pin!(map.wait(k));
         assert!(f.poll(&mut cx).is_pending());
+    });
+}
+
+/// waitmap 1.1: `wait(&k)` polled once, dropped. The drop only blanks the
+/// future's waker slot: on distinct keys every cycle leaves a `Waiting`
+/// entry behind, and on the hot key the entry's waker list grows by one
+/// slot per cycle (a fresh future never reuses a blanked slot). Nothing is
+/// cleaned up, so its memory grows with the run.
+pub fn waitmap(distinct: bool, iters: u64, m: &mut Meter) {
+    let map = waitmap::WaitMap::<WaitKey, u64, _>::with_hasher(fixed());
+    let mut cx = noop_cx();
+    churn_loop(iters, m, distinct, |k| {
+        let mut f = map.wait(&k);
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        drop(f);
     });
 }

@@ -13,9 +13,10 @@ use std::task::{Context, Poll, Waker};
 use awaitmap::AwaitMap;
 use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle};
+use waitmap::WaitMap;
 
 use crate::harness::{Meter, fixed};
-use crate::peers::Floor;
+use crate::peers::{Floor, WaitKey};
 
 const PRESENT: u64 = 1024;
 const WARM: u64 = 4096;
@@ -184,4 +185,53 @@ pub fn quick_cache<V: Val>(iters: u64, m: &mut Meter) {
         cache.insert(k, V::make(k));
     }
     hit_loop(iters, m, QuickLookup(&cache));
+}
+
+type Waitmap<V> = WaitMap<WaitKey, V, Fixed>;
+
+fn waitmap_filled<V: Val>() -> Waitmap<V> {
+    let map = WaitMap::with_hasher(fixed());
+    for k in 0..PRESENT {
+        map.insert(WaitKey(k), V::make(k));
+    }
+    map
+}
+
+struct WaitmapWait<'a, V> {
+    map: &'a Waitmap<V>,
+    cx: Context<'a>,
+}
+
+impl<V: Val> Lookup<V> for WaitmapWait<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        let mut f = self.map.wait(&k);
+        match Pin::new(&mut f).poll(&mut self.cx) {
+            // The `Ref` holds the shard's read lock: clone out, drop it here.
+            Poll::Ready(Some(r)) => Some(r.value().clone()),
+            _ => None,
+        }
+    }
+}
+
+/// waitmap's `wait(&k)` polled once: `Ready` at once with a `Ref` guard.
+pub fn waitmap_wait<V: Val>(iters: u64, m: &mut Meter) {
+    let map = waitmap_filled::<V>();
+    let cx = Context::from_waker(Waker::noop());
+    hit_loop(iters, m, WaitmapWait { map: &map, cx });
+}
+
+struct WaitmapGet<'a, V>(&'a Waitmap<V>);
+
+impl<V: Val> Lookup<V> for WaitmapGet<'_, V> {
+    #[inline(always)]
+    fn lookup(&mut self, k: u64) -> Option<V> {
+        self.0.get(&k).map(|r| r.value().clone())
+    }
+}
+
+/// waitmap's synchronous `get`, cloning out of the `Ref` guard.
+pub fn waitmap_get<V: Val>(iters: u64, m: &mut Meter) {
+    let map = waitmap_filled::<V>();
+    hit_loop(iters, m, WaitmapGet(&map));
 }

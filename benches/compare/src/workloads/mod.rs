@@ -34,7 +34,7 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     (
         "quick_cache",
-        "`quick_cache::sync::Cache::get` (0.7, foldhash fixed seed, sized so nothing is evicted)",
+        "`quick_cache::sync::Cache` (0.7, foldhash fixed seed, sized so nothing is evicted); in `hit-*`, `get`; in `fanout-*`, its placeholder wait: a producer holds the key's `PlaceholderGuard` (from `get_value_or_guard`), M `get_value_or_guard_async` futures are polled once, the guard's `insert` wakes them, each is polled `Ready`, then `remove` (no runtime needed)",
     ),
     (
         "oneshot-std-sip",
@@ -62,6 +62,14 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     ("hand-fold", "the same with a fixed-seed foldhash"),
     (
+        "waitmap",
+        "`waitmap::WaitMap<WaitKey, V, FixedState>` (1.1, on dashmap 3.11: spin-locked shards, 4 per CPU; `u64` keys need a newtype): `wait(&k)` polled once (in `hit-*`, `Ready` at once), `insert`, polled again; the value is cloned out of the `Ref` guard, which is dropped at once. It has no `remove` and a filled key stays filled, so `rpc-*`, `fanout-*` and `threads-*` use a fresh key per request (per round in `fanout-*`) and the map grows by one entry each; in `churn-*` nothing is cleaned up: each dropped wait leaves its entry (distinct keys) or a dead waker slot (hot key) behind",
+    ),
+    (
+        "waitmap-get",
+        "`waitmap::WaitMap::get` (synchronous), the value cloned out of the `Ref` guard (hit only)",
+    ),
+    (
         "watch",
         "one `tokio::sync::watch` channel standing for the key (no map: a lower bound for a keyed version); each waiter polls `changed()` on its own receiver, then reads the value",
     ),
@@ -72,6 +80,7 @@ const NOT_A_STORE: &str =
 const ONE_WAITER: &str = "maitake's WaitMap takes one waiter per key (a second `wait` on the key fails with `Duplicate`)";
 const NO_DEREGISTER: &str =
     "a dropped future cannot find its waker in the list again, so the list grows without bound";
+const NO_REMOVE: &str = "waitmap has no `remove`: a filled entry can never be removed (`cancel` removes only entries still waiting); `rpc-1` is this cycle without the remove";
 const SERIAL: &str = "valgrind runs one thread at a time, so spin-waiting and scheduling make instruction counts meaningless";
 
 macro_rules! pair {
@@ -99,6 +108,8 @@ pub fn all() -> Vec<Pair> {
         pair!("hit-u64", "mutex-std-fold", Run(hit::mutex_std_fold::<u64>)),
         pair!("hit-u64", "floor", Run(hit::floor::<u64>)),
         pair!("hit-u64", "quick_cache", Run(hit::quick_cache::<u64>)),
+        pair!("hit-u64", "waitmap", Run(hit::waitmap_wait::<u64>)),
+        pair!("hit-u64", "waitmap-get", Run(hit::waitmap_get::<u64>)),
         pair!("hit-u64", "maitake", Na(NOT_A_STORE)),
         pair!("hit-arc32", "awaitmap", Run(hit::awaitmap_get::<A>)),
         pair!(
@@ -110,10 +121,13 @@ pub fn all() -> Vec<Pair> {
         pair!("hit-arc32", "mutex-std-fold", Run(hit::mutex_std_fold::<A>)),
         pair!("hit-arc32", "floor", Run(hit::floor::<A>)),
         pair!("hit-arc32", "quick_cache", Run(hit::quick_cache::<A>)),
+        pair!("hit-arc32", "waitmap", Run(hit::waitmap_wait::<A>)),
+        pair!("hit-arc32", "waitmap-get", Run(hit::waitmap_get::<A>)),
         pair!("miss", "awaitmap", Run(miss::awaitmap)),
         pair!("miss", "hand-sip", Run(miss::hand_sip)),
         pair!("miss", "hand-fold", Run(miss::hand_fold)),
         pair!("miss", "maitake", Na(NOT_A_STORE)),
+        pair!("miss", "waitmap", Na(NO_REMOVE)),
     ];
     macro_rules! rpc {
         ($w:literal, $n:literal) => {
@@ -140,6 +154,7 @@ pub fn all() -> Vec<Pair> {
                     "maitake-spin",
                     Run(|it, m| rpc::maitake_spin($n, it, m))
                 ),
+                pair!($w, "waitmap", Run(|it, m| rpc::waitmap($n, it, m))),
             ])
         };
     }
@@ -153,6 +168,12 @@ pub fn all() -> Vec<Pair> {
                 pair!($w, "awaitmap", Run(|it, m| fanout::awaitmap($m, it, m))),
                 pair!($w, "hand-sip", Run(|it, m| fanout::hand_sip($m, it, m))),
                 pair!($w, "watch", Run(fanout::watch::<$m>)),
+                pair!(
+                    $w,
+                    "quick_cache",
+                    Run(|it, m| fanout::quick_cache($m, it, m))
+                ),
+                pair!($w, "waitmap", Run(|it, m| fanout::waitmap($m, it, m))),
                 pair!($w, "maitake", Na(ONE_WAITER)),
             ])
         };
@@ -179,6 +200,7 @@ pub fn all() -> Vec<Pair> {
                     "maitake",
                     Run(|it, m| churn::maitake_default($distinct, it, m))
                 ),
+                pair!($w, "waitmap", Run(|it, m| churn::waitmap($distinct, it, m))),
                 pair!($w, "hand-sip", Na(NO_DEREGISTER)),
             ])
         };
@@ -197,6 +219,11 @@ pub fn all() -> Vec<Pair> {
                     $w,
                     "oneshot-std-sip",
                     TimeOnly(|it, m| threads::oneshot_std_sip($t, it, m), SERIAL)
+                ),
+                pair!(
+                    $w,
+                    "waitmap",
+                    TimeOnly(|it, m| threads::waitmap($t, it, m), SERIAL)
                 ),
             ])
         };

@@ -17,7 +17,7 @@ use maitake_sync::wait_map::{Wait, WakeOutcome};
 use tokio::sync::oneshot;
 
 use crate::harness::{Meter, batches, chunk, fixed, keys, noop_cx, shuffled};
-use crate::peers::{Lock, OneshotMap};
+use crate::peers::{Lock, OneshotMap, WaitKey};
 
 /// Warm-up: at least two batches and at least 4,096 requests.
 fn warm_batches(n: usize) -> u64 {
@@ -151,4 +151,40 @@ pub fn maitake_default(n: usize, iters: u64, m: &mut Meter) {
 
 pub fn maitake_spin(n: usize, iters: u64, m: &mut Meter) {
     maitake(n, iters, m, WaitMap::new_with_raw_mutex(Spinlock::new()));
+}
+
+/// waitmap 1.1: `wait(&id)` polled once, `insert(id, value)`, polled again;
+/// the value is copied out of the `Ref` guard, which is dropped at once.
+///
+/// waitmap cannot remove a filled entry, and a `wait` on a filled key is
+/// `Ready` at once, so ids cannot be reused: every request gets a fresh id
+/// and the map grows by one entry per request (its table growth is part of
+/// the figures). Its futures borrow their key, so the ids of the whole run
+/// are made at setup.
+pub fn waitmap(n: usize, iters: u64, m: &mut Meter) {
+    let map = waitmap::WaitMap::<WaitKey, u64, _>::with_hasher(fixed());
+    let total = (warm_batches(n) + batches(iters, n)) * n as u64;
+    let ids: Vec<u64> = (0..total).map(|i| (1 << 44) + i).collect();
+    let order = shuffled(n);
+    let mut cx = noop_cx();
+    let mut futs = Vec::with_capacity(n);
+    batch_loop(n, iters, m, |b| {
+        let ids = &ids[b as usize * n..][..n];
+        futs.extend(ids.iter().map(|id| map.wait(id)));
+        for f in &mut futs {
+            assert!(Pin::new(f).poll(&mut cx).is_pending());
+        }
+        for &i in &order {
+            assert!(map.insert(WaitKey(ids[i]), ids[i]).is_none());
+        }
+        for f in &mut futs {
+            match Pin::new(f).poll(&mut cx) {
+                Poll::Ready(Some(r)) => {
+                    black_box(*r.value());
+                }
+                _ => panic!("not ready after the response"),
+            }
+        }
+        futs.clear();
+    });
 }

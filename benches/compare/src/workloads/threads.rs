@@ -13,7 +13,7 @@ use std::task::Poll;
 use awaitmap::AwaitMap;
 
 use crate::harness::{Meter, fixed, noop_cx};
-use crate::peers::OneshotMap;
+use crate::peers::{OneshotMap, WaitKey};
 
 const WARM: u64 = 1024;
 
@@ -80,6 +80,26 @@ pub fn oneshot_std_sip(threads: usize, iters: u64, m: &mut Meter) {
         match Pin::new(&mut rx).poll(&mut cx) {
             Poll::Ready(Ok(v)) => {
                 black_box(v);
+            }
+            _ => panic!("not ready after the response"),
+        }
+    });
+}
+
+/// waitmap 1.1: `wait(&k)` polled once, `insert`, polled again, the value
+/// copied out of the `Ref` guard. Ids are never reused (waitmap cannot
+/// remove a filled entry), so the map grows by one entry per request.
+pub fn waitmap(threads: usize, iters: u64, m: &mut Meter) {
+    let map = waitmap::WaitMap::<WaitKey, u64, _>::with_hasher(fixed());
+    threaded(threads, iters, m, |t, i| {
+        let mut cx = noop_cx();
+        let k = id(t, i);
+        let mut f = map.wait(&k);
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        assert!(map.insert(WaitKey(k), i).is_none());
+        match Pin::new(&mut f).poll(&mut cx) {
+            Poll::Ready(Some(r)) => {
+                black_box(*r.value());
             }
             _ => panic!("not ready after the response"),
         }
