@@ -17,34 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use awaitmap::{AwaitMap, WaitError};
-use common::{Tracked, live, live_counter};
-
-/// A tiny xorshift64 generator: enough to shuffle, no `rand` needed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        // Never zero: zero is xorshift's fixed point.
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Fisher-Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
+use common::{Tracked, XorShift, live, live_counter};
 
 /// Sleeps briefly until `cond` holds: how a test learns that other threads
 /// have registered. Never times out (a hang is the failure), never asserts

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 use awaitmap::{AwaitMap, WaitError};
-use common::no_hang_or;
+use common::{XorShift, no_hang_or};
 use futures::channel::oneshot;
 use futures::future::{join, join_all};
 
@@ -91,33 +91,6 @@ fn total_gets() -> usize {
         .filter(|&k| !is_take(k))
         .map(|k| 2 + usize::from(has_bare_task(k)))
         .sum()
-}
-
-/// A tiny xorshift64 generator: enough to shuffle, no `rand` needed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        // Never zero: zero is xorshift's fixed point.
-        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Fisher-Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 /// Gives the executor a turn: wakes itself and returns `Pending` once.
