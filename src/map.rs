@@ -55,6 +55,20 @@ use crate::waiters::{Kind, WakeBatch, wake_one};
 /// assert!(map.is_empty());
 /// ```
 ///
+/// # Allocation
+///
+/// Only two things allocate, and only when the map grows past its peak:
+/// - the table, when a new key arrives (an [`insert`](Self::insert) of an
+///   absent key, or a `get`/`take` that registers on a key with no entry);
+///   a key whose entry a waiter creates keeps the table at most half full;
+/// - the waiter slab, when more futures wait at once than ever before.
+///
+/// Hits, `try_get`, `remove`, `cancel`, `close`, dropping a future and every
+/// wake-up never allocate; with `std`, each thread's first blocking wait makes
+/// one waker, once. [`reserve`](Self::reserve) makes room up front, so that a
+/// map in a `static` can be filled from an interrupt handler without
+/// allocating.
+///
 /// # Implementation notes
 ///
 /// One lock (a spin lock that yields the thread under `std`; see the crate
@@ -151,6 +165,32 @@ impl<K, V, S> AwaitMap<K, V, S> {
             hasher,
             state: Lock::new(State::with_capacity(capacity)),
         }
+    }
+
+    /// Reserves room for `keys` more keys (with a value or with waiting
+    /// futures) and `waiters` more waiting futures than the map holds now,
+    /// so that none of them allocates.
+    ///
+    /// After it, [`insert`](Self::insert) of up to `keys` new keys never
+    /// allocates, which is what an interrupt handler on a microcontroller
+    /// needs; see *Allocation* in the type docs for the rest.
+    ///
+    /// # Panics
+    ///
+    /// If the new capacity overflows `usize`, or the allocator fails (as
+    /// `Vec::reserve` does).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u32, u32> = awaitmap::AwaitMap::new();
+    /// map.reserve(64, 16); // 64 keys, 16 waiting futures
+    /// for k in 0..64 {
+    ///     map.insert(k, k); // no allocation
+    /// }
+    /// ```
+    pub fn reserve(&self, keys: usize, waiters: usize) {
+        self.state.with(|st| st.reserve(keys, waiters));
     }
 
     /// The map's hasher.

@@ -168,6 +168,18 @@ impl<K, V> State<K, V> {
         }
     }
 
+    /// Room for `keys` more keys (with a value or with waiters) and
+    /// `waiters` more waiting futures, so that none of them allocates.
+    pub(crate) fn reserve(&mut self, keys: usize, waiters: usize) {
+        if keys > 0 {
+            // Twice the keys: waiting keys keep the table at most half full
+            // (see `reserve_for_waiter`).
+            let want = 2 * (self.table.len() + keys);
+            self.table.reserve(want - self.table.len(), |e| e.hash);
+        }
+        self.slab.reserve(waiters);
+    }
+
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len

@@ -98,6 +98,15 @@ impl Slab {
         }
     }
 
+    /// Room for `additional` more registered futures than now, without
+    /// growing.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let want = self.live + additional;
+        if want > self.nodes.capacity() {
+            self.nodes.reserve(want - self.nodes.len());
+        }
+    }
+
     /// The number of registered futures (see `AwaitMap::waiters`).
     #[inline]
     pub(crate) fn live(&self) -> usize {

@@ -163,6 +163,46 @@ fn hits_allocate_nothing() {
     assert_eq!(map.waiters() + shared.waiters(), 0);
 }
 
+// `reserve` makes room up front: on a fresh map, new keys inserted (as an
+// interrupt handler would) and futures registering on other new keys
+// allocate nothing, and neither do the wake-ups.
+#[test]
+fn reserve_makes_room_for_new_keys_and_waiters_up_front() {
+    start_counting();
+    let map = Map::new();
+    let (wc, w) = counting_waker();
+    let keys = scaled(500);
+    // The futures' own storage, made before the measurement.
+    let ids: Vec<u64> = (keys..2 * keys).collect();
+    let mut futs = Vec::with_capacity(ids.len());
+    let ((), reserving) = measure(|| map.reserve(2 * keys as usize, keys as usize));
+    assert!(
+        reserving.allocs > 0,
+        "reserve allocated the room it promised"
+    );
+    let ((), used) = measure(|| {
+        for k in 0..keys {
+            assert_eq!(map.insert(k, k), None);
+        }
+        futs.extend(ids.iter().map(|id| map.take(id)));
+        for f in &mut futs {
+            assert!(poll_once(f, &w).is_pending());
+        }
+        for id in &ids {
+            map.insert(*id, *id);
+        }
+    });
+    assert_eq!(
+        used.allocs, 0,
+        "{keys} inserts and {keys} waiters within the reserved room allocated"
+    );
+    assert_eq!(wc.wakes(), keys as usize);
+    for (f, id) in futs.iter_mut().zip(&ids) {
+        assert_eq!(poll_once(f, &w), Poll::Ready(Ok(*id)));
+    }
+    assert_eq!(map.len(), keys as usize);
+}
+
 // ---------------------------------------------------------------------------
 // Semantic 5: waiting and leaving frees the key's waiting state.
 // ---------------------------------------------------------------------------
