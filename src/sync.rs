@@ -21,10 +21,10 @@ type Relax = SpinThenYield;
 /// instead of every waiter burning its own slice. A plain spin lock collapses
 /// when threads outnumber cores; this one does not, and its release stays a
 /// single store.
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(awaitmap_loom)))]
 pub(crate) struct SpinThenYield;
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(awaitmap_loom)))]
 impl spin::RelaxStrategy for SpinThenYield {
     // Out of line: the uncontended lock stays as small as a plain spin lock.
     #[cold]
