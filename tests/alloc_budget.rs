@@ -14,9 +14,7 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use awaitmap::{AwaitMap, TakeOwned, WaitError};
@@ -437,49 +435,6 @@ fn fan_out_insert_allocates_nothing() {
 // Every key and value dropped exactly once.
 // ---------------------------------------------------------------------------
 
-/// A key that counts its live instances.
-#[derive(Debug)]
-struct TrackedKey {
-    id: u64,
-    live: Arc<AtomicUsize>,
-}
-
-impl TrackedKey {
-    fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        TrackedKey {
-            id,
-            live: Arc::clone(live),
-        }
-    }
-}
-
-impl Clone for TrackedKey {
-    fn clone(&self) -> Self {
-        TrackedKey::new(self.id, &self.live)
-    }
-}
-
-impl PartialEq for TrackedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl Eq for TrackedKey {}
-
-impl Hash for TrackedKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
-}
-
-impl Drop for TrackedKey {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 // Semantics 5 and 6: through inserts that replace, takes, gets, removes,
 // waiters that leave or are cancelled, and values never taken, every key and
 // value the map was given is dropped exactly once, when it leaves the map or
@@ -488,8 +443,8 @@ impl Drop for TrackedKey {
 fn every_key_and_value_is_dropped_exactly_once() {
     let keys = live_counter();
     let values = live_counter();
-    let map: AwaitMap<TrackedKey, Tracked> = AwaitMap::new();
-    let key = |id| TrackedKey::new(id, &keys);
+    let map: AwaitMap<Tracked, Tracked> = AwaitMap::new();
+    let key = |id| Tracked::new(id, &keys);
     let (_, w) = counting_waker();
     let n = scaled(200);
 

@@ -6,9 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Wake, Waker};
 
@@ -39,50 +38,6 @@ fn pending<T: Debug>(p: Poll<T>) {
 /// map keeps.
 fn kept(counter: &Arc<CountingWaker>) -> usize {
     Arc::strong_count(counter) - 2
-}
-
-/// A key that counts its live instances, to show when the map frees the key
-/// it stored for a waiting entry.
-#[derive(Debug)]
-struct CountedKey {
-    id: u64,
-    live: Arc<AtomicUsize>,
-}
-
-impl CountedKey {
-    fn new(id: u64, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        CountedKey {
-            id,
-            live: Arc::clone(live),
-        }
-    }
-}
-
-impl Clone for CountedKey {
-    fn clone(&self) -> Self {
-        CountedKey::new(self.id, &self.live)
-    }
-}
-
-impl PartialEq for CountedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl Eq for CountedKey {}
-
-impl Hash for CountedKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
-}
-
-impl Drop for CountedKey {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Polls a future that already returned `Ready` and checks that it panics
@@ -422,8 +377,8 @@ fn owned_futures_of_a_present_key_are_ready_at_once() {
 #[test]
 fn ready_at_once_stores_no_key_and_take_frees_the_key() {
     let keys = live_counter();
-    let map = AwaitMap::<CountedKey, u64>::new();
-    let k = CountedKey::new(1, &keys);
+    let map = AwaitMap::<Tracked, u64>::new();
+    let k = Tracked::new(1, &keys);
     map.insert(k.clone(), 5);
     assert_eq!(live(&keys), 2); // ours + the map's
 
@@ -447,9 +402,9 @@ fn ready_at_once_stores_no_key_and_take_frees_the_key() {
 #[test]
 fn dropping_unpolled_futures_leaves_the_map_as_it_was() {
     let keys = live_counter();
-    let map = Arc::new(AwaitMap::<CountedKey, u64>::new());
-    let present = CountedKey::new(1, &keys);
-    let absent = CountedKey::new(2, &keys);
+    let map = Arc::new(AwaitMap::<Tracked, u64>::new());
+    let present = Tracked::new(1, &keys);
+    let absent = Tracked::new(2, &keys);
     map.insert(present.clone(), 10);
     assert_eq!(live(&keys), 3);
 
@@ -649,8 +604,8 @@ fn switching_back_to_the_first_waker_wakes_only_it() {
 fn dropping_all_waiters_of_many_keys_frees_their_entries() {
     let n: u64 = if cfg!(miri) { 50 } else { 5_000 };
     let keys_live = live_counter();
-    let map = AwaitMap::<CountedKey, u64>::new();
-    let keys: Vec<_> = (0..n).map(|i| CountedKey::new(i, &keys_live)).collect();
+    let map = AwaitMap::<Tracked, u64>::new();
+    let keys: Vec<_> = (0..n).map(|i| Tracked::new(i, &keys_live)).collect();
     let (c, w) = counting_waker();
     {
         let mut futs = Vec::new();
@@ -729,9 +684,9 @@ fn dropping_some_waiters_leaves_the_others_registered_in_order() {
 #[test]
 fn completed_and_failed_futures_leave_no_waiter_or_key_behind() {
     let keys_live = live_counter();
-    let map = AwaitMap::<CountedKey, u64>::new();
-    let a = CountedKey::new(1, &keys_live);
-    let b = CountedKey::new(2, &keys_live);
+    let map = AwaitMap::<Tracked, u64>::new();
+    let a = Tracked::new(1, &keys_live);
+    let b = Tracked::new(2, &keys_live);
     let (_c, w) = counting_waker();
 
     // Resolved Ok by take: nothing left.
@@ -1101,9 +1056,9 @@ fn gets_woken_for_a_removed_value_wait_again() {
 #[test]
 fn cancel_fails_the_waiting_futures_of_its_key_and_counts_them() {
     let keys_live = live_counter();
-    let map = AwaitMap::<CountedKey, u64>::new();
-    let k = CountedKey::new(1, &keys_live);
-    let other = CountedKey::new(2, &keys_live);
+    let map = AwaitMap::<Tracked, u64>::new();
+    let k = Tracked::new(1, &keys_live);
+    let other = Tracked::new(2, &keys_live);
     let mut gets: Vec<_> = (0..2).map(|_| (map.get(&k), counting_waker())).collect();
     let mut takes: Vec<_> = (0..2).map(|_| (map.take(&k), counting_waker())).collect();
     let (oc, ow) = counting_waker();
@@ -1320,8 +1275,8 @@ fn close_fails_every_waiting_future_of_an_absent_key() {
 #[test]
 fn after_close_futures_of_absent_keys_fail_on_their_first_poll() {
     let keys_live = live_counter();
-    let map = Arc::new(AwaitMap::<CountedKey, u64>::new());
-    let k = CountedKey::new(1, &keys_live);
+    let map = Arc::new(AwaitMap::<Tracked, u64>::new());
+    let k = Tracked::new(1, &keys_live);
     map.close();
     map.close();
     assert!(map.is_closed());

@@ -49,8 +49,9 @@ pub fn poll_once<F: Future + Unpin>(fut: &mut F, waker: &Waker) -> Poll<F::Outpu
     Pin::new(fut).poll(&mut cx)
 }
 
-/// A value that counts its live instances (clones included) in a shared
-/// counter, to show that nothing is lost, duplicated or leaked.
+/// A value (or key: equal and hashed by `id`) that counts its live
+/// instances (clones included) in a shared counter, to show that nothing is
+/// lost, duplicated or leaked.
 #[derive(Debug)]
 pub struct Tracked {
     pub id: u64,
@@ -76,6 +77,14 @@ impl Clone for Tracked {
 impl PartialEq for Tracked {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
+    }
+}
+
+impl Eq for Tracked {}
+
+impl std::hash::Hash for Tracked {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
     }
 }
 
