@@ -190,12 +190,6 @@ impl<K, V> State<K, V> {
         self.closed
     }
 
-    fn fresh_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
     /// The value slot of the key, if the key has an entry.
     #[inline]
     pub(crate) fn value_mut(
@@ -243,7 +237,7 @@ impl<K, V> State<K, V> {
                 old
             }
             None => {
-                let id = self.fresh_id();
+                let id = fresh_id(&mut self.next_id);
                 let entry = Entry {
                     hash,
                     id,
@@ -435,8 +429,7 @@ impl<K, V> State<K, V> {
                 let Some(waker) = prep.waker.take() else {
                     return Step::Need { key: false };
                 };
-                let seq = self.next_id;
-                self.next_id += 1;
+                let seq = fresh_id(&mut self.next_id);
                 let slot = self.slab.alloc(seq, waker);
                 let bucket = occ.bucket_index();
                 let e = occ.into_mut();
@@ -460,9 +453,8 @@ impl<K, V> State<K, V> {
                 let (Some(waker), Some(key)) = (prep.waker.take(), prep.key.take()) else {
                     unreachable!("both checked above")
                 };
-                let id = self.next_id;
-                let seq = id + 1;
-                self.next_id += 2;
+                let id = fresh_id(&mut self.next_id);
+                let seq = fresh_id(&mut self.next_id);
                 let slot = self.slab.alloc(seq, waker);
                 let mut entry = Entry {
                     hash,
@@ -577,6 +569,16 @@ impl<K, V> State<K, V> {
         }
         spill.waker = self.slab.free(slot);
     }
+}
+
+/// The next entry id or registration sequence number: one 64-bit counter for
+/// both, so neither is ever reused. A free function, so it can be called
+/// while a table entry is borrowed.
+#[inline]
+fn fresh_id(next_id: &mut u64) -> u64 {
+    let id = *next_id;
+    *next_id += 1;
+    id
 }
 
 /// The entry a registered future waits on, found without user code: at the

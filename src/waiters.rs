@@ -179,9 +179,7 @@ impl Slab {
         if n.queued {
             n.state = NodeState::Zombie;
         } else {
-            n.state = NodeState::Free;
-            n.next = self.free;
-            self.free = slot;
+            push_free(n, slot, &mut self.free);
         }
         waker
     }
@@ -297,14 +295,11 @@ impl Slab {
     /// zombie goes back to the free list.
     fn pop_front(&mut self) -> Option<Waker> {
         let slot = self.wq_head;
-        let free = self.free;
         let n = &mut self.nodes[slot as usize];
         n.queued = false;
         let next = n.wq_next;
         let waker = if n.state == NodeState::Zombie {
-            n.state = NodeState::Free;
-            n.next = free;
-            self.free = slot;
+            push_free(n, slot, &mut self.free);
             None
         } else {
             n.waker.take()
@@ -325,6 +320,16 @@ impl Slab {
             }
         }
     }
+}
+
+/// Puts `n` (at `slot`), which no future owns and no queue names, on the
+/// free list headed by `free`. Takes the fields apart so callers holding the
+/// node need not index it again.
+#[inline]
+fn push_free(n: &mut Node, slot: u32, free: &mut u32) {
+    n.state = NodeState::Free;
+    n.next = *free;
+    *free = slot;
 }
 
 /// Wakers moved out from under the lock, woken after it is released.
