@@ -65,7 +65,7 @@ where
     run(&waker)
 }
 
-impl<K, V, S> AwaitMap<K, V, S>
+impl<K, V, S, L: mutex::ScopedRawMutex> AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
     S: BuildHasher,

@@ -17,8 +17,10 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 
 use crate::map::Core;
 use crate::state::{GetMode, TakeMode};
+use crate::sync::DefaultLock;
 use crate::waiters::Kind;
 use crate::{AwaitMap, WaitError};
+use mutex::ScopedRawMutex;
 
 macro_rules! debug_future {
     ($name:literal, $self:ident, $f:ident) => {
@@ -52,8 +54,8 @@ macro_rules! debug_future {
 /// assert_eq!(futures::executor::block_on(fut), Ok(2));
 /// ```
 #[must_use = "futures do nothing unless polled"]
-pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K> {
-    map: &'a AwaitMap<K, V, S>,
+pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K, L: ScopedRawMutex = DefaultLock> {
+    map: &'a AwaitMap<K, V, S, L>,
     key: &'a Q,
     core: Core,
 }
@@ -83,14 +85,14 @@ pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K> {
 /// assert_eq!(futures::executor::block_on(fut).as_deref(), Ok("x"));
 /// ```
 #[must_use = "futures do nothing unless polled"]
-pub struct Take<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K> {
-    map: &'a AwaitMap<K, V, S>,
+pub struct Take<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K, L: ScopedRawMutex = DefaultLock> {
+    map: &'a AwaitMap<K, V, S, L>,
     key: &'a Q,
     core: Core,
 }
 
-impl<'a, K, V, S, Q: ?Sized> Get<'a, K, V, S, Q> {
-    pub(crate) fn new(map: &'a AwaitMap<K, V, S>, key: &'a Q) -> Self {
+impl<'a, K, V, S, Q: ?Sized, L: ScopedRawMutex> Get<'a, K, V, S, Q, L> {
+    pub(crate) fn new(map: &'a AwaitMap<K, V, S, L>, key: &'a Q) -> Self {
         Get {
             map,
             key,
@@ -99,8 +101,8 @@ impl<'a, K, V, S, Q: ?Sized> Get<'a, K, V, S, Q> {
     }
 }
 
-impl<'a, K, V, S, Q: ?Sized> Take<'a, K, V, S, Q> {
-    pub(crate) fn new(map: &'a AwaitMap<K, V, S>, key: &'a Q) -> Self {
+impl<'a, K, V, S, Q: ?Sized, L: ScopedRawMutex> Take<'a, K, V, S, Q, L> {
+    pub(crate) fn new(map: &'a AwaitMap<K, V, S, L>, key: &'a Q) -> Self {
         Take {
             map,
             key,
@@ -109,7 +111,7 @@ impl<'a, K, V, S, Q: ?Sized> Take<'a, K, V, S, Q> {
     }
 }
 
-impl<K, V, S, Q> Future for Get<'_, K, V, S, Q>
+impl<K, V, S, Q, L: ScopedRawMutex> Future for Get<'_, K, V, S, Q, L>
 where
     K: Eq + Hash,
     V: Clone,
@@ -127,7 +129,7 @@ where
     }
 }
 
-impl<K, V, S, Q> Future for Take<'_, K, V, S, Q>
+impl<K, V, S, Q, L: ScopedRawMutex> Future for Take<'_, K, V, S, Q, L>
 where
     K: Eq + Hash,
     S: BuildHasher,
@@ -144,25 +146,25 @@ where
     }
 }
 
-impl<K, V, S, Q: ?Sized> Drop for Get<'_, K, V, S, Q> {
+impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Get<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
         self.map.abandon(Kind::Get, &mut self.core);
     }
 }
 
-impl<K, V, S, Q: ?Sized> Drop for Take<'_, K, V, S, Q> {
+impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Take<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
         self.map.abandon(Kind::Take, &mut self.core);
     }
 }
 
-impl<K, V, S, Q: ?Sized> fmt::Debug for Get<'_, K, V, S, Q> {
+impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> fmt::Debug for Get<'_, K, V, S, Q, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         debug_future!("Get", self, f)
     }
 }
 
-impl<K, V, S, Q: ?Sized> fmt::Debug for Take<'_, K, V, S, Q> {
+impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> fmt::Debug for Take<'_, K, V, S, Q, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         debug_future!("Take", self, f)
     }
@@ -193,8 +195,8 @@ impl<K, V, S, Q: ?Sized> fmt::Debug for Take<'_, K, V, S, Q> {
 /// ```
 #[cfg(target_has_atomic = "ptr")]
 #[must_use = "futures do nothing unless polled"]
-pub struct GetOwned<K, V, S = DefaultHashBuilder> {
-    map: Arc<AwaitMap<K, V, S>>,
+pub struct GetOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
     key: K,
     core: Core,
 }
@@ -225,21 +227,21 @@ pub struct GetOwned<K, V, S = DefaultHashBuilder> {
 /// ```
 #[cfg(target_has_atomic = "ptr")]
 #[must_use = "futures do nothing unless polled"]
-pub struct TakeOwned<K, V, S = DefaultHashBuilder> {
-    map: Arc<AwaitMap<K, V, S>>,
+pub struct TakeOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
     key: K,
     core: Core,
 }
 
 // The futures are never structurally pinned: `key` is only read through `&`.
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Unpin for GetOwned<K, V, S> {}
+impl<K, V, S, L: ScopedRawMutex> Unpin for GetOwned<K, V, S, L> {}
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Unpin for TakeOwned<K, V, S> {}
+impl<K, V, S, L: ScopedRawMutex> Unpin for TakeOwned<K, V, S, L> {}
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> GetOwned<K, V, S> {
-    pub(crate) fn new(map: Arc<AwaitMap<K, V, S>>, key: K) -> Self {
+impl<K, V, S, L: ScopedRawMutex> GetOwned<K, V, S, L> {
+    pub(crate) fn new(map: Arc<AwaitMap<K, V, S, L>>, key: K) -> Self {
         GetOwned {
             map,
             key,
@@ -249,8 +251,8 @@ impl<K, V, S> GetOwned<K, V, S> {
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> TakeOwned<K, V, S> {
-    pub(crate) fn new(map: Arc<AwaitMap<K, V, S>>, key: K) -> Self {
+impl<K, V, S, L: ScopedRawMutex> TakeOwned<K, V, S, L> {
+    pub(crate) fn new(map: Arc<AwaitMap<K, V, S, L>>, key: K) -> Self {
         TakeOwned {
             map,
             key,
@@ -260,7 +262,7 @@ impl<K, V, S> TakeOwned<K, V, S> {
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Future for GetOwned<K, V, S>
+impl<K, V, S, L: ScopedRawMutex> Future for GetOwned<K, V, S, L>
 where
     K: Eq + Hash + Clone,
     V: Clone,
@@ -276,7 +278,7 @@ where
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Future for TakeOwned<K, V, S>
+impl<K, V, S, L: ScopedRawMutex> Future for TakeOwned<K, V, S, L>
 where
     K: Eq + Hash + Clone,
     S: BuildHasher,
@@ -291,28 +293,28 @@ where
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Drop for GetOwned<K, V, S> {
+impl<K, V, S, L: ScopedRawMutex> Drop for GetOwned<K, V, S, L> {
     fn drop(&mut self) {
         self.map.abandon(Kind::Get, &mut self.core);
     }
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> Drop for TakeOwned<K, V, S> {
+impl<K, V, S, L: ScopedRawMutex> Drop for TakeOwned<K, V, S, L> {
     fn drop(&mut self) {
         self.map.abandon(Kind::Take, &mut self.core);
     }
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> fmt::Debug for GetOwned<K, V, S> {
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for GetOwned<K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         debug_future!("GetOwned", self, f)
     }
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> fmt::Debug for TakeOwned<K, V, S> {
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for TakeOwned<K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         debug_future!("TakeOwned", self, f)
     }

@@ -89,7 +89,9 @@
 //!
 //! Rust 1.85.
 #![no_std]
-#![forbid(unsafe_code)]
+// The only `unsafe` is the two `unsafe impl ScopedRawMutex` in `sync.rs`
+// (the trait is unsafe to implement; each impl states why it holds).
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
@@ -129,6 +131,17 @@ pub use hashbrown::Equivalent;
 /// ```
 pub type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
 pub use map::AwaitMap;
+/// The lock traits: `L: ScopedRawMutex` for every map, and `ConstInit` for
+/// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
+/// trait maitake-sync's locks use).
+pub use mutex::{ConstInit, ScopedRawMutex};
+#[cfg(feature = "critical-section")]
+pub use sync::CsLock;
+pub use sync::DefaultLock;
+#[cfg(not(feature = "spin"))]
+pub use sync::NoDefaultLock;
+#[cfg(feature = "spin")]
+pub use sync::SpinLock;
 
 // The README's examples are compiled and run as doctests.
 #[cfg(doctest)]

@@ -14,8 +14,11 @@ use crate::future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 use crate::future::{GetOwned, TakeOwned};
 use crate::state::{Hit, Mode, Phase, Prepared, Spill, State, Step};
-use crate::sync::{Lock, const_fn_unless_loom};
+#[cfg(feature = "spin")]
+use crate::sync::SpinLock;
+use crate::sync::{DefaultLock, Lock, const_fn_unless_loom};
 use crate::waiters::{Kind, WakeBatch, wake_one};
+use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
 /// return futures that resolve as soon as some producer
@@ -83,12 +86,13 @@ use crate::waiters::{Kind, WakeBatch, wake_one};
 /// grown to the peak number of waiters, waiting allocates nothing. Wake-ups
 /// go through an intrusive queue and are issued in batches of 16 with the
 /// lock released.
-pub struct AwaitMap<K, V, S = DefaultHashBuilder> {
+pub struct AwaitMap<K, V, S = DefaultHashBuilder, L = DefaultLock> {
     hasher: S,
-    state: Lock<State<K, V>>,
+    state: Lock<State<K, V>, L>,
 }
 
-impl<K, V> AwaitMap<K, V, DefaultHashBuilder> {
+#[cfg(feature = "spin")]
+impl<K, V> AwaitMap<K, V, DefaultHashBuilder, SpinLock> {
     /// An empty map with the default hasher.
     ///
     /// The default hasher is seeded at run time, so `new` is not a `const fn`;
@@ -118,7 +122,10 @@ impl<K, V> AwaitMap<K, V, DefaultHashBuilder> {
     }
 }
 
-impl<K, V, S> AwaitMap<K, V, S> {
+// The constructors that do not name a lock build the default one; they exist
+// with feature `spin` (without it, there is no default lock).
+#[cfg(feature = "spin")]
+impl<K, V, S> AwaitMap<K, V, S, SpinLock> {
     const_fn_unless_loom! {
         /// An empty map that hashes keys with `hasher`.
         ///
@@ -143,10 +150,7 @@ impl<K, V, S> AwaitMap<K, V, S> {
         /// assert_eq!(REPLIES.try_get(&7), Some(49));
         /// ```
         pub fn with_hasher(hasher: S) -> Self {
-            AwaitMap {
-                hasher,
-                state: Lock::new(State::new()),
-            }
+            Self::with_hasher_and_lock(hasher, SpinLock::new())
         }
     }
 
@@ -161,12 +165,63 @@ impl<K, V, S> AwaitMap<K, V, S> {
     /// assert!(map.is_empty());
     /// ```
     pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
-        AwaitMap {
-            hasher,
-            state: Lock::new(State::with_capacity(capacity)),
+        Self::with_capacity_hasher_and_lock(capacity, hasher, SpinLock::new())
+    }
+}
+
+impl<K, V, S, L> AwaitMap<K, V, S, L> {
+    const_fn_unless_loom! {
+        /// An empty map that hashes keys with `hasher` and guards its state
+        /// with `lock`.
+        ///
+        /// This is a `const fn`: with a hasher and a lock that can be built in
+        /// a constant (both of the crate's locks can), the map can live in a
+        /// `static`, with no lazy initialisation. The lock is any
+        /// [`ScopedRawMutex`]: [`SpinLock`](crate::SpinLock) (the default),
+        /// [`CsLock`](crate::CsLock) for maps that interrupt handlers use, or
+        /// a lock of your own.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use awaitmap::{AwaitMap, SpinLock};
+        /// use foldhash::fast::FixedState;
+        ///
+        /// static PINS: AwaitMap<u8, bool, FixedState, SpinLock> =
+        ///     AwaitMap::with_hasher_and_lock(FixedState::with_seed(0x5eed), SpinLock::new());
+        ///
+        /// PINS.insert(4, true);
+        /// assert_eq!(PINS.try_get(&4), Some(true));
+        /// ```
+        pub fn with_hasher_and_lock(hasher: S, lock: L) -> Self {
+            AwaitMap {
+                hasher,
+                state: Lock::new(lock, State::new()),
+            }
         }
     }
 
+    /// [`with_hasher_and_lock`](Self::with_hasher_and_lock) with room for
+    /// `capacity` keys before the table grows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::{AwaitMap, DefaultHashBuilder, SpinLock};
+    ///
+    /// let map: AwaitMap<u8, u8, DefaultHashBuilder, SpinLock> =
+    ///     AwaitMap::with_capacity_hasher_and_lock(16, DefaultHashBuilder::default(), SpinLock::new());
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn with_capacity_hasher_and_lock(capacity: usize, hasher: S, lock: L) -> Self {
+        AwaitMap {
+            hasher,
+            state: Lock::new(lock, State::with_capacity(capacity)),
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Reserves room for `keys` more keys (with a value or with waiting
     /// futures) and `waiters` more waiting futures than the map holds now,
     /// so that none of them allocates.
@@ -359,7 +414,7 @@ impl<K, V, S> AwaitMap<K, V, S> {
     }
 }
 
-impl<K, V, S> AwaitMap<K, V, S>
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
     S: BuildHasher,
@@ -431,7 +486,7 @@ where
     /// assert_eq!(map.len(), 1);
     /// ```
     #[inline]
-    pub fn get<'a, Q>(&'a self, key: &'a Q) -> Get<'a, K, V, S, Q>
+    pub fn get<'a, Q>(&'a self, key: &'a Q) -> Get<'a, K, V, S, Q, L>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
@@ -488,7 +543,7 @@ where
     /// assert!(map.is_empty());
     /// ```
     #[inline]
-    pub fn take<'a, Q>(&'a self, key: &'a Q) -> Take<'a, K, V, S, Q>
+    pub fn take<'a, Q>(&'a self, key: &'a Q) -> Take<'a, K, V, S, Q, L>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
@@ -702,7 +757,7 @@ where
 }
 
 #[cfg(target_has_atomic = "ptr")]
-impl<K, V, S> AwaitMap<K, V, S>
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
     S: BuildHasher,
@@ -732,7 +787,7 @@ where
     /// map.insert(1, "one");
     /// assert_eq!(waiter.join().unwrap(), Ok("one"));
     /// ```
-    pub fn get_owned<Q>(self: &Arc<Self>, key: &Q) -> GetOwned<K, V, S>
+    pub fn get_owned<Q>(self: &Arc<Self>, key: &Q) -> GetOwned<K, V, S, L>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
@@ -766,7 +821,7 @@ where
     /// assert_eq!(futures::executor::block_on(fut), Ok(vec![1, 2, 3]));
     /// assert!(map.is_empty());
     /// ```
-    pub fn take_owned<Q>(self: &Arc<Self>, key: &Q) -> TakeOwned<K, V, S>
+    pub fn take_owned<Q>(self: &Arc<Self>, key: &Q) -> TakeOwned<K, V, S, L>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
@@ -810,17 +865,17 @@ impl Core {
 // A panic in user code (`Eq`, `Clone`, a waker) leaves the map consistent
 // (SPEC semantic 11, tested in tests/hostile_wakers.rs), so the map can be
 // used after a caught panic, as a poisoning std `Mutex` can.
-impl<K, V, S> core::panic::UnwindSafe for AwaitMap<K, V, S> {}
-impl<K, V, S> core::panic::RefUnwindSafe for AwaitMap<K, V, S> {}
+impl<K, V, S, L> core::panic::UnwindSafe for AwaitMap<K, V, S, L> {}
+impl<K, V, S, L> core::panic::RefUnwindSafe for AwaitMap<K, V, S, L> {}
 
-impl<K, V, S: Default> Default for AwaitMap<K, V, S> {
+impl<K, V, S: Default, L: ConstInit> Default for AwaitMap<K, V, S, L> {
     /// An empty map with the hasher's default.
     fn default() -> Self {
-        Self::with_hasher(S::default())
+        Self::with_hasher_and_lock(S::default(), L::INIT)
     }
 }
 
-impl<K, V, S> fmt::Debug for AwaitMap<K, V, S> {
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for AwaitMap<K, V, S, L> {
     /// Prints the counts, never the keys or values, and never waits for the
     /// lock: `AwaitMap { <locked> }` if it is busy.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -839,7 +894,7 @@ impl<K, V, S> fmt::Debug for AwaitMap<K, V, S> {
     }
 }
 
-impl<K, V, S> Extend<(K, V)> for AwaitMap<K, V, S>
+impl<K, V, S, L: ScopedRawMutex> Extend<(K, V)> for AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
     S: BuildHasher,
@@ -852,7 +907,7 @@ where
     }
 }
 
-impl<K, V, S> FromIterator<(K, V)> for AwaitMap<K, V, S>
+impl<K, V, S, L: ScopedRawMutex + ConstInit> FromIterator<(K, V)> for AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
     S: BuildHasher + Default,
@@ -861,7 +916,7 @@ where
     /// equal key.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let iter = iter.into_iter();
-        let map = Self::with_capacity_and_hasher(iter.size_hint().0, S::default());
+        let map = Self::with_capacity_hasher_and_lock(iter.size_hint().0, S::default(), L::INIT);
         for (k, v) in iter {
             map.insert(k, v);
         }

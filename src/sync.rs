@@ -1,18 +1,85 @@
 //! The one place that names a lock implementation.
 //!
-//! The rest of the crate only sees [`Lock::with`] and [`Lock::try_with`]: a
-//! scoped API, so no guard can escape across an `.await`, and the lock can be
-//! swapped (spin, a std lock, a critical section, loom's mutex) without
-//! touching the logic. The crate has no atomics outside the lock.
+//! The map's lock is its type parameter `L`, any
+//! [`ScopedRawMutex`](crate::ScopedRawMutex): the trait of the `mutex-traits`
+//! crate, which maitake-sync uses, so a lock written for that ecosystem works
+//! here as it is. The state sits in `mutex::BlockingMutex<L, _>`, which pairs
+//! the raw lock with its data, so the rest of the crate only sees
+//! [`Lock::with`] and [`Lock::try_with`]: a scoped API, so no guard can escape
+//! across an `.await`, and the logic never names a lock.
 //!
-//! Under `--cfg awaitmap_loom` the lock is loom's mutex, so loom can explore
-//! the interleavings of the map's operations (it cannot see spin's atomics).
+//! The crate ships two raw locks: [`SpinLock`] (feature `spin`, the default)
+//! and [`CsLock`] (feature `critical-section`). Both release on unwind, which
+//! SPEC semantic 11 needs (a panicking `Eq` or `Clone` under the lock must
+//! leave the map usable); the critical-section lock of the `mutex` crate stays
+//! locked after a panic without its `std` feature, which is why it is not the
+//! one offered here.
+//!
+//! Under `--cfg awaitmap_loom` the state sits in loom's mutex instead, so loom
+//! can explore the interleavings of the map's operations (it cannot see the
+//! atomics of a spin lock); `L` is then only stored.
 
-#[cfg(not(awaitmap_loom))]
-type Inner<T> = spin::mutex::SpinMutex<T, Relax>;
-#[cfg(all(not(awaitmap_loom), not(feature = "std")))]
+#[cfg(any(feature = "spin", feature = "critical-section"))]
+use core::fmt;
+
+use mutex::ScopedRawMutex;
+
+/// The message of the panic that replaces a deadlock on re-entry.
+#[cfg(all(feature = "spin", debug_assertions))]
+const REENTERED_SPIN: &str = "awaitmap: the map's lock is already held by this thread or core, so \
+    waiting for it would never end. Either an interrupt (or signal) handler used a map that the \
+    code it interrupted was using, or a key's `Eq` or a value's `Clone` called back into the map. \
+    A map shared with interrupt handlers needs the critical-section lock `awaitmap::CsLock` \
+    (feature `critical-section`); `Eq` and `Clone` must not use the map they are stored in";
+
+#[cfg(feature = "critical-section")]
+const REENTERED_CS: &str = "awaitmap: the map was used again from inside its own critical \
+    section (a key's `Eq` or a value's `Clone` called back into the map), so waiting for its \
+    lock would never end; `Eq` and `Clone` must not use the map they are stored in";
+
+/// The default lock `L` of [`AwaitMap`](crate::AwaitMap): [`SpinLock`].
+///
+/// Enabling `critical-section` never changes it: a map shared with interrupt
+/// handlers names [`CsLock`] itself, so no other crate in the build can turn
+/// it back into a spin lock.
+#[cfg(feature = "spin")]
+pub type DefaultLock = SpinLock;
+
+/// Without feature `spin` there is no default lock: `DefaultLock` is this
+/// empty type, which is not a lock, so a map must name its lock, for example
+/// `AwaitMap<K, V, S, CsLock>`.
+#[cfg(not(feature = "spin"))]
+pub type DefaultLock = NoDefaultLock;
+
+/// Stands in for the default lock when feature `spin` is off. It has no
+/// values, so a map with this lock cannot be built: name a lock instead.
+#[cfg(not(feature = "spin"))]
+#[derive(Debug)]
+pub enum NoDefaultLock {}
+
+// SAFETY: the type has no values, so none of these methods can be called.
+#[allow(unsafe_code)]
+#[cfg(not(feature = "spin"))]
+unsafe impl ScopedRawMutex for NoDefaultLock {
+    fn try_with_lock<R>(&self, _: impl FnOnce() -> R) -> Option<R> {
+        match *self {}
+    }
+
+    fn with_lock<R>(&self, _: impl FnOnce() -> R) -> R {
+        match *self {}
+    }
+
+    fn is_locked(&self) -> bool {
+        match *self {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The spin lock.
+
+#[cfg(all(feature = "spin", not(feature = "std")))]
 type Relax = spin::relax::Spin;
-#[cfg(all(not(awaitmap_loom), feature = "std"))]
+#[cfg(all(feature = "spin", feature = "std"))]
 type Relax = SpinThenYield;
 
 /// The wait between two looks at a busy lock: a short spin (critical
@@ -21,10 +88,10 @@ type Relax = SpinThenYield;
 /// instead of every waiter burning its own slice. A plain spin lock collapses
 /// when threads outnumber cores; this one does not, and its release stays a
 /// single store.
-#[cfg(all(feature = "std", not(awaitmap_loom)))]
-pub(crate) struct SpinThenYield;
+#[cfg(all(feature = "spin", feature = "std"))]
+struct SpinThenYield;
 
-#[cfg(all(feature = "std", not(awaitmap_loom)))]
+#[cfg(all(feature = "spin", feature = "std"))]
 impl spin::RelaxStrategy for SpinThenYield {
     // Out of line: the uncontended lock stays as small as a plain spin lock.
     #[cold]
@@ -36,62 +103,356 @@ impl spin::RelaxStrategy for SpinThenYield {
         std::thread::yield_now();
     }
 }
-#[cfg(awaitmap_loom)]
-type Inner<T> = loom::sync::Mutex<T>;
 
-/// A mutual-exclusion lock around `T`.
-pub(crate) struct Lock<T> {
-    inner: Inner<T>,
+/// The default lock: a spin lock.
+///
+/// Uncontended it costs one compare-and-swap to take and one store to
+/// release. With feature `std` a waiter spins briefly, then yields its
+/// thread, so a preempted holder is not starved. Without `std` it spins.
+///
+/// **Not for maps that interrupt handlers use** on a single core: a handler
+/// that finds the lock held by the code it interrupted would spin forever. Use
+/// [`CsLock`] there. Debug builds turn that deadlock into a panic that says
+/// so: with `std` the lock remembers which thread holds it, so re-entry by the
+/// same thread (a signal handler, or a key's `Eq` calling back into the map)
+/// panics at once; without `std` a wait that lasts 2<sup>26</sup> turns (far
+/// beyond any hold of this map's lock) panics.
+///
+/// It needs atomic compare-and-swap: on targets without it (thumbv6m,
+/// riscv32imc) enable feature `portable-atomic`, or use [`CsLock`].
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, DefaultHashBuilder, SpinLock};
+///
+/// // What `AwaitMap::new()` builds, spelled out.
+/// let map: AwaitMap<u32, &str, DefaultHashBuilder, SpinLock> =
+///     AwaitMap::with_hasher_and_lock(DefaultHashBuilder::default(), SpinLock::new());
+/// map.insert(1, "one");
+/// assert_eq!(map.try_get(&1), Some("one"));
+/// ```
+#[cfg(feature = "spin")]
+pub struct SpinLock {
+    lock: spin::mutex::SpinMutex<(), Relax>,
+    /// Debug builds with `std`: the token of the thread holding the lock,
+    /// 0 when free. Written only by the holder, under the lock.
+    #[cfg(all(debug_assertions, feature = "std"))]
+    owner: core::sync::atomic::AtomicUsize,
 }
 
-impl<T> Lock<T> {
+#[cfg(feature = "spin")]
+impl SpinLock {
+    /// A free lock.
+    pub const fn new() -> Self {
+        SpinLock {
+            lock: spin::mutex::SpinMutex::new(()),
+            #[cfg(all(debug_assertions, feature = "std"))]
+            owner: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The wait for a busy lock, out of line so the uncontended lock makes no
+    /// call.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(&self) -> spin::mutex::SpinMutexGuard<'_, (), Relax> {
+        // The holder stores its token under the lock and clears it before
+        // releasing, so seeing our own token means we hold the lock.
+        #[cfg(all(debug_assertions, feature = "std"))]
+        if self.owner.load(core::sync::atomic::Ordering::Relaxed) == thread_token() {
+            panic!("{}", REENTERED_SPIN);
+        }
+        #[cfg(all(debug_assertions, not(feature = "std")))]
+        let mut turns: u32 = 0;
+        loop {
+            if let Some(guard) = self.lock.try_lock() {
+                return guard;
+            }
+            while self.lock.is_locked() {
+                <Relax as spin::RelaxStrategy>::relax();
+                #[cfg(all(debug_assertions, not(feature = "std")))]
+                {
+                    turns += 1;
+                    if turns == 1 << 26 {
+                        panic!("{}", REENTERED_SPIN);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A per-thread address: distinct for every live thread, never 0.
+#[cfg(all(feature = "spin", debug_assertions, feature = "std"))]
+fn thread_token() -> usize {
+    std::thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|token| core::ptr::from_ref(token).addr())
+}
+
+/// Clears the owner token before the lock is released (also on unwind).
+#[cfg(all(feature = "spin", debug_assertions, feature = "std"))]
+struct ClearOwner<'a>(&'a core::sync::atomic::AtomicUsize);
+
+#[cfg(all(feature = "spin", debug_assertions, feature = "std"))]
+impl Drop for ClearOwner<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(feature = "spin")]
+impl SpinLock {
+    #[inline(always)]
+    fn run<R>(
+        &self,
+        guard: spin::mutex::SpinMutexGuard<'_, (), Relax>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        #[cfg(all(debug_assertions, feature = "std"))]
+        let _owner = {
+            self.owner
+                .store(thread_token(), core::sync::atomic::Ordering::Relaxed);
+            ClearOwner(&self.owner)
+        };
+        let result = f();
+        // Locals drop in reverse order: the owner token is cleared, then the
+        // guard releases the lock; an unwind out of `f` does the same.
+        #[cfg(all(debug_assertions, feature = "std"))]
+        drop(_owner);
+        drop(guard);
+        result
+    }
+}
+
+// SAFETY: `f` runs only while this call holds a guard of `self.lock`, a
+// spin mutex, and the guard is released only after `f` returns or unwinds;
+// spin's mutex lets one guard exist at a time, so two calls' `f` never
+// overlap.
+#[allow(unsafe_code)]
+#[cfg(feature = "spin")]
+unsafe impl ScopedRawMutex for SpinLock {
+    #[inline]
+    fn try_with_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let guard = self.lock.try_lock()?;
+        Some(self.run(guard, f))
+    }
+
+    #[inline]
+    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let guard = match self.lock.try_lock() {
+            Some(guard) => guard,
+            None => self.lock_slow(),
+        };
+        self.run(guard, f)
+    }
+
+    fn is_locked(&self) -> bool {
+        self.lock.is_locked()
+    }
+}
+
+#[cfg(feature = "spin")]
+impl mutex::ConstInit for SpinLock {
+    const INIT: Self = SpinLock::new();
+}
+
+#[cfg(feature = "spin")]
+impl Default for SpinLock {
+    fn default() -> Self {
+        SpinLock::new()
+    }
+}
+
+#[cfg(feature = "spin")]
+impl fmt::Debug for SpinLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpinLock")
+            .field("locked", &self.lock.is_locked())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The critical-section lock.
+
+/// A lock that holds a critical section (feature `critical-section`): safe
+/// for a map that interrupt handlers use.
+///
+/// Every access to the map runs inside `critical_section::with`, so on a
+/// single core an interrupt cannot arrive while the map is held (it is taken
+/// as soon as the map is released), and where the critical-section
+/// implementation covers several cores (a hardware spinlock, or `std`'s
+/// process-wide mutex) it excludes the other cores and threads too. The
+/// final binary provides the implementation, as the `critical-section` crate
+/// asks: `cortex-m`'s `critical-section-single-core` feature, a HAL, or
+/// `critical-section`'s `std` feature on a host.
+///
+/// No compare-and-swap is needed, so it works on thumbv6m and riscv32imc
+/// without `portable-atomic`. The map's critical sections are short: a probe
+/// of the table, a few list links, one `Eq` per probed key and one `Clone`
+/// for a `get` hit. A table or waiter-slab resize happens inside one too,
+/// so an interrupt-latency-sensitive firmware reserves capacity up front
+/// ([`AwaitMap::reserve`](crate::AwaitMap::reserve)).
+///
+/// Using the map again from inside its own critical section (a key's `Eq` or
+/// a value's `Clone` calling back into the map) panics with a message rather
+/// than deadlocking. A panic under the lock releases it.
+///
+/// # Examples
+///
+/// ```
+/// # // critical-section's `std` implementation stands in for a target's.
+/// use awaitmap::{AwaitMap, CsLock};
+/// use foldhash::fast::FixedState;
+///
+/// type Replies = AwaitMap<u8, u32, FixedState, CsLock>;
+/// static REPLIES: Replies = AwaitMap::with_hasher_and_lock(FixedState::with_seed(1), CsLock::new());
+///
+/// REPLIES.insert(3, 9); // for example from an interrupt handler
+/// assert_eq!(futures::executor::block_on(REPLIES.take(&3)), Ok(9));
+/// ```
+#[cfg(feature = "critical-section")]
+pub struct CsLock {
+    /// Set while the map is held; it can only be seen set from inside the
+    /// holder's own critical section, that is by a re-entrant call.
+    taken: critical_section::Mutex<core::cell::Cell<bool>>,
+}
+
+#[cfg(feature = "critical-section")]
+impl CsLock {
+    /// A free lock.
+    pub const fn new() -> Self {
+        CsLock {
+            taken: critical_section::Mutex::new(core::cell::Cell::new(false)),
+        }
+    }
+}
+
+/// Clears `taken` when the holder is done (also on unwind).
+#[cfg(feature = "critical-section")]
+struct Untake<'a>(&'a core::cell::Cell<bool>);
+
+#[cfg(feature = "critical-section")]
+impl Drop for Untake<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+// SAFETY: `f` runs only inside a critical section, after this call changed
+// `taken` from false to true, and `taken` is cleared only when `f` returns
+// or unwinds, still inside that critical section. Critical sections exclude
+// each other across every core and thread the implementation covers (the
+// `critical-section` crate's contract), and a nested one (same core) finds
+// `taken` set and does not run its `f`. So two calls' `f` never overlap.
+#[allow(unsafe_code)]
+#[cfg(feature = "critical-section")]
+unsafe impl ScopedRawMutex for CsLock {
+    #[inline]
+    fn try_with_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        critical_section::with(|cs| {
+            let taken = self.taken.borrow(cs);
+            if taken.replace(true) {
+                return None;
+            }
+            let _untake = Untake(taken);
+            Some(f())
+        })
+    }
+
+    #[inline]
+    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        // Inside our critical section nobody else can release the lock: a
+        // busy lock here is a re-entrant call.
+        match self.try_with_lock(f) {
+            Some(result) => result,
+            None => panic!("{}", REENTERED_CS),
+        }
+    }
+
+    fn is_locked(&self) -> bool {
+        critical_section::with(|cs| self.taken.borrow(cs).get())
+    }
+}
+
+#[cfg(feature = "critical-section")]
+impl mutex::ConstInit for CsLock {
+    const INIT: Self = CsLock::new();
+}
+
+#[cfg(feature = "critical-section")]
+impl Default for CsLock {
+    fn default() -> Self {
+        CsLock::new()
+    }
+}
+
+#[cfg(feature = "critical-section")]
+impl fmt::Debug for CsLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CsLock")
+            .field("locked", &self.is_locked())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The map's state behind `L`.
+
+#[cfg(not(awaitmap_loom))]
+type Inner<T, L> = mutex::BlockingMutex<L, T>;
+
+/// A mutual-exclusion lock around `T`, taken through `L`.
+pub(crate) struct Lock<T, L> {
     #[cfg(not(awaitmap_loom))]
-    pub(crate) const fn new(value: T) -> Self {
+    inner: Inner<T, L>,
+    #[cfg(awaitmap_loom)]
+    inner: loom::sync::Mutex<T>,
+    #[cfg(awaitmap_loom)]
+    _lock: L,
+}
+
+impl<T, L> Lock<T, L> {
+    #[cfg(not(awaitmap_loom))]
+    pub(crate) const fn new(lock: L, value: T) -> Self {
         Lock {
-            inner: Inner::new(value),
+            inner: mutex::BlockingMutex::const_new(lock, value),
         }
     }
 
     /// loom's mutex cannot be built in a constant.
     #[cfg(awaitmap_loom)]
-    pub(crate) fn new(value: T) -> Self {
+    pub(crate) fn new(lock: L, value: T) -> Self {
         Lock {
             inner: loom::sync::Mutex::new(value),
+            _lock: lock,
         }
     }
+}
 
+impl<T, L: ScopedRawMutex> Lock<T, L> {
     /// Runs `f` with the lock held. If `f` panics, the lock is released as
-    /// the panic unwinds.
+    /// the panic unwinds (both of the crate's locks do; a user's `L` must too
+    /// for SPEC semantic 11 to hold).
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // The uncontended case inline, the wait out of line: the fast path
-        // makes no call, so it needs no saved registers.
         #[cfg(not(awaitmap_loom))]
-        let mut guard = match self.inner.try_lock() {
-            Some(guard) => guard,
-            None => self.lock_slow(),
-        };
+        return self.inner.with_lock(f);
         // A panic under the lock (user `Eq` or `Clone`) leaves the state
         // consistent by construction, so poisoning carries no information.
         #[cfg(awaitmap_loom)]
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
-    }
-
-    #[cfg(not(awaitmap_loom))]
-    #[cold]
-    #[inline(never)]
-    fn lock_slow(&self) -> spin::mutex::SpinMutexGuard<'_, T, Relax> {
-        self.inner.lock()
+        return f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Runs `f` if the lock is free right now; never waits.
     pub(crate) fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         #[cfg(not(awaitmap_loom))]
-        let guard = self.inner.try_lock();
+        return self.inner.try_with_lock(f);
         #[cfg(awaitmap_loom)]
-        let guard = self.inner.try_lock().ok();
-        guard.map(|mut guard| f(&mut guard))
+        return self.inner.try_lock().ok().map(|mut guard| f(&mut guard));
     }
 }
 
