@@ -50,18 +50,51 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `std` | yes | the blocking API (`*_blocking`, `*_blocking_timeout`) |
-//! | `portable-atomic` | no | targets without compare-and-swap: the lock's atomics go through `portable-atomic`; the final binary picks its backend |
+//! | `std` | yes | the blocking API (`*_blocking`, `*_blocking_timeout`); `SpinLock` yields its thread while it waits |
+//! | `spin` | yes | `SpinLock`, the default lock, and the constructors that do not name a lock (`new`, `with_capacity`, `with_hasher`, `with_capacity_and_hasher`) |
+//! | `critical-section` | no | `CsLock`, a lock that holds a critical section: for maps that interrupt handlers use; needs no compare-and-swap |
+//! | `portable-atomic` | no | targets without compare-and-swap: `SpinLock`'s atomics go through `portable-atomic`; the final binary picks its backend |
 //!
-//! # `no_std`
+//! Features only add: enabling `critical-section` does not change the
+//! default lock, so a map that must be interrupt-safe names `CsLock`, and
+//! no other crate in the build can turn it back into a spin lock.
 //!
-//! The crate is `#![no_std]` and needs `alloc`. One lock guards the map;
-//! the work done under it is short and calls no user code but `Eq` and
-//! `Clone`. Without `std` it is a spin lock: on a single core, do not use
-//! the map from an interrupt handler that can interrupt code holding it (the
-//! handler would spin forever). With `std`, a waiter spins briefly and then
-//! yields its thread, so a preempted holder gets to run when threads
-//! outnumber cores. [`get_owned`](AwaitMap::get_owned) and
+//! # Locks, `no_std` and interrupts
+//!
+//! The crate is `#![no_std]` and needs `alloc`. One lock guards the map; the
+//! work done under it is short and calls no user code but `Eq` and `Clone`.
+//! The lock is the map's last type parameter, `AwaitMap<K, V, S, L>`, any
+//! [`ScopedRawMutex`]: the lock trait of the `mutex-traits` crate, which
+//! maitake-sync's primitives use too, so its locks (and any written for that
+//! ecosystem) plug in as they are. That trait was chosen over `lock_api`
+//! because it is scoped (the lock is held for a closure, so no guard can be
+//! held across an `.await`) and because a critical section fits it: a
+//! critical section is entered and left around a closure, not through a
+//! guard.
+//!
+//! - `SpinLock` (the default): one compare-and-swap to take. With `std`, a
+//!   waiter spins briefly and then yields its thread, so a preempted holder
+//!   gets to run when threads outnumber cores. On a single core, **do not
+//!   use it from an interrupt handler** that can interrupt code holding it:
+//!   the handler would spin forever. Debug builds panic instead, with a
+//!   message that names the fix.
+//! - `CsLock` (feature `critical-section`): every access runs inside
+//!   `critical_section::with`, so an interrupt cannot arrive while the map is
+//!   held, and where the implementation covers several cores, they are
+//!   excluded too. It needs no atomic compare-and-swap (thumbv6m,
+//!   riscv32imc). The firmware provides the critical-section implementation.
+//! - Your own: implement [`ScopedRawMutex`] (and [`ConstInit`] for a
+//!   `static`). For SPEC semantic 11 to hold, it must release when the
+//!   closure unwinds, as both of the crate's locks do.
+//!
+//! A map can live in a `static` with no lazy initialisation:
+//! [`AwaitMap::with_hasher_and_lock`] is a `const fn`, given a hasher that
+//! can be built in a constant (`foldhash::fast::FixedState::with_seed`, or
+//! `BuildHasherDefault::new()`). [`AwaitMap::reserve`] makes room up front,
+//! and the type docs list which operations may allocate, so an interrupt
+//! handler can `insert` into reserved space without allocating.
+//!
+//! [`get_owned`](AwaitMap::get_owned) and
 //! [`take_owned`](AwaitMap::take_owned) need `alloc::sync::Arc`, which exists
 //! on targets with atomic pointers.
 //!
@@ -89,8 +122,8 @@
 //!
 //! Rust 1.85.
 #![no_std]
-// The only `unsafe` is the two `unsafe impl ScopedRawMutex` in `sync.rs`
-// (the trait is unsafe to implement; each impl states why it holds).
+// The only `unsafe` is in `sync.rs`: the `unsafe impl ScopedRawMutex` of
+// each lock (the trait is unsafe to implement; each impl says why it holds).
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -118,7 +151,7 @@ pub use hashbrown::Equivalent;
 ///
 /// It is fast but not HashDoS-resistant, and on `no_std` its seed is fixed
 /// per firmware image: if an attacker chooses the keys, build the map with
-/// [`AwaitMap::with_hasher`] and a keyed hasher.
+/// [`AwaitMap::with_hasher_and_lock`] and a keyed hasher.
 ///
 /// # Examples
 ///
@@ -136,14 +169,22 @@ pub use map::AwaitMap;
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
 #[cfg(feature = "critical-section")]
+#[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]
 pub use sync::CsLock;
 pub use sync::DefaultLock;
 #[cfg(not(feature = "spin"))]
 pub use sync::NoDefaultLock;
 #[cfg(feature = "spin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spin")))]
 pub use sync::SpinLock;
 
-// The README's examples are compiled and run as doctests.
-#[cfg(doctest)]
+// The README's examples are compiled and run as doctests (they use every
+// feature: `cargo test --all-features`).
+#[cfg(all(
+    doctest,
+    feature = "std",
+    feature = "spin",
+    feature = "critical-section"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -177,8 +177,8 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
         /// This is a `const fn`: with a hasher and a lock that can be built in
         /// a constant (both of the crate's locks can), the map can live in a
         /// `static`, with no lazy initialisation. The lock is any
-        /// [`ScopedRawMutex`]: [`SpinLock`](crate::SpinLock) (the default),
-        /// [`CsLock`](crate::CsLock) for maps that interrupt handlers use, or
+        /// [`ScopedRawMutex`]: `SpinLock` (the default),
+        /// `CsLock` for maps that interrupt handlers use, or
         /// a lock of your own.
         ///
         /// # Examples

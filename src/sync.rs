@@ -40,7 +40,7 @@ const REENTERED_CS: &str = "awaitmap: the map was used again from inside its own
 /// The default lock `L` of [`AwaitMap`](crate::AwaitMap): [`SpinLock`].
 ///
 /// Enabling `critical-section` never changes it: a map shared with interrupt
-/// handlers names [`CsLock`] itself, so no other crate in the build can turn
+/// handlers names `CsLock` itself, so no other crate in the build can turn
 /// it back into a spin lock.
 #[cfg(feature = "spin")]
 pub type DefaultLock = SpinLock;
@@ -112,14 +112,14 @@ impl spin::RelaxStrategy for SpinThenYield {
 ///
 /// **Not for maps that interrupt handlers use** on a single core: a handler
 /// that finds the lock held by the code it interrupted would spin forever. Use
-/// [`CsLock`] there. Debug builds turn that deadlock into a panic that says
+/// `CsLock` there. Debug builds turn that deadlock into a panic that says
 /// so: with `std` the lock remembers which thread holds it, so re-entry by the
 /// same thread (a signal handler, or a key's `Eq` calling back into the map)
 /// panics at once; without `std` a wait that lasts 2<sup>26</sup> turns (far
 /// beyond any hold of this map's lock) panics.
 ///
 /// It needs atomic compare-and-swap: on targets without it (thumbv6m,
-/// riscv32imc) enable feature `portable-atomic`, or use [`CsLock`].
+/// riscv32imc) enable feature `portable-atomic`, or use `CsLock`.
 ///
 /// # Examples
 ///
