@@ -25,6 +25,9 @@ pub enum WaitError {
     Cancelled,
     /// A `*_blocking_timeout` call ran out of time.
     TimedOut,
+    /// The key's [`Promise`](crate::Promise) was dropped unfulfilled (its
+    /// producer failed, panicked or was cancelled) while this future waited.
+    Abandoned,
 }
 
 impl fmt::Display for WaitError {
@@ -33,6 +36,7 @@ impl fmt::Display for WaitError {
             WaitError::Closed => "the map was closed",
             WaitError::Cancelled => "the wait was cancelled",
             WaitError::TimedOut => "the wait timed out",
+            WaitError::Abandoned => "the producer of the key abandoned it",
         })
     }
 }

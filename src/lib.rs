@@ -136,6 +136,7 @@ mod blocking;
 mod error;
 mod future;
 mod map;
+mod promise;
 mod state;
 mod sync;
 mod waiters;
@@ -168,6 +169,7 @@ pub use map::AwaitMap;
 /// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
+pub use promise::{GetOrPromise, Promise, ValueOrPromise};
 #[cfg(feature = "critical-section")]
 #[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]
 pub use sync::CsLock;

@@ -87,8 +87,8 @@ use mutex::{ConstInit, ScopedRawMutex};
 /// go through an intrusive queue and are issued in batches of 16 with the
 /// lock released.
 pub struct AwaitMap<K, V, S = DefaultHashBuilder, L = DefaultLock> {
-    hasher: S,
-    state: Lock<State<K, V>, L>,
+    pub(crate) hasher: S,
+    pub(crate) state: Lock<State<K, V>, L>,
 }
 
 #[cfg(feature = "spin")]
@@ -361,7 +361,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// released. With `std`, a panicking waker does not stop the others: the
     /// first panic is resumed once every due waker has run.
     #[inline]
-    fn wake(&self, first: Option<Waker>, more: bool) {
+    pub(crate) fn wake(&self, first: Option<Waker>, more: bool) {
         let mut panic = None;
         if let Some(w) = first {
             wake_one(w, &mut panic);

@@ -31,12 +31,30 @@ pub(crate) struct Entry<K, V> {
     /// The take that was woken to receive the current value, if any. It is
     /// the head of `takes` (the earliest registered) whenever it is set.
     baton: u32,
+    /// A `Promise` guard reserves the key: the entry lives until it is
+    /// fulfilled or dropped.
+    promised: bool,
 }
 
 impl<K, V> Entry<K, V> {
     #[inline]
     fn is_empty(&self) -> bool {
-        self.value.is_none() && self.gets.is_empty() && self.takes.is_empty()
+        self.value.is_none() && self.gets.is_empty() && self.takes.is_empty() && !self.promised
+    }
+
+    /// An entry with no value and no waiters yet.
+    #[inline]
+    fn new(hash: u64, id: u64, key: K, value: Option<V>, promised: bool) -> Self {
+        Entry {
+            hash,
+            id,
+            key,
+            value,
+            gets: List::EMPTY,
+            takes: List::EMPTY,
+            baton: NIL,
+            promised,
+        }
     }
 
     fn list(&mut self, kind: Kind) -> &mut List {
@@ -142,6 +160,27 @@ pub(crate) enum Step<V> {
     },
 }
 
+/// Where a promise's entry is: found again by its stored hash and id, with
+/// the bucket as a hint, like a registered future's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    hash: u64,
+    entry: u64,
+    bucket: usize,
+}
+
+/// The outcome of one locked step of a `get_or_promise` future.
+pub(crate) enum CoStep<V> {
+    Value(V),
+    Promise(Ticket),
+    Failed(WaitError),
+    Pending,
+    /// As [`Step::Need`].
+    Need {
+        key: bool,
+    },
+}
+
 pub(crate) struct State<K, V> {
     table: HashTable<Entry<K, V>>,
     pub(crate) slab: Slab,
@@ -219,39 +258,81 @@ impl<K, V> State<K, V> {
         let found = self.table.find_mut(hash, |e| eq(probe, &e.key));
         match found {
             Some(e) => {
-                let old = e
-                    .value
-                    .replace(value.take().expect("insert without a value"));
-                if old.is_none() {
-                    self.len += 1;
-                }
-                let mut slot = e.gets.head;
-                while slot != NIL {
-                    self.slab.enqueue(slot);
-                    slot = self.slab.next_of(slot);
-                }
-                if e.baton == NIL && !e.takes.is_empty() {
-                    e.baton = e.takes.head;
-                    self.slab.enqueue(e.baton);
-                }
-                old
+                let value = value.take().expect("insert without a value");
+                store(&mut self.slab, &mut self.len, e, value)
             }
             None => {
                 let id = fresh_id(&mut self.next_id);
-                let entry = Entry {
-                    hash,
-                    id,
-                    key: key.take().expect("insert without a key"),
-                    value: value.take(),
-                    gets: List::EMPTY,
-                    takes: List::EMPTY,
-                    baton: NIL,
-                };
+                let key = key.take().expect("insert without a key");
+                let entry = Entry::new(hash, id, key, value.take(), false);
                 self.table.insert_unique(hash, entry, |e| e.hash);
                 self.len += 1;
                 None
             }
         }
+    }
+
+    /// Reserves an absent key for a promise: the entry is created (taking
+    /// `key`) or marked promised. `None` if the key has a value or a
+    /// promise, or the map is closed. The key is taken only after the last
+    /// `eq` call, so a panicking `Eq` drops nothing under the lock.
+    pub(crate) fn promise(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        mut eq: impl FnMut(&K, &K) -> bool,
+    ) -> Option<Ticket> {
+        if self.closed {
+            return None;
+        }
+        self.reserve_for_waiter();
+        let probe = key.as_ref().expect("promise without a key");
+        match self.table.entry(hash, |e| eq(probe, &e.key), |e| e.hash) {
+            TableEntry::Occupied(mut occ) => {
+                let bucket = occ.bucket_index();
+                let e = occ.get_mut();
+                if e.value.is_some() || e.promised {
+                    return None;
+                }
+                e.promised = true;
+                Some(Ticket {
+                    hash: e.hash,
+                    entry: e.id,
+                    bucket,
+                })
+            }
+            TableEntry::Vacant(vacant) => {
+                let id = fresh_id(&mut self.next_id);
+                let key = key.take().expect("promise without a key");
+                let bucket = vacant
+                    .insert(Entry::new(hash, id, key, None, true))
+                    .bucket_index();
+                Some(Ticket {
+                    hash,
+                    entry: id,
+                    bucket,
+                })
+            }
+        }
+    }
+
+    /// Fulfils a promise: stores the value (as `insert` does) and releases
+    /// the reservation. Returns the value it replaced (a plain `insert` may
+    /// have stored one meanwhile).
+    pub(crate) fn fulfil(&mut self, ticket: Ticket, value: V) -> Option<V> {
+        let mut occ = entry_of(&mut self.table, ticket.hash, ticket.entry, ticket.bucket);
+        let e = occ.get_mut();
+        e.promised = false;
+        store(&mut self.slab, &mut self.len, e, value)
+    }
+
+    /// A promise dropped unfulfilled: releases the reservation and fails,
+    /// with `Abandoned`, the futures on the key that would not resolve if
+    /// polled now. Returns how many.
+    pub(crate) fn abandon(&mut self, ticket: Ticket, spill: &mut Spill<K>) -> usize {
+        let mut occ = entry_of(&mut self.table, ticket.hash, ticket.entry, ticket.bucket);
+        occ.get_mut().promised = false;
+        fail_waiters(&mut self.slab, occ, NodeState::Abandoned, spill)
     }
 
     /// Takes the value out (`remove`); waiting futures keep waiting.
@@ -282,39 +363,10 @@ impl<K, V> State<K, V> {
         spill: &mut Spill<K>,
     ) -> usize {
         let mut eq = eq;
-        let Ok(mut occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
+        let Ok(occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
             return 0;
         };
-        let e = occ.get_mut();
-        let mut count = 0;
-        // With a value present every waiting `get` resolves when polled, and
-        // so does the `take` holding the baton: those are left alone.
-        if e.value.is_none() {
-            while e.gets.head != NIL {
-                let slot = e.gets.head;
-                self.slab.unlink(&mut e.gets, slot);
-                self.slab.set_cancelled(slot);
-                self.slab.enqueue(slot);
-                count += 1;
-            }
-        }
-        let keep = if e.value.is_some() { e.baton } else { NIL };
-        let mut slot = e.takes.head;
-        while slot != NIL {
-            let next = self.slab.next_of(slot);
-            if slot != keep {
-                self.slab.unlink(&mut e.takes, slot);
-                self.slab.set_cancelled(slot);
-                self.slab.enqueue(slot);
-                count += 1;
-            }
-            slot = next;
-        }
-        e.baton = keep;
-        if e.is_empty() {
-            spill.key = Some(occ.remove().0.key);
-        }
-        count
+        fail_waiters(&mut self.slab, occ, NodeState::Cancelled, spill)
     }
 
     /// Closes the map and queues every waiting future; each resolves
@@ -456,15 +508,7 @@ impl<K, V> State<K, V> {
                 let id = fresh_id(&mut self.next_id);
                 let seq = fresh_id(&mut self.next_id);
                 let slot = self.slab.alloc(seq, waker);
-                let mut entry = Entry {
-                    hash,
-                    id,
-                    key,
-                    value: None,
-                    gets: List::EMPTY,
-                    takes: List::EMPTY,
-                    baton: NIL,
-                };
+                let mut entry = Entry::new(hash, id, key, None, false);
                 self.slab.push_back(entry.list(M::KIND), slot);
                 let bucket = vacant.insert(entry).bucket_index();
                 *phase = Phase::Registered {
@@ -493,9 +537,10 @@ impl<K, V> State<K, V> {
         prep: &mut Prepared<K>,
         spill: &mut Spill<K>,
     ) -> Step<V> {
-        if self.slab.node(slot, seq).state() == NodeState::Cancelled {
+        if let Some(err) = failure(self.slab.node(slot, seq).state()) {
             spill.waker = self.slab.free(slot);
-            return Step::Ready(Err(WaitError::Cancelled));
+            *phase = Phase::Done;
+            return Step::Ready(Err(err));
         }
         let mut occ = entry_of(&mut self.table, hash, entry, bucket);
         let e = occ.get_mut();
@@ -539,6 +584,130 @@ impl<K, V> State<K, V> {
         }
     }
 
+    /// One poll of a `get_or_promise` future: the key's value if it has
+    /// one; else the promise if nobody holds it (the caller becomes the
+    /// producer); else wait, registered as a `get`. A wait failed by an
+    /// abandoned promise starts over, so one of the waiters inherits the
+    /// work; one failed by `cancel` ends.
+    pub(crate) fn poll_or_promise(
+        &mut self,
+        phase: &mut Phase,
+        hash: u64,
+        eq: impl FnMut(&K) -> bool,
+        cx_waker: &Waker,
+        prep: &mut Prepared<K>,
+        spill: &mut Spill<K>,
+    ) -> CoStep<V>
+    where
+        V: Clone,
+    {
+        if let Phase::Registered {
+            slot,
+            seq,
+            entry,
+            bucket,
+            hash: stored,
+        } = *phase
+        {
+            let state = self.slab.node(slot, seq).state();
+            if state.is_failed() {
+                spill.waker = self.slab.free(slot);
+                if state == NodeState::Cancelled {
+                    *phase = Phase::Done;
+                    return CoStep::Failed(WaitError::Cancelled);
+                }
+                // Abandoned: start over below, as a fresh call would.
+                *phase = Phase::Init;
+            } else {
+                let mut occ = entry_of(&mut self.table, stored, entry, bucket);
+                let e = occ.get_mut();
+                if e.value.is_some() || self.closed {
+                    let v = e.value.clone();
+                    self.slab.unlink(&mut e.gets, slot);
+                    spill.waker = self.slab.free(slot);
+                    if occ.get().is_empty() {
+                        spill.key = Some(occ.remove().0.key);
+                    }
+                    *phase = Phase::Done;
+                    return match v {
+                        Some(v) => CoStep::Value(v),
+                        None => CoStep::Failed(WaitError::Closed),
+                    };
+                }
+                if self.slab.will_wake(slot, cx_waker) {
+                    return CoStep::Pending;
+                }
+                return match prep.waker.take() {
+                    Some(w) => {
+                        spill.waker = self.slab.replace_waker(slot, w);
+                        CoStep::Pending
+                    }
+                    None => CoStep::Need { key: false },
+                };
+            }
+        }
+        let mut eq = eq;
+        if prep.key.is_some() {
+            self.reserve_for_waiter();
+        }
+        match self.table.entry(hash, |e| eq(&e.key), |e| e.hash) {
+            TableEntry::Occupied(mut occ) => {
+                let bucket = occ.bucket_index();
+                let e = occ.get_mut();
+                if let Some(v) = e.value.clone() {
+                    *phase = Phase::Done;
+                    return CoStep::Value(v);
+                }
+                if self.closed {
+                    *phase = Phase::Done;
+                    return CoStep::Failed(WaitError::Closed);
+                }
+                if !e.promised {
+                    e.promised = true;
+                    *phase = Phase::Done;
+                    return CoStep::Promise(Ticket {
+                        hash: e.hash,
+                        entry: e.id,
+                        bucket,
+                    });
+                }
+                let Some(waker) = prep.waker.take() else {
+                    return CoStep::Need { key: false };
+                };
+                let seq = fresh_id(&mut self.next_id);
+                let slot = self.slab.alloc(seq, waker);
+                self.slab.push_back(&mut e.gets, slot);
+                *phase = Phase::Registered {
+                    slot,
+                    seq,
+                    entry: e.id,
+                    bucket,
+                    hash: e.hash,
+                };
+                CoStep::Pending
+            }
+            TableEntry::Vacant(vacant) => {
+                if self.closed {
+                    *phase = Phase::Done;
+                    return CoStep::Failed(WaitError::Closed);
+                }
+                let Some(key) = prep.key.take() else {
+                    return CoStep::Need { key: true };
+                };
+                let id = fresh_id(&mut self.next_id);
+                let bucket = vacant
+                    .insert(Entry::new(hash, id, key, None, true))
+                    .bucket_index();
+                *phase = Phase::Done;
+                CoStep::Promise(Ticket {
+                    hash,
+                    entry: id,
+                    bucket,
+                })
+            }
+        }
+    }
+
     /// Deregisters a dropped future. A `take` holding the baton passes it to
     /// the next waiting `take` if the value is still there (semantic 6).
     #[allow(clippy::too_many_arguments)]
@@ -568,6 +737,77 @@ impl<K, V> State<K, V> {
             }
         }
         spill.waker = self.slab.free(slot);
+    }
+}
+
+/// Stores `value` in an existing entry, then queues the wake-ups it is due:
+/// every waiting `get` and, unless one holds it already, the earliest
+/// waiting `take`. Returns the replaced value.
+fn store<K, V>(slab: &mut Slab, len: &mut usize, e: &mut Entry<K, V>, value: V) -> Option<V> {
+    let old = e.value.replace(value);
+    if old.is_none() {
+        *len += 1;
+    }
+    let mut slot = e.gets.head;
+    while slot != NIL {
+        slab.enqueue(slot);
+        slot = slab.next_of(slot);
+    }
+    if e.baton == NIL && !e.takes.is_empty() {
+        e.baton = e.takes.head;
+        slab.enqueue(e.baton);
+    }
+    old
+}
+
+/// Fails (`how`: `Cancelled` or `Abandoned`) the futures waiting on an entry
+/// that would not resolve if polled now, queues their wake-ups, and removes
+/// the entry if that leaves it empty. Returns how many.
+fn fail_waiters<K, V>(
+    slab: &mut Slab,
+    mut occ: OccupiedEntry<'_, Entry<K, V>>,
+    how: NodeState,
+    spill: &mut Spill<K>,
+) -> usize {
+    let e = occ.get_mut();
+    let mut count = 0;
+    // With a value present every waiting `get` resolves when polled, and
+    // so does the `take` holding the baton: those are left alone.
+    if e.value.is_none() {
+        while e.gets.head != NIL {
+            let slot = e.gets.head;
+            slab.unlink(&mut e.gets, slot);
+            slab.set_failed(slot, how);
+            slab.enqueue(slot);
+            count += 1;
+        }
+    }
+    let keep = if e.value.is_some() { e.baton } else { NIL };
+    let mut slot = e.takes.head;
+    while slot != NIL {
+        let next = slab.next_of(slot);
+        if slot != keep {
+            slab.unlink(&mut e.takes, slot);
+            slab.set_failed(slot, how);
+            slab.enqueue(slot);
+            count += 1;
+        }
+        slot = next;
+    }
+    e.baton = keep;
+    if e.is_empty() {
+        spill.key = Some(occ.remove().0.key);
+    }
+    count
+}
+
+/// The error a failed node's future resolves with.
+#[inline]
+fn failure(state: NodeState) -> Option<WaitError> {
+    match state {
+        NodeState::Cancelled => Some(WaitError::Cancelled),
+        NodeState::Abandoned => Some(WaitError::Abandoned),
+        _ => None,
     }
 }
 

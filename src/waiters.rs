@@ -2,12 +2,13 @@
 //! through it, and the map-wide queue of nodes whose wakers are due.
 //!
 //! Invariants (all under the map's lock):
-//! - A node is `Free`, `Waiting`, `Cancelled` or `Zombie`.
+//! - A node is `Free`, `Waiting`, `Cancelled`, `Abandoned` or `Zombie`.
 //! - A `Waiting` node is linked in exactly one list (the `gets` or `takes` list
 //!   of the entry it registered on) and stays in it until its future finishes.
 //!   Nodes never move between entries.
-//! - A `Cancelled` node is in no list; its future learns the outcome on its
-//!   next poll and then frees the node.
+//! - A `Cancelled` or `Abandoned` node (failed by `cancel`, or by a promise
+//!   dropped unfulfilled) is in no list; its future learns the outcome on
+//!   its next poll and then frees the node.
 //! - A `Waiting` node whose `waker` is `None` has been woken since it last
 //!   stored a waker, so its future will poll again: enqueuing it is a no-op.
 //! - A node is in the wake queue at most once (`queued`). A node freed while
@@ -38,7 +39,17 @@ pub(crate) enum NodeState {
     Free,
     Waiting,
     Cancelled,
+    Abandoned,
     Zombie,
+}
+
+impl NodeState {
+    /// Failed by `cancel` or by an abandoned promise: in no list, waiting for
+    /// its future to learn the outcome.
+    #[inline]
+    pub(crate) fn is_failed(self) -> bool {
+        matches!(self, NodeState::Cancelled | NodeState::Abandoned)
+    }
 }
 
 pub(crate) struct Node {
@@ -159,7 +170,11 @@ impl Slab {
     pub(crate) fn node(&self, slot: u32, seq: u64) -> &Node {
         let n = &self.nodes[slot as usize];
         assert!(
-            n.seq == seq && matches!(n.state, NodeState::Waiting | NodeState::Cancelled),
+            n.seq == seq
+                && matches!(
+                    n.state,
+                    NodeState::Waiting | NodeState::Cancelled | NodeState::Abandoned
+                ),
             "awaitmap: a future's waiter slot was reused (internal invariant broken)"
         );
         n
@@ -225,9 +240,11 @@ impl Slab {
         self.nodes[slot as usize].next
     }
 
-    /// Marks a node cancelled; the caller has unlinked it already.
-    pub(crate) fn set_cancelled(&mut self, slot: u32) {
-        self.node_mut(slot).state = NodeState::Cancelled;
+    /// Marks a node failed (`Cancelled` or `Abandoned`); the caller has
+    /// unlinked it already.
+    pub(crate) fn set_failed(&mut self, slot: u32, how: NodeState) {
+        debug_assert!(how.is_failed());
+        self.node_mut(slot).state = how;
     }
 
     /// Whether the node holds a waker that `waker` would wake anyway.
