@@ -136,6 +136,8 @@ mod blocking;
 mod error;
 mod future;
 mod map;
+#[cfg(target_has_atomic = "ptr")]
+mod producer;
 mod promise;
 mod state;
 mod sync;
@@ -169,6 +171,8 @@ pub use map::AwaitMap;
 /// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
+#[cfg(target_has_atomic = "ptr")]
+pub use producer::{Demand, Drained, InsertAsync, NextWanted, WaitClosed};
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};
 #[cfg(feature = "critical-section")]
 #[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]

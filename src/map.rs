@@ -13,6 +13,8 @@ use crate::WaitError;
 use crate::future::{Get, Take};
 #[cfg(target_has_atomic = "ptr")]
 use crate::future::{GetOwned, TakeOwned};
+#[cfg(target_has_atomic = "ptr")]
+use crate::producer::Events;
 use crate::state::{Hit, Mode, Phase, Prepared, Spill, State, Step};
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
@@ -89,6 +91,12 @@ use mutex::{ConstInit, ScopedRawMutex};
 pub struct AwaitMap<K, V, S = DefaultHashBuilder, L = DefaultLock> {
     pub(crate) hasher: S,
     pub(crate) state: Lock<State<K, V>, L>,
+    /// The most values `try_insert`/`insert_async` let in; `usize::MAX`
+    /// when unlimited.
+    #[cfg(target_has_atomic = "ptr")]
+    pub(crate) limit: usize,
+    #[cfg(target_has_atomic = "ptr")]
+    pub(crate) events: Events,
 }
 
 #[cfg(feature = "spin")]
@@ -197,6 +205,10 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
             AwaitMap {
                 hasher,
                 state: Lock::new(lock, State::new()),
+                #[cfg(target_has_atomic = "ptr")]
+                limit: usize::MAX,
+                #[cfg(target_has_atomic = "ptr")]
+                events: Events::new(),
             }
         }
     }
@@ -217,6 +229,10 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
         AwaitMap {
             hasher,
             state: Lock::new(lock, State::with_capacity(capacity)),
+            #[cfg(target_has_atomic = "ptr")]
+            limit: usize::MAX,
+            #[cfg(target_has_atomic = "ptr")]
+            events: Events::new(),
         }
     }
 }
@@ -340,6 +356,14 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
             (st.slab.pop_one(), st.slab.has_queued())
         });
         self.wake(first, more);
+        // Producers: `closed()` resolves, and those waiting for room store
+        // their values regardless of the limit.
+        #[cfg(target_has_atomic = "ptr")]
+        {
+            self.events.closed.notify(usize::MAX);
+            self.events.room.notify(usize::MAX);
+            self.events.demand.notify(usize::MAX);
+        }
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -386,6 +410,44 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         }
     }
 
+    /// Tells `drained()` futures that the last waiter is gone.
+    #[inline]
+    pub(crate) fn notify_idle(&self, idle: bool) {
+        #[cfg(target_has_atomic = "ptr")]
+        if idle {
+            self.events.idle.notify(usize::MAX);
+        }
+        #[cfg(not(target_has_atomic = "ptr"))]
+        let _ = idle;
+    }
+
+    /// Queues a newly wanted key for the `Demand` handles.
+    #[cold]
+    fn announce(&self, hash: u64, entry: u64, key: K) {
+        let mut key = Some(key);
+        self.state.with(|st| {
+            if st.demand_watchers > 0 {
+                if let Some(key) = key.take() {
+                    st.wanted.push_back((hash, entry, key));
+                }
+            }
+        });
+        // Not queued (the watchers left meanwhile): dropped unlocked.
+        let queued = key.is_none();
+        drop(key);
+        #[cfg(target_has_atomic = "ptr")]
+        if queued {
+            self.events.demand.notify_additional(1);
+        }
+        #[cfg(not(target_has_atomic = "ptr"))]
+        let _ = queued;
+    }
+
+    /// Without atomic pointers there are no producers waiting for room.
+    #[cfg(not(target_has_atomic = "ptr"))]
+    #[inline]
+    pub(crate) fn freed(&self, _n: usize) {}
+
     /// Deregisters a future that is dropped before it completed.
     #[inline]
     pub(crate) fn abandon(&self, kind: Kind, core: &mut Core) {
@@ -405,12 +467,13 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     #[inline(never)]
     fn deregister(&self, kind: Kind, hash: u64, slot: u32, seq: u64, entry: u64, bucket: usize) {
         let mut spill = Spill::new();
-        let (first, more) = self.state.with(|st| {
+        let (first, more, idle) = self.state.with(|st| {
             st.deregister(kind, hash, slot, seq, entry, bucket, &mut spill);
-            (st.slab.pop_one(), st.slab.has_queued())
+            (st.slab.pop_one(), st.slab.has_queued(), st.idle_now())
         });
         drop(spill);
         self.wake(first, more);
+        self.notify_idle(idle);
     }
 }
 
@@ -612,8 +675,14 @@ where
     {
         let hash = self.hasher.hash_one(key);
         let mut spill = Spill::new();
-        self.state
-            .with(|st| st.remove(hash, |k| key.equivalent(k), &mut spill))
+        let removed = self
+            .state
+            .with(|st| st.remove(hash, |k| key.equivalent(k), &mut spill));
+        drop(spill);
+        if removed.is_some() {
+            self.freed(1);
+        }
+        removed
     }
 
     /// Fails the futures waiting on `key` right now with
@@ -733,23 +802,32 @@ where
                 }
             }
             let mut spill = Spill::new();
-            let step = self.state.with(|st| {
-                st.poll::<M>(
+            let (step, idle) = self.state.with(|st| {
+                let step = st.poll::<M>(
                     &mut core.phase,
                     core.hash,
                     |k| key.equivalent(k),
                     cx.waker(),
                     &mut prep,
                     &mut spill,
-                )
+                );
+                (step, st.idle_now())
             });
             drop(spill);
             match step {
                 Step::Ready(r) => {
                     core.phase = Phase::Done;
+                    if M::KIND == Kind::Take && r.is_ok() {
+                        self.freed(1);
+                    }
+                    self.notify_idle(idle);
                     return Poll::Ready(r);
                 }
                 Step::Pending => return Poll::Pending,
+                Step::Announce { entry } => {
+                    self.announce(core.hash, entry, key.to_owned().into());
+                    return Poll::Pending;
+                }
                 Step::Need { key: key_too } => need = Some(key_too),
             }
         }

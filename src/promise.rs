@@ -197,17 +197,19 @@ where
         };
         loop {
             let mut spill = Spill::new();
-            let step = map.state.with(|st| {
-                st.poll_or_promise(
+            let (step, idle) = map.state.with(|st| {
+                let step = st.poll_or_promise(
                     &mut this.core.phase,
                     hash,
                     |k| key.equivalent(k),
                     cx.waker(),
                     &mut prep,
                     &mut spill,
-                )
+                );
+                (step, st.idle_now())
             });
             drop(spill);
+            map.notify_idle(idle);
             match step {
                 CoStep::Value(v) => return Poll::Ready(Ok(ValueOrPromise::Value(v))),
                 CoStep::Promise(ticket) => {

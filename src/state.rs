@@ -9,6 +9,8 @@
 
 use core::task::Waker;
 
+use alloc::collections::VecDeque;
+
 use hashbrown::HashTable;
 use hashbrown::hash_table::{Entry as TableEntry, OccupiedEntry};
 
@@ -153,6 +155,12 @@ pub(crate) enum Hit<V> {
 pub(crate) enum Step<V> {
     Ready(Result<V, WaitError>),
     Pending,
+    /// Pending, having made the key wanted while a producer watches the
+    /// demand: the caller announces it with a copy of the key, made outside
+    /// the lock.
+    Announce {
+        entry: u64,
+    },
     /// Registration needs a waker clone (and an owned key if `key`): the
     /// caller makes them outside the lock and polls again.
     Need {
@@ -187,6 +195,13 @@ pub(crate) struct State<K, V> {
     len: usize,
     next_id: u64,
     closed: bool,
+    /// `drained()` futures waiting for the last waiter to finish.
+    pub(crate) idle_watchers: usize,
+    /// Live `Demand` handles; while there are any, newly wanted keys are
+    /// announced in `wanted`.
+    pub(crate) demand_watchers: usize,
+    /// Announced keys, by entry: `(hash, entry id, key)`.
+    pub(crate) wanted: VecDeque<(u64, u64, K)>,
 }
 
 impl<K, V> State<K, V> {
@@ -197,6 +212,9 @@ impl<K, V> State<K, V> {
             len: 0,
             next_id: 0,
             closed: false,
+            idle_watchers: 0,
+            demand_watchers: 0,
+            wanted: VecDeque::new(),
         }
     }
 
@@ -270,6 +288,48 @@ impl<K, V> State<K, V> {
                 None
             }
         }
+    }
+
+    #[cfg(target_has_atomic = "ptr")]
+    /// `insert`, unless the key has no value and `len >= limit`: then
+    /// `None`, with key and value left in their options.
+    pub(crate) fn insert_within(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        limit: usize,
+        mut eq: impl FnMut(&K, &K) -> bool,
+    ) -> Option<Option<V>> {
+        if self.len >= limit && !self.closed {
+            let probe = key.as_ref().expect("insert without a key");
+            let present = self
+                .table
+                .find(hash, |e| eq(probe, &e.key))
+                .is_some_and(|e| e.value.is_some());
+            if !present {
+                return None;
+            }
+        }
+        Some(self.insert(hash, key, value, eq))
+    }
+
+    #[cfg(target_has_atomic = "ptr")]
+    /// Whether the entry `(hash, id)` still wants a value: it has waiters,
+    /// no value and no promise.
+    pub(crate) fn still_wanted(&self, hash: u64, id: u64) -> bool {
+        self.table
+            .find(hash, |e| e.hash == hash && e.id == id)
+            .is_some_and(|e| {
+                e.value.is_none() && !e.promised && !(e.gets.is_empty() && e.takes.is_empty())
+            })
+    }
+
+    /// Whether the last waiter just left and a `drained()` future waits for
+    /// that.
+    #[inline]
+    pub(crate) fn idle_now(&self) -> bool {
+        self.idle_watchers > 0 && self.slab.live() == 0
     }
 
     /// Reserves an absent key for a promise: the entry is created (taking
@@ -518,7 +578,11 @@ impl<K, V> State<K, V> {
                     bucket,
                     hash,
                 };
-                Step::Pending
+                if self.demand_watchers > 0 {
+                    Step::Announce { entry: id }
+                } else {
+                    Step::Pending
+                }
             }
         }
     }

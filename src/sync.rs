@@ -400,6 +400,14 @@ impl fmt::Debug for CsLock {
 }
 
 // ---------------------------------------------------------------------------
+// Map-wide conditions.
+
+#[cfg(all(target_has_atomic = "ptr", feature = "std"))]
+pub(crate) use event_listener::Listener;
+#[cfg(target_has_atomic = "ptr")]
+pub(crate) use event_listener::{Event, EventListener};
+
+// ---------------------------------------------------------------------------
 // The map's state behind `L`.
 
 #[cfg(not(awaitmap_loom))]

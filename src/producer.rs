@@ -1,0 +1,550 @@
+//! The producer's tools for map-wide conditions: room under a limit,
+//! newly wanted keys, closed, drained.
+//!
+//! Each condition is one `event_listener::Event` in the map, which many
+//! producers may wait on; it is notified after the map's lock is released,
+//! and a waiter always re-checks the condition under the lock after it starts
+//! listening, so no notification is lost. Per-key waiters never use an
+//! `Event`: they live in the map's own slab.
+
+use core::fmt;
+use core::future::Future;
+use core::hash::{BuildHasher, Hash};
+use core::pin::Pin;
+use core::task::{Context, Poll};
+
+use mutex::ScopedRawMutex;
+
+use crate::AwaitMap;
+use crate::sync::{Event, EventListener};
+
+/// The map-wide conditions producers wait on.
+pub(crate) struct Events {
+    /// A value left a limited map (one notification per freed slot), or the
+    /// map was closed (everyone: a closed map takes values beyond its limit).
+    pub(crate) room: Event,
+    /// A key became wanted.
+    pub(crate) demand: Event,
+    /// The map was closed.
+    pub(crate) closed: Event,
+    /// The last waiting future finished.
+    pub(crate) idle: Event,
+}
+
+impl Events {
+    pub(crate) const fn new() -> Self {
+        Events {
+            room: Event::new(),
+            demand: Event::new(),
+            closed: Event::new(),
+            idle: Event::new(),
+        }
+    }
+}
+
+/// Polls `listener`, or starts one on `event` if there is none; `Ready`
+/// means "look at the condition again". A fresh listener is always followed
+/// by a fresh look, so a notification sent before it started is not missed.
+fn listen_or_poll(
+    event: &Event,
+    listener: &mut Option<EventListener>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    match listener {
+        None => {
+            *listener = Some(event.listen());
+            Poll::Ready(())
+        }
+        Some(l) => match Pin::new(l).poll(cx) {
+            Poll::Ready(()) => {
+                *listener = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        },
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
+    /// The map, limited to `limit` stored values: producers that use
+    /// [`insert_async`](Self::insert_async),
+    /// [`try_insert`](Self::try_insert) or `insert_blocking` wait (or are
+    /// refused) while `len() >= limit`, and each value that leaves
+    /// (through `take`, `remove`) lets one waiting producer in.
+    ///
+    /// Plain [`insert`](Self::insert) (and [`Promise::fulfil`](crate::Promise::fulfil))
+    /// ignore the limit: they never lose a value, so `len()` can exceed it.
+    /// Replacing the value of a key that has one never waits.
+    /// A `const fn`, so a limited map can live in a `static`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new().with_limit(1);
+    /// assert_eq!(map.try_insert(1, "a"), Ok(None));
+    /// assert_eq!(map.try_insert(2, "b"), Err((2, "b"))); // full
+    /// assert_eq!(map.try_insert(1, "c"), Ok(Some("a"))); // replacing is fine
+    /// map.remove(&1);
+    /// assert_eq!(map.try_insert(2, "b"), Ok(None));
+    /// ```
+    pub const fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The limit set by [`with_limit`](Self::with_limit), if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// assert_eq!(map.limit(), None);
+    /// assert_eq!(map.with_limit(4).limit(), Some(4));
+    /// ```
+    pub fn limit(&self) -> Option<usize> {
+        (self.limit != usize::MAX).then_some(self.limit)
+    }
+
+    /// After `n` values left the map: lets as many waiting producers in.
+    #[inline]
+    pub(crate) fn freed(&self, n: usize) {
+        if self.limit != usize::MAX && n > 0 {
+            self.events.room.notify_additional(n);
+        }
+    }
+
+    /// A future that resolves once the map is [closed](Self::close): for a
+    /// producer to stop when its consumers are gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::FutureExt;
+    ///
+    /// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+    /// let mut closed = map.closed();
+    /// assert!((&mut closed).now_or_never().is_none());
+    /// map.close();
+    /// assert!(closed.now_or_never().is_some());
+    /// ```
+    pub fn closed(&self) -> WaitClosed<'_, K, V, S, L> {
+        WaitClosed {
+            map: self,
+            listener: None,
+        }
+    }
+
+    /// A future that resolves when no future is waiting on the map
+    /// ([`waiters()`](Self::waiters) is 0): a graceful drain before shutdown.
+    /// It resolves at once if nobody waits; it does not stop new waiters from
+    /// coming (close the map for that, then drain).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::{FutureExt, executor::block_on};
+    ///
+    /// let map = awaitmap::AwaitMap::new();
+    /// let mut waiting = map.get(&1);
+    /// assert!((&mut waiting).now_or_never().is_none());
+    /// let mut drained = map.drained();
+    /// assert!((&mut drained).now_or_never().is_none());
+    /// map.insert(1, "one");
+    /// assert_eq!(block_on(waiting), Ok("one"));
+    /// assert!(drained.now_or_never().is_some());
+    /// ```
+    pub fn drained(&self) -> Drained<'_, K, V, S, L> {
+        Drained {
+            map: self,
+            listener: None,
+            watching: false,
+        }
+    }
+}
+
+impl<K, V, S, L> AwaitMap<K, V, S, L>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    /// Inserts unless the map is at its [limit](Self::with_limit): `Err`
+    /// hands `(key, value)` back when `len() >= limit` and the key has no
+    /// value (replacing a value is always allowed). Never waits. On a map
+    /// without a limit, or a closed one, it is [`insert`](Self::insert).
+    ///
+    /// # Errors
+    ///
+    /// `Err((key, value))` when the map is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new().with_limit(1);
+    /// map.insert(1, 'a');
+    /// assert_eq!(map.try_insert(2, 'b'), Err((2, 'b')));
+    /// ```
+    pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
+        let hash = self.hasher.hash_one(&key);
+        let mut key = Some(key);
+        let mut value = Some(value);
+        let limit = self.limit;
+        let (old, first, more) = self.state.with(|st| {
+            let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b);
+            (old, st.slab.pop_one(), st.slab.has_queued())
+        });
+        self.wake(first, more);
+        match old {
+            Some(old) => {
+                drop(key);
+                Ok(old)
+            }
+            None => Err((
+                key.expect("refused keeps the key"),
+                value.expect("refused keeps the value"),
+            )),
+        }
+    }
+
+    /// A future that inserts as soon as the map has room under its
+    /// [limit](Self::with_limit), and resolves with the value it replaced.
+    /// Producers waiting for room are let in one per freed value, in the
+    /// order they started waiting. On a closed map it inserts at once
+    /// (nothing handed to the map is lost).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves drops the key and value
+    /// unstored; the room it would have used goes to the next producer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::{FutureExt, executor::block_on};
+    ///
+    /// let map = awaitmap::AwaitMap::new().with_limit(1);
+    /// map.insert(1, "a");
+    /// let mut insert = map.insert_async(2, "b");
+    /// assert!((&mut insert).now_or_never().is_none()); // full: waits
+    /// assert_eq!(block_on(map.take(&1)), Ok("a"));     // makes room
+    /// assert_eq!(block_on(insert), None);
+    /// assert_eq!(map.try_get(&2), Some("b"));
+    /// ```
+    pub fn insert_async(&self, key: K, value: V) -> InsertAsync<'_, K, V, S, L> {
+        InsertAsync {
+            map: self,
+            item: Some((key, value)),
+            listener: None,
+        }
+    }
+
+    /// Like [`insert_async`](Self::insert_async), on a thread: waits
+    /// (parked) for room under the limit, then inserts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map = Arc::new(awaitmap::AwaitMap::new().with_limit(1));
+    /// map.insert(1, "a");
+    /// let producer = std::thread::spawn({
+    ///     let map = Arc::clone(&map);
+    ///     move || map.insert_blocking(2, "b")
+    /// });
+    /// assert_eq!(map.take_blocking(&1), Ok("a"));
+    /// assert_eq!(producer.join().unwrap(), None);
+    /// assert_eq!(map.take_blocking(&2), Ok("b"));
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn insert_blocking(&self, key: K, value: V) -> Option<V> {
+        use crate::sync::Listener;
+        let mut item = (key, value);
+        let mut listener: Option<EventListener> = None;
+        loop {
+            match self.try_insert_or_closed(item) {
+                Ok(old) => return old,
+                Err(back) => item = back,
+            }
+            match listener.take() {
+                None => listener = Some(self.events.room.listen()),
+                Some(l) => l.wait(),
+            }
+        }
+    }
+
+    /// `try_insert`, except that a closed map takes the value regardless.
+    fn try_insert_or_closed(&self, (key, value): (K, V)) -> Result<Option<V>, (K, V)> {
+        self.try_insert(key, value).or_else(|(key, value)| {
+            if self.is_closed() {
+                Ok(self.insert(key, value))
+            } else {
+                Err((key, value))
+            }
+        })
+    }
+}
+
+/// The future returned by [`AwaitMap::insert_async`].
+///
+/// # Cancel safety
+///
+/// Dropping it before it resolves drops the key and value unstored.
+#[must_use = "futures do nothing unless polled"]
+pub struct InsertAsync<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+    item: Option<(K, V)>,
+    listener: Option<EventListener>,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Unpin for InsertAsync<'_, K, V, S, L> {}
+
+impl<K, V, S, L> Future for InsertAsync<'_, K, V, S, L>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    type Output = Option<V>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<V>> {
+        let this = self.get_mut();
+        loop {
+            let item = this
+                .item
+                .take()
+                .expect("`insert_async` polled after it returned `Ready`");
+            match this.map.try_insert_or_closed(item) {
+                Ok(old) => {
+                    // A notification meant for us that we did not need goes on.
+                    this.listener = None;
+                    return Poll::Ready(old);
+                }
+                Err(back) => this.item = Some(back),
+            }
+            if listen_or_poll(&this.map.events.room, &mut this.listener, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for InsertAsync<'_, K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InsertAsync")
+            .field("done", &self.item.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`AwaitMap::closed`].
+#[must_use = "futures do nothing unless polled"]
+pub struct WaitClosed<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+    listener: Option<EventListener>,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Future for WaitClosed<'_, K, V, S, L> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.map.is_closed() {
+                return Poll::Ready(());
+            }
+            if listen_or_poll(&this.map.events.closed, &mut this.listener, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for WaitClosed<'_, K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitClosed").finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`AwaitMap::drained`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Drained<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+    listener: Option<EventListener>,
+    /// Counted in the map's `idle_watchers`, so the last finishing waiter
+    /// notifies.
+    watching: bool,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Future for Drained<'_, K, V, S, L> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let watching = this.watching;
+            let idle = this.map.state.with(|st| {
+                let idle = st.slab.live() == 0;
+                if !idle && !watching {
+                    st.idle_watchers += 1;
+                }
+                if idle && watching {
+                    st.idle_watchers -= 1;
+                }
+                idle
+            });
+            this.watching = !idle;
+            if idle {
+                this.listener = None;
+                return Poll::Ready(());
+            }
+            if listen_or_poll(&this.map.events.idle, &mut this.listener, cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for Drained<'_, K, V, S, L> {
+    fn drop(&mut self) {
+        if self.watching {
+            self.map.state.with(|st| st.idle_watchers -= 1);
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drained").finish_non_exhaustive()
+    }
+}
+
+/// A producer's view of the demand: the keys consumers wait for, from
+/// [`AwaitMap::demand`].
+///
+/// While a `Demand` lives, every key that becomes wanted (a `get` or `take`
+/// registers on a key with no value, no promise and no other waiter) is
+/// queued once, and [`next`](Self::next) hands each queued key to one
+/// caller: several producers sharing the map's `Demand` handles split the
+/// work. A key that stopped being wanted before it was handed out (its
+/// waiters left, or a value or promise arrived) is skipped. Keys wanted
+/// before the first `Demand` was made are not announced, so make it before
+/// the consumers start.
+///
+/// The queue is the only allocation: it grows to the number of keys
+/// announced and not yet handed out.
+///
+/// # Examples
+///
+/// ```
+/// use futures::{FutureExt, executor::block_on};
+///
+/// let map: awaitmap::AwaitMap<u32, u32> = awaitmap::AwaitMap::new();
+/// let demand = map.demand();
+/// let mut consumer = map.get(&7);
+/// assert!((&mut consumer).now_or_never().is_none()); // 7 is now wanted
+/// let wanted = block_on(demand.next());
+/// assert_eq!(wanted, Some(7));
+/// map.insert(7, 49); // produce only what is asked for
+/// assert_eq!(block_on(consumer), Ok(49));
+/// ```
+pub struct Demand<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+}
+
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
+    /// Starts watching the demand: see [`Demand`].
+    pub fn demand(&self) -> Demand<'_, K, V, S, L> {
+        self.state.with(|st| st.demand_watchers += 1);
+        Demand { map: self }
+    }
+}
+
+impl<'a, K, V, S, L: ScopedRawMutex> Demand<'a, K, V, S, L> {
+    /// A future that resolves with the next wanted key, or `None` once the
+    /// map is closed and no announced key is left.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a key is taken from the queue only when the future
+    /// resolves with it.
+    pub fn next(&self) -> NextWanted<'_, 'a, K, V, S, L> {
+        NextWanted {
+            demand: self,
+            listener: None,
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for Demand<'_, K, V, S, L> {
+    fn drop(&mut self) {
+        let mut stale = alloc::collections::VecDeque::new();
+        self.map.state.with(|st| {
+            st.demand_watchers -= 1;
+            if st.demand_watchers == 0 {
+                core::mem::swap(&mut stale, &mut st.wanted);
+            }
+        });
+        // The last watcher gone: queued keys are dropped, unlocked.
+        drop(stale);
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Demand<'_, K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Demand").finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`Demand::next`].
+#[must_use = "futures do nothing unless polled"]
+pub struct NextWanted<'d, 'a, K, V, S, L: ScopedRawMutex> {
+    demand: &'d Demand<'a, K, V, S, L>,
+    listener: Option<EventListener>,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, '_, K, V, S, L> {
+    type Output = Option<K>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<K>> {
+        let this = self.get_mut();
+        let map = this.demand.map;
+        loop {
+            let (next, closed) = map.state.with(|st| {
+                let next = st
+                    .wanted
+                    .pop_front()
+                    .map(|(hash, id, key)| (st.still_wanted(hash, id), key));
+                (next, st.is_closed())
+            });
+            match next {
+                Some((true, key)) => {
+                    this.listener = None;
+                    return Poll::Ready(Some(key));
+                }
+                // No longer wanted: dropped here, unlocked; look again.
+                Some((false, stale)) => drop(stale),
+                None if closed => return Poll::Ready(None),
+                None => {
+                    if listen_or_poll(&map.events.demand, &mut this.listener, cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for NextWanted<'_, '_, K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NextWanted").finish_non_exhaustive()
+    }
+}
