@@ -301,6 +301,10 @@ impl fmt::Debug for SpinLock {
 /// a value's `Clone` calling back into the map) panics with a message rather
 /// than deadlocking. A panic under the lock releases it.
 ///
+/// Every critical section excludes every other, so all `CsLock` maps (and
+/// all other users of critical sections) in a program take turns; the
+/// map's `Debug` enters one too, briefly, to see whether the map is busy.
+///
 /// # Examples
 ///
 /// ```
