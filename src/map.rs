@@ -421,10 +421,16 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         let _ = idle;
     }
 
-    /// Queues a newly wanted key for the `Demand` handles.
+    /// Queues a newly wanted key for the `Demand` handles (a copy of the
+    /// waiter's key, made here with the lock released).
     #[cold]
-    fn announce(&self, hash: u64, entry: u64, key: K) {
-        let mut key = Some(key);
+    #[inline(never)]
+    fn announce<Q>(&self, hash: u64, entry: u64, key: &Q)
+    where
+        Q: ?Sized + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mut key: Option<K> = Some(key.to_owned().into());
         self.state.with(|st| {
             if st.demand_watchers > 0 {
                 if let Some(key) = key.take() {
@@ -825,7 +831,7 @@ where
                 }
                 Step::Pending => return Poll::Pending,
                 Step::Announce { entry } => {
-                    self.announce(core.hash, entry, key.to_owned().into());
+                    self.announce(core.hash, entry, key);
                     return Poll::Pending;
                 }
                 Step::Need { key: key_too } => need = Some(key_too),

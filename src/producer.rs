@@ -32,12 +32,14 @@ pub(crate) struct Events {
 }
 
 impl Events {
-    pub(crate) const fn new() -> Self {
-        Events {
-            room: Event::new(),
-            demand: Event::new(),
-            closed: Event::new(),
-            idle: Event::new(),
+    crate::sync::const_fn_unless_loom! {
+        pub(crate) fn new() -> Self {
+            Events {
+                room: Event::new(),
+                demand: Event::new(),
+                closed: Event::new(),
+                idle: Event::new(),
+            }
         }
     }
 }
@@ -62,6 +64,16 @@ fn listen_or_poll(
             }
             Poll::Pending => Poll::Pending,
         },
+    }
+}
+
+/// Done with a listener after the condition held: if it was notified, the
+/// notification is used up here (dropping a notified listener would pass it
+/// on to the next listener, which would wake for nothing and lose its place
+/// in line).
+fn retire(listener: &mut Option<EventListener>) {
+    if let Some(mut l) = listener.take() {
+        let _ = Pin::new(&mut l).poll(&mut Context::from_waker(core::task::Waker::noop()));
     }
 }
 
@@ -92,7 +104,8 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         self
     }
 
-    /// The limit set by [`with_limit`](Self::with_limit), if any.
+    /// The limit set by [`with_limit`](Self::with_limit), if any
+    /// (`usize::MAX` means none).
     ///
     /// # Examples
     ///
@@ -217,8 +230,11 @@ where
     /// A future that inserts as soon as the map has room under its
     /// [limit](Self::with_limit), and resolves with the value it replaced.
     /// Producers waiting for room are let in one per freed value, in the
-    /// order they started waiting. On a closed map it inserts at once
-    /// (nothing handed to the map is lost).
+    /// order they started waiting (a producer that is let in but finds the
+    /// room taken by a `try_insert` meanwhile waits again, at the back). On a
+    /// closed map it inserts at once, regardless of the limit (nothing handed
+    /// to the map is lost): a producer that runs indefinitely should also
+    /// watch [`closed`](Self::closed) to stop.
     ///
     /// # Cancel safety
     ///
@@ -324,8 +340,7 @@ where
                 .expect("`insert_async` polled after it returned `Ready`");
             match this.map.try_insert_or_closed(item) {
                 Ok(old) => {
-                    // A notification meant for us that we did not need goes on.
-                    this.listener = None;
+                    retire(&mut this.listener);
                     return Poll::Ready(old);
                 }
                 Err(back) => this.item = Some(back),
@@ -403,7 +418,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for Drained<'_, K, V, S, L> {
             });
             this.watching = !idle;
             if idle {
-                this.listener = None;
+                retire(&mut this.listener);
                 return Poll::Ready(());
             }
             if listen_or_poll(&this.map.events.idle, &mut this.listener, cx).is_pending() {
@@ -527,7 +542,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, '_, K, V, S, L> {
             });
             match next {
                 Some((true, key)) => {
-                    this.listener = None;
+                    retire(&mut this.listener);
                     return Poll::Ready(Some(key));
                 }
                 // No longer wanted: dropped here, unlocked; look again.

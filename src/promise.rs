@@ -29,7 +29,10 @@ use crate::{AwaitMap, WaitError};
 /// Dropping the promise unfulfilled fails every future then waiting on the
 /// key with [`WaitError::Abandoned`] (futures that would resolve `Ok` if
 /// polled now, because a plain `insert` stored a value meanwhile, are left
-/// alone). Futures made after that wait as usual: abandoning is not sticky.
+/// alone). Futures first polled after that wait as usual: abandoning is not
+/// sticky (a consumer that must not wait for a producer that may have failed
+/// asks with [`get_or_promise`](AwaitMap::get_or_promise), which makes it
+/// the next producer).
 ///
 /// While the promise lives, the key cannot be promised again, and
 /// `get_or_promise` callers wait for it rather than start the work twice.
@@ -91,7 +94,10 @@ impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
     }
 
     /// Gives up the key, as dropping the promise does, and returns how many
-    /// waiting futures it failed with [`WaitError::Abandoned`].
+    /// waiting futures it woke: plain `get`s and `take`s, which fail with
+    /// [`WaitError::Abandoned`], and
+    /// [`get_or_promise`](AwaitMap::get_or_promise) callers, which start
+    /// over (one of them inherits the work).
     ///
     /// # Examples
     ///

@@ -406,10 +406,149 @@ impl fmt::Debug for CsLock {
 // ---------------------------------------------------------------------------
 // Map-wide conditions.
 
-#[cfg(all(target_has_atomic = "ptr", feature = "std"))]
+#[cfg(all(target_has_atomic = "ptr", feature = "std", not(awaitmap_loom)))]
 pub(crate) use event_listener::Listener;
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(target_has_atomic = "ptr", not(awaitmap_loom)))]
 pub(crate) use event_listener::{Event, EventListener};
+#[cfg(all(awaitmap_loom, feature = "std"))]
+pub(crate) use loom_event::Listener;
+#[cfg(awaitmap_loom)]
+pub(crate) use loom_event::{Event, EventListener};
+
+/// Under `--cfg awaitmap_loom`: the part of event-listener's API the crate
+/// uses, on loom's mutex, so loom can switch threads at every listen, notify
+/// and poll (event-listener's std mutex and atomics are invisible to it).
+/// The same contract: `notify(n)` makes sure `n` listeners are notified,
+/// `notify_additional(n)` notifies `n` more, in listening order, and a
+/// notified listener dropped before it saw the notification passes it on.
+#[cfg(awaitmap_loom)]
+mod loom_event {
+    use alloc::vec::Vec;
+    use core::future::Future;
+    use core::pin::Pin;
+    use core::task::{Context, Poll, Waker};
+    use loom::sync::{Arc, Mutex};
+
+    /// The listeners, in listening order: id, `Some(additional)` once
+    /// notified, waker.
+    #[derive(Default)]
+    struct List {
+        next_id: u64,
+        entries: Vec<(u64, Option<bool>, Option<Waker>)>,
+    }
+
+    impl List {
+        fn notify(&mut self, n: usize, additional: bool, wake: &mut Vec<Waker>) {
+            let notified = self.entries.iter().filter(|e| e.1.is_some()).count();
+            let mut n = if additional {
+                n
+            } else {
+                n.saturating_sub(notified)
+            };
+            for entry in self.entries.iter_mut().filter(|e| e.1.is_none()) {
+                if n == 0 {
+                    break;
+                }
+                entry.1 = Some(additional);
+                wake.extend(entry.2.take());
+                n -= 1;
+            }
+        }
+    }
+
+    pub(crate) struct Event(Arc<Mutex<List>>);
+
+    impl Event {
+        pub(crate) fn new() -> Self {
+            Event(Arc::new(Mutex::new(List::default())))
+        }
+
+        pub(crate) fn listen(&self) -> EventListener {
+            let mut list = self.0.lock().unwrap();
+            let id = list.next_id;
+            list.next_id += 1;
+            list.entries.push((id, None, None));
+            EventListener {
+                list: Arc::clone(&self.0),
+                id,
+                done: false,
+            }
+        }
+
+        pub(crate) fn notify(&self, n: usize) {
+            self.notify_with(n, false);
+        }
+
+        pub(crate) fn notify_additional(&self, n: usize) {
+            self.notify_with(n, true);
+        }
+
+        /// Wakers run after the list is unlocked.
+        fn notify_with(&self, n: usize, additional: bool) {
+            let mut wake = Vec::new();
+            self.0.lock().unwrap().notify(n, additional, &mut wake);
+            wake.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    pub(crate) struct EventListener {
+        list: Arc<Mutex<List>>,
+        id: u64,
+        /// Returned `Ready`: its entry is gone.
+        done: bool,
+    }
+
+    impl Future for EventListener {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let mut list = self.list.lock().unwrap();
+            let at = list.entries.iter().position(|e| e.0 == self.id);
+            let at = at.expect("an event listener polled after it returned `Ready`");
+            if list.entries[at].1.is_some() {
+                list.entries.remove(at);
+                drop(list);
+                self.done = true;
+                return Poll::Ready(());
+            }
+            let old = list.entries[at].2.replace(cx.waker().clone());
+            drop(list);
+            drop(old);
+            Poll::Pending
+        }
+    }
+
+    impl Drop for EventListener {
+        fn drop(&mut self) {
+            if self.done {
+                return;
+            }
+            let mut wake = Vec::new();
+            let mut list = self.list.lock().unwrap();
+            let at = list.entries.iter().position(|e| e.0 == self.id);
+            let (_, notified, old) = list.entries.remove(at.expect("a listener is listed"));
+            if let Some(additional) = notified {
+                list.notify(1, additional, &mut wake);
+            }
+            drop(list);
+            drop(old);
+            wake.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Blocking waits (`insert_blocking`) are not modelled under loom.
+    #[cfg(feature = "std")]
+    pub(crate) trait Listener {
+        fn wait(self);
+    }
+
+    #[cfg(feature = "std")]
+    impl Listener for EventListener {
+        fn wait(self) {
+            unimplemented!("blocking waits are not modelled under loom")
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // The map's state behind `L`.

@@ -24,15 +24,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use awaitmap::{AwaitMap, WaitError};
+use awaitmap::{AwaitMap, ValueOrPromise, WaitError};
 use common::{counting_waker, poll_once};
 use foldhash::fast::FixedState;
 
 #[cfg(awaitmap_loom)]
-use loom::{sync::Arc, thread};
+use loom::{
+    sync::{Arc, mpsc::channel},
+    thread,
+};
 
 #[cfg(not(awaitmap_loom))]
-use {futures::executor::block_on, std::sync::Arc, std::thread};
+use {futures::executor::block_on, std::sync::Arc, std::sync::mpsc::channel, std::thread};
 
 /// Drives `fut` to completion on the current loom thread, parking on a loom
 /// `Notify` between polls: a future that is never woken leaves the thread
@@ -657,5 +660,238 @@ fn woken_take_whose_value_is_removed_is_woken_again_by_the_next_insert() {
         let removed = producer.join().unwrap();
         assert_eq!(map.waiters(), 0);
         (removed, got, map.len())
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 8. The producer's side: promises, and room under a limit
+// ---------------------------------------------------------------------------
+//
+// "P" is the promise contract (the `Promise` and `get_or_promise` docs), "L"
+// the limit contract (the `with_limit` and `insert_async` docs); SPEC.md's
+// numbered semantics predate both. The futures here are polled by hand with
+// counting wakers: a lost wake-up shows as a future still pending whose
+// waker never ran, an outcome no model lists as legal.
+//
+// In the producer models the map's lock is loom's, but the
+// `event_listener::Event` producers wait on is invisible to loom (std
+// atomics and a std mutex). Loom switches threads only at its own
+// operations, so each listen or notify runs as part of the step that
+// follows the thread's last map-lock operation: the models check the
+// orderings of whole steps (listen, then look again under the map's lock;
+// free under the lock, notify after it), not a switch between the unlock
+// and the listen or notify. Counting wakers also keep loom operations out
+// of event-listener's mutex, under which it runs wakers.
+
+/// Spawns a producer thread that promises [`K`], then runs `produce` with
+/// the promise. Returns once the key is promised, so what the caller does
+/// next races `produce` alone.
+fn spawn_promised<T: Send + 'static>(
+    map: &Arc<Map>,
+    produce: impl FnOnce(awaitmap::Promise<'_, u64, u64, FixedState>) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let (promised_tx, promised_rx) = channel();
+    let map = Arc::clone(map);
+    let producer = thread::spawn(move || {
+        let promise = map.promise(K).expect("nobody produces the key yet");
+        promised_tx.send(()).unwrap();
+        produce(promise)
+    });
+    promised_rx.recv().unwrap();
+    producer
+}
+
+/// One execution of [`abandoned_promise_fails_a_get_registered_before_it_and_not_one_after`]:
+/// how many waiters `abandon` failed, how often the get's waker had run by
+/// the time the producer was joined, and the get's next poll.
+type AbandonOutcome = (usize, usize, Poll<Result<u64, WaitError>>);
+
+// P, 1, 3: a producer abandons its promise while a get registers on another
+// thread. Registered first: the abandon fails it (counted) and wakes it once,
+// and it resolves `Abandoned`. Registered after: nothing failed or woke it,
+// it still waits, and the next insert resolves it. Never failed-but-unwoken,
+// woken-but-still-waiting, or a count that disagrees with the get.
+#[test]
+fn abandoned_promise_fails_a_get_registered_before_it_and_not_one_after() {
+    let legal: [AbandonOutcome; 2] = [
+        (1, 1, Poll::Ready(Err(WaitError::Abandoned))),
+        (0, 0, Poll::Pending),
+    ];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let producer = spawn_promised(&map, |promise| promise.abandon());
+        let (counter, waker) = counting_waker();
+        let mut get = map.get(&K);
+        assert!(poll_once(&mut get, &waker).is_pending());
+        let failed = producer.join().unwrap();
+        let woken = counter.wakes();
+        let next = poll_once(&mut get, &waker);
+        if next.is_pending() {
+            // Not failed, so still registered, and an insert reaches it.
+            assert_eq!(map.waiters(), 1);
+            assert_eq!(map.insert(K, 5), None);
+            assert_eq!(counter.wakes(), woken + 1);
+            assert_eq!(poll_once(&mut get, &waker), Poll::Ready(Ok(5)));
+        } else {
+            // The failed get took its entry with it: the key is free.
+            assert!(!map.contains_key(&K));
+            assert!(map.promise(K).is_some());
+        }
+        assert_eq!(map.waiters(), 0);
+        (failed, woken, next)
+    });
+}
+
+/// One execution of [`dropped_promise_hands_the_work_to_a_racing_get_or_promise`]:
+/// which poll of the `get_or_promise` returned the promise (1 or 2) and how
+/// often its waker had run by the second.
+type HandOverOutcome = (u8, usize);
+
+// P, 1: a producer drops its promise while a get_or_promise is first polled
+// on another thread. Polled after the drop: it gets the promise at once.
+// Polled before: it waits, is woken once by the drop, and its next poll
+// inherits the promise. Never left waiting for a producer that is gone.
+#[test]
+fn dropped_promise_hands_the_work_to_a_racing_get_or_promise() {
+    let legal: [HandOverOutcome; 2] = [(1, 0), (2, 1)];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let producer = spawn_promised(&map, |promise| drop(promise));
+        let (counter, waker) = counting_waker();
+        let mut lookup = map.get_or_promise(&K);
+        let first = poll_once(&mut lookup, &waker);
+        producer.join().unwrap();
+        let woken = counter.wakes();
+        let (poll, got) = match first {
+            Poll::Ready(got) => (1, got),
+            Poll::Pending => match poll_once(&mut lookup, &waker) {
+                Poll::Ready(got) => (2, got),
+                Poll::Pending => panic!("still waiting for a dropped producer (woken {woken}×)"),
+            },
+        };
+        let Ok(ValueOrPromise::Promise(promise)) = got else {
+            panic!("expected the promise, got {got:?}");
+        };
+        // The work is this caller's alone, and its value reaches the map.
+        assert!(map.promise(K).is_none());
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(promise.fulfil(8), None);
+        assert_eq!(map.try_get(&K), Some(8));
+        assert_eq!(counter.wakes(), woken);
+        (poll, woken)
+    });
+}
+
+// P, 1, 2, 6: a producer fulfils its promise while a take is first polled on
+// another thread: the take gets the value exactly once, at once (fulfilled
+// first) or after exactly one wake-up (registered first), and the value
+// leaves the map.
+#[test]
+fn fulfilled_promise_delivers_its_value_to_a_racing_take_exactly_once() {
+    let legal = [Poll::Ready(Ok(6)), Poll::Pending];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map());
+        let producer = spawn_promised(&map, |promise| promise.fulfil(6));
+        let (counter, waker) = counting_waker();
+        let mut take = map.take(&K);
+        let first = poll_once(&mut take, &waker);
+        assert_eq!(producer.join().unwrap(), None);
+        if first.is_pending() {
+            assert_eq!(counter.wakes(), 1);
+            assert_eq!(poll_once(&mut take, &waker), Poll::Ready(Ok(6)));
+        } else {
+            assert_eq!(counter.wakes(), 0);
+        }
+        assert_eq!(map.len(), 0);
+        assert_eq!(map.remove(&K), None);
+        assert_eq!(map.waiters(), 0);
+        // The key is free for the next producer.
+        assert!(map.promise(K).is_some());
+        first
+    });
+}
+
+/// One execution of a producer waiting for room: its first poll and how
+/// often its waker had run by the time the other thread was joined.
+type RoomOutcome = (Poll<Option<u64>>, usize);
+
+/// The race of [`producer_waiting_for_room_is_let_in_by_a_remove`] and
+/// [`producer_waiting_for_room_is_let_in_by_a_take`]: a map limited to one
+/// value holds key 1; `free` takes it out on another thread while
+/// `insert_async(2, _)` is first polled here.
+fn producer_waiting_for_room_is_let_in(free: fn(&Map) -> Option<u64>) {
+    // Room freed before the producer looked: it inserts at once. After: it
+    // waits and is woken exactly once. Pending and never woken with the
+    // room free is the lost wake-up.
+    let legal: [RoomOutcome; 2] = [(Poll::Ready(None), 0), (Poll::Pending, 1)];
+    model_outcomes(PREEMPTIONS, &legal, move || {
+        let map = Arc::new(new_map().with_limit(1));
+        assert_eq!(map.insert(1, 10), None);
+        let consumer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || free(&map))
+        };
+        let (counter, waker) = counting_waker();
+        let mut insert = map.insert_async(2, 20);
+        let first = poll_once(&mut insert, &waker);
+        assert_eq!(consumer.join().unwrap(), Some(10));
+        let woken = counter.wakes();
+        if first.is_pending() {
+            assert_eq!(poll_once(&mut insert, &waker), Poll::Ready(None));
+        }
+        assert_eq!(counter.wakes(), woken);
+        assert_eq!(map.try_get(&2), Some(20));
+        assert!(!map.contains_key(&1));
+        assert_eq!(map.len(), 1);
+        (first, woken)
+    });
+}
+
+// L, 7: a producer waiting for room under `with_limit(1)` is let in by a
+// `remove` on another thread: at once, or woken exactly once.
+#[test]
+fn producer_waiting_for_room_is_let_in_by_a_remove() {
+    producer_waiting_for_room_is_let_in(|map| map.remove(&1));
+}
+
+// L, 2: the same room freed by a `take` of the present key (ready on its
+// first poll) on another thread.
+#[test]
+fn producer_waiting_for_room_is_let_in_by_a_take() {
+    producer_waiting_for_room_is_let_in(|map| {
+        let (_counter, waker) = counting_waker();
+        match poll_once(&mut map.take(&1), &waker) {
+            Poll::Ready(got) => got.ok(),
+            Poll::Pending => panic!("a take of a present key waited"),
+        }
+    });
+}
+
+// L, 9: a producer waiting for room on a full map while another thread
+// closes it stores its value anyway (a closed map takes values beyond its
+// limit): at once, or after exactly one wake-up.
+#[test]
+fn close_lets_a_producer_waiting_for_room_store_its_value() {
+    let legal: [RoomOutcome; 2] = [(Poll::Ready(None), 0), (Poll::Pending, 1)];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(new_map().with_limit(1));
+        assert_eq!(map.insert(1, 10), None);
+        let closer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.close())
+        };
+        let (counter, waker) = counting_waker();
+        let mut insert = map.insert_async(2, 20);
+        let first = poll_once(&mut insert, &waker);
+        closer.join().unwrap();
+        let woken = counter.wakes();
+        if first.is_pending() {
+            assert_eq!(poll_once(&mut insert, &waker), Poll::Ready(None));
+        }
+        assert_eq!(counter.wakes(), woken);
+        assert!(map.is_closed());
+        assert_eq!((map.try_get(&1), map.try_get(&2)), (Some(10), Some(20)));
+        assert_eq!(map.len(), 2);
+        (first, woken)
     });
 }

@@ -1,0 +1,270 @@
+//! An `AwaitMap` shared by an interrupt handler and async tasks, as firmware
+//! uses it. One source: it runs on the host and builds for a Cortex-M4F.
+//!
+//! - The map is a `static` built by a `const fn`, so the interrupt handler
+//!   reaches it without being handed anything. Its lock is `CsLock`, which
+//!   holds a critical section: an interrupt cannot fire while task code holds
+//!   the map (with a spin lock it could, and would then spin forever).
+//! - Room is `reserve`d at boot, so the handler's `insert`s never allocate.
+//! - A timer interrupt produces the values: on the chip, the SysTick
+//!   exception; on the host, a thread that stands in for it.
+//! - Five tasks await keys on a tiny executor written below: a fixed array
+//!   of futures, one "ready" bit per task set by its waker, and a loop that
+//!   polls the ready tasks and sleeps while none is ready.
+//!
+//! Host: `cargo run --example embedded --all-features`
+//!
+//! Chip: `cargo build --example embedded --target thumbv7em-none-eabihf
+//! --no-default-features --features critical-section` (its linker setup is in
+//! `.cargo/config.toml` and `examples/embedded/memory.x`; Cargo ignores it
+//! when `RUSTFLAGS` is set, even to nothing, and then links an empty file).
+//! On the chip a failed assert halts (panic-halt); success ends in a `wfi`
+//! loop.
+
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+extern crate alloc;
+
+use alloc::sync::Arc;
+use alloc::task::Wake;
+use core::future::Future;
+use core::pin::{Pin, pin};
+use core::sync::atomic::{AtomicU32, Ordering};
+use core::task::{Context, Poll, Waker};
+
+use awaitmap::{AwaitMap, CsLock, WaitError};
+use foldhash::fast::FixedState;
+
+// The keys: pin numbers (0..64) and request ids (64..).
+const BUTTON_PIN: u8 = 2;
+const SENSOR_PIN: u8 = 5; // an analog pin: its key gets each ADC sample
+const PING_REQUEST: u8 = 70; // a request whose reply comes
+const LOST_REQUEST: u8 = 71; // a request whose reply never comes
+
+/// Pins and request ids to values. A fixed seed: no_std has no randomness
+/// (fine for keys an attacker does not choose).
+static MAP: AwaitMap<u8, u32, FixedState, CsLock> =
+    AwaitMap::with_hasher_and_lock(FixedState::with_seed(0x5eed), CsLock::new());
+
+// ---------------------------------------------------------------------------
+// The interrupt handler: it produces, never waits.
+
+static TICKS: AtomicU32 = AtomicU32::new(0);
+static SAMPLES: AtomicU32 = AtomicU32::new(0);
+
+/// The timer interrupt's work, once per tick.
+fn on_tick() {
+    let tick = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+    match tick {
+        // The button was pressed: its value is the tick it happened at.
+        2 => _ = MAP.insert(BUTTON_PIN, tick),
+        4 => _ = MAP.insert(PING_REQUEST, 42),
+        // The lost request times out: its waiter gets `Err(Cancelled)`.
+        6 => _ = MAP.cancel(&LOST_REQUEST),
+        _ => {}
+    }
+    // Two ADC samples. A map holds one value per key, so a sample is
+    // published only once its task has taken the previous one (a real
+    // driver would count the others as overruns).
+    let n = SAMPLES.load(Ordering::Relaxed);
+    if n < 2 && !MAP.contains_key(&SENSOR_PIN) {
+        MAP.insert(SENSOR_PIN, 100 + n);
+        SAMPLES.store(n + 1, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The executor.
+
+type Output = Result<u32, WaitError>;
+
+/// Bit `i` set: task `i` was woken and is to be polled.
+static READY: AtomicU32 = AtomicU32::new(0);
+
+/// Task `i`'s waker: sets bit `i`, then wakes the executor if it sleeps.
+struct TaskWaker(usize);
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        READY.fetch_or(1 << self.0, Ordering::Release);
+        platform::signal();
+    }
+}
+
+/// Runs `tasks` to completion and returns their outputs. Each task is polled
+/// once to start, then once per wake-up. `start` runs after the first round,
+/// when every task is waiting.
+fn run<const N: usize>(
+    mut tasks: [Pin<&mut dyn Future<Output = Output>>; N],
+    start: impl FnOnce(),
+) -> [Output; N] {
+    let wakers: [Waker; N] = core::array::from_fn(|i| Arc::new(TaskWaker(i)).into());
+    let mut outputs = [None; N];
+    let mut ready = (1 << N) - 1; // every task gets a first poll
+    let mut start = Some(start);
+    loop {
+        for (i, task) in tasks.iter_mut().enumerate() {
+            if ready & 1 << i != 0 && outputs[i].is_none() {
+                let mut cx = Context::from_waker(&wakers[i]);
+                if let Poll::Ready(output) = task.as_mut().poll(&mut cx) {
+                    outputs[i] = Some(output);
+                }
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            return outputs.map(Option::unwrap);
+        }
+        if let Some(start) = start.take() {
+            start();
+        }
+        // Sleep until a waker sets a bit. A waker signals after setting its
+        // bit, and a signal sent before the sleep ends it at once, so no
+        // wake-up is lost between the `swap` and the sleep.
+        loop {
+            ready = READY.swap(0, Ordering::Acquire);
+            if ready != 0 {
+                break;
+            }
+            platform::sleep();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The application, the same on the host and the chip.
+
+/// Runs the tasks; `start_timer` starts the interrupt once they all wait.
+fn app(start_timer: impl FnOnce()) -> [Output; 5] {
+    // Four keys at most, five waiting futures at most: after this, neither
+    // the handler's `insert`s nor the tasks' waits allocate.
+    MAP.reserve(4, 5);
+    let outputs = run(
+        [
+            pin!(MAP.get(&BUTTON_PIN)), // a display and a logger both
+            pin!(MAP.get(&BUTTON_PIN)), // `get` the press: both see it
+            pin!(async {
+                // `take` moves the first sample out, so the second `take`
+                // waits for the next one.
+                let first = MAP.take(&SENSOR_PIN).await?;
+                Ok(first * 1000 + MAP.take(&SENSOR_PIN).await?)
+            }),
+            pin!(MAP.take(&PING_REQUEST)),
+            pin!(MAP.take(&LOST_REQUEST)),
+        ],
+        start_timer,
+    );
+    let expected = [Ok(2), Ok(2), Ok(100_101), Ok(42), Err(WaitError::Cancelled)];
+    assert_eq!(outputs, expected);
+    // The gets left the press in the map; the takes moved their values out.
+    assert_eq!((MAP.len(), MAP.waiters()), (1, 0));
+    assert_eq!(MAP.try_get(&BUTTON_PIN), Some(2));
+    outputs
+}
+
+// ---------------------------------------------------------------------------
+// The host: a thread plays the timer interrupt.
+
+#[cfg(not(target_os = "none"))]
+mod platform {
+    use std::sync::OnceLock;
+    use std::thread::Thread;
+
+    /// The executor's thread, which wakers unpark.
+    pub(crate) static EXECUTOR: OnceLock<Thread> = OnceLock::new();
+
+    pub(crate) fn signal() {
+        EXECUTOR.get().expect("set in main").unpark();
+    }
+
+    /// Parks until the next `signal` (or returns at once if one came since
+    /// the last park).
+    pub(crate) fn sleep() {
+        std::thread::park();
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    platform::EXECUTOR.set(std::thread::current()).unwrap();
+    let stop = AtomicBool::new(false);
+    let outputs = std::thread::scope(|scope| {
+        let outputs = app(|| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    on_tick();
+                }
+            });
+        });
+        stop.store(true, Ordering::Relaxed);
+        outputs
+    });
+    let names = ["display", "logger", "sensor", "ping", "lost"];
+    for (name, output) in names.iter().zip(outputs) {
+        println!("{name:<8} {output:?}");
+    }
+    println!("every task got what it awaited");
+}
+
+// ---------------------------------------------------------------------------
+// The chip: SysTick is the interrupt; the executor sleeps with `wfe`.
+
+#[cfg(target_os = "none")]
+mod platform {
+    /// Sets the core's event flag, so the next (or current) `wfe` returns.
+    pub(crate) fn signal() {
+        cortex_m::asm::sev();
+    }
+
+    /// Waits for an event (a `sev` since the last `wfe`, or an interrupt).
+    pub(crate) fn sleep() {
+        cortex_m::asm::wfe();
+    }
+}
+
+#[cfg(target_os = "none")]
+use panic_halt as _;
+
+// The heap behind `alloc`: the map's table and waiter lists, and the wakers.
+#[cfg(target_os = "none")]
+#[global_allocator]
+static HEAP: embedded_alloc::LlffHeap = embedded_alloc::LlffHeap::empty();
+
+#[cfg(target_os = "none")]
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    use cortex_m::peripheral::syst::SystClkSource;
+
+    #[allow(unsafe_code)]
+    // SAFETY: runs once, before anything allocates.
+    unsafe {
+        embedded_alloc::init!(HEAP, 2048);
+    }
+    let mut core = cortex_m::Peripherals::take().unwrap();
+    let systick = &mut core.SYST;
+    // `app` asserts its outputs; there is nowhere to print them here.
+    let _outputs = app(|| {
+        // An interrupt every 1 ms at the STM32F4's 16 MHz reset clock.
+        systick.set_clock_source(SystClkSource::Core);
+        systick.set_reload(16_000 - 1);
+        systick.clear_current();
+        systick.enable_counter();
+        systick.enable_interrupt();
+    });
+    systick.disable_interrupt();
+    loop {
+        cortex_m::asm::wfi(); // done
+    }
+}
+
+#[cfg(target_os = "none")]
+#[cortex_m_rt::exception]
+fn SysTick() {
+    on_tick();
+}

@@ -1,0 +1,1048 @@
+//! The producer's side: `promise`, `Promise::fulfil`/`abandon` (and drop),
+//! and coalescing with `get_or_promise`. Hand-polled with counting wakers
+//! first; then real threads and tokio tasks.
+//!
+//! SPEC.md's numbered semantics predate promises: each test names the ones
+//! it leans on (1 store-then-wake, 2 present keys, 3 lazy, 4 one
+//! registration, 5 deregistration, 8 cancel, 9 close, 12 completed futures)
+//! and "P" for the promise contract in the `Promise` and `get_or_promise`
+//! docs.
+
+mod common;
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::Duration;
+
+use awaitmap::{AwaitMap, Promise, ValueOrPromise, WaitError};
+use common::{
+    CountingWaker, Tracked, XorShift, counting_waker, live, live_counter, no_hang_or, poll_once,
+};
+
+// ---------------------------------------------------------------------------
+// Helpers local to this file.
+// ---------------------------------------------------------------------------
+
+type Map = AwaitMap<u32, u32>;
+
+/// Unwraps a `Ready`, failing the test on `Pending`.
+#[track_caller]
+fn ready<T>(p: Poll<T>) -> T {
+    match p {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("expected Ready, got Pending"),
+    }
+}
+
+/// Fails the test unless `p` is `Pending`.
+#[track_caller]
+fn pending<T>(p: Poll<T>) {
+    assert!(p.is_pending(), "expected Pending, got Ready");
+}
+
+/// The value a `get_or_promise` resolved with; fails on a promise or error.
+#[track_caller]
+fn value<K, V>(r: Result<ValueOrPromise<'_, K, V>, WaitError>) -> V {
+    match r {
+        Ok(ValueOrPromise::Value(v)) => v,
+        Ok(ValueOrPromise::Promise(_)) => panic!("expected a value, got a promise"),
+        Err(e) => panic!("expected a value, got Err({e:?})"),
+    }
+}
+
+/// The promise a `get_or_promise` resolved with; fails on a value or error.
+#[track_caller]
+fn promise<K, V>(r: Result<ValueOrPromise<'_, K, V>, WaitError>) -> Promise<'_, K, V> {
+    match r {
+        Ok(ValueOrPromise::Promise(p)) => p,
+        Ok(ValueOrPromise::Value(_)) => panic!("expected a promise, got a value"),
+        Err(e) => panic!("expected a promise, got Err({e:?})"),
+    }
+}
+
+/// The error a `get_or_promise` resolved with; fails on a value or promise.
+#[track_caller]
+fn error<K, V>(r: Result<ValueOrPromise<'_, K, V>, WaitError>) -> WaitError {
+    match r {
+        Err(e) => e,
+        Ok(ValueOrPromise::Value(_)) => panic!("expected an error, got a value"),
+        Ok(ValueOrPromise::Promise(_)) => panic!("expected an error, got a promise"),
+    }
+}
+
+/// How many clones of the counting waker the map keeps (beyond the
+/// `Arc<CountingWaker>` and the `Waker` the test holds).
+fn kept(counter: &Arc<CountingWaker>) -> usize {
+    Arc::strong_count(counter) - 2
+}
+
+/// Polls a future that already returned `Ready` and checks that it panics
+/// with the documented message.
+#[track_caller]
+fn assert_repoll_panics<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
+    let payload = match catch_unwind(AssertUnwindSafe(|| poll_once(fut, waker))) {
+        Ok(_) => panic!("polling a completed future did not panic"),
+        Err(payload) => payload,
+    };
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .expect("panic payload is not a string");
+    assert!(
+        msg.contains("polled after it returned `Ready`"),
+        "unexpected panic message: {msg}"
+    );
+}
+
+/// Polls a pinned, boxed future once.
+fn poll_boxed<T>(fut: &mut Pin<Box<dyn Future<Output = T> + '_>>, waker: &Waker) -> Poll<T> {
+    fut.as_mut().poll(&mut Context::from_waker(waker))
+}
+
+/// The key whose value the producers in the async tests wait for: their
+/// "work" is an await on it.
+const INPUT: u32 = 1_000;
+
+/// A cache lookup as users write it: the value if the key has one, else the
+/// work (counted in `runs`: an await on [`INPUT`], then doubling it), done
+/// by one caller per key.
+async fn lookup(map: &Map, k: u32, runs: &AtomicUsize) -> Result<u32, WaitError> {
+    match map.get_or_promise(&k).await? {
+        ValueOrPromise::Value(v) => Ok(v),
+        ValueOrPromise::Promise(p) => {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let v = map.get(&INPUT).await? * 2;
+            assert_eq!(p.fulfil(v), None, "nobody else stored key {k}");
+            Ok(v)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `promise`: who may produce a key.
+// ---------------------------------------------------------------------------
+
+// P (with 7, 9): `promise` is refused while the key has a value or a promise, and on a closed map; a removed value or an abandoned promise frees the key.
+#[test]
+fn promise_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_closed() {
+    let map = Map::new();
+    map.insert(1, 10);
+    assert!(map.promise(1).is_none(), "key 1 has a value");
+
+    let two = map.promise(2).expect("key 2 is absent");
+    assert!(map.promise(2).is_none(), "key 2 is promised");
+    // A promise is not a value.
+    assert_eq!(
+        (map.len(), map.try_get(&2), map.contains_key(&2)),
+        (1, None, false)
+    );
+    assert_eq!(two.abandon(), 0);
+    let two = map.promise(2).expect("an abandoned promise frees the key");
+
+    assert_eq!(map.remove(&1), Some(10));
+    let one = map.promise(1).expect("a removed value frees the key");
+
+    map.close();
+    assert!(map.promise(3).is_none(), "the map is closed");
+    assert!(map.promise(2).is_none(), "still promised, and closed");
+    // A promise made before the close still stores, as `insert` does.
+    assert_eq!(two.fulfil(20), None);
+    assert_eq!(map.try_get(&2), Some(20));
+    drop(one);
+    assert!(
+        map.promise(1).is_none(),
+        "free again, but the map is closed"
+    );
+    assert_eq!((map.len(), map.waiters()), (1, 0));
+}
+
+// P, 1: `fulfil` stores the value, wakes every waiting get (once each) and the earliest waiting take, and frees the key's reservation.
+#[test]
+fn fulfil_stores_then_wakes_every_get_and_one_take() {
+    let map = Map::new();
+    let p = map.promise(5).unwrap();
+    let mut gets: Vec<_> = (0..3).map(|_| (counting_waker(), map.get(&5))).collect();
+    let mut takes: Vec<_> = (0..2).map(|_| (counting_waker(), map.take(&5))).collect();
+    for ((_, w), g) in &mut gets {
+        pending(poll_once(g, w));
+    }
+    for ((_, w), t) in &mut takes {
+        pending(poll_once(t, w));
+    }
+    assert_eq!((map.waiters(), map.len()), (5, 0));
+
+    assert_eq!(p.fulfil(50), None);
+    assert_eq!(map.len(), 1);
+    let get_wakes: Vec<usize> = gets.iter().map(|((c, _), _)| c.wakes()).collect();
+    let take_wakes: Vec<usize> = takes.iter().map(|((c, _), _)| c.wakes()).collect();
+    assert_eq!(get_wakes, [1, 1, 1]);
+    assert_eq!(take_wakes, [1, 0]);
+
+    for ((_, w), g) in &mut gets {
+        assert_eq!(ready(poll_once(g, w)), Ok(50));
+    }
+    let ((_, w0), t0) = &mut takes[0];
+    assert_eq!(ready(poll_once(t0, w0)), Ok(50));
+    // The second take waits for the next value; nobody produces it now.
+    let ((c1, w1), t1) = &mut takes[1];
+    pending(poll_once(t1, w1));
+    assert_eq!((c1.wakes(), map.waiters(), map.len()), (0, 1, 0));
+    let again = map.promise(5).expect("fulfil released the reservation");
+    assert_eq!(again.fulfil(51), None);
+    assert_eq!(c1.wakes(), 1);
+    assert_eq!(ready(poll_once(t1, w1)), Ok(51));
+    assert_eq!((map.waiters(), map.len()), (0, 0));
+}
+
+// P, 1: `fulfil` returns the value a plain `insert` stored meanwhile; the get woken by that insert is not woken twice and sees the newest value.
+#[test]
+fn fulfil_returns_the_value_a_plain_insert_stored_meanwhile() {
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut g = map.get(&1);
+    pending(poll_once(&mut g, &w));
+    assert_eq!(map.insert(1, 10), None);
+    assert_eq!(c.wakes(), 1);
+    assert!(map.promise(1).is_none(), "still promised, and has a value");
+    assert_eq!(p.fulfil(11), Some(10));
+    assert_eq!(c.wakes(), 1, "woken once for the two stores");
+    assert_eq!(ready(poll_once(&mut g, &w)), Ok(11));
+    assert_eq!(
+        (map.waiters(), map.len(), map.try_get(&1)),
+        (0, 1, Some(11))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Abandoning: drop, `abandon()`, panics.
+// ---------------------------------------------------------------------------
+
+// P: dropping a promise fails every waiting get and take with Abandoned, waking each exactly once before the drop returns; the key is then free.
+#[test]
+fn dropping_a_promise_fails_its_waiters_with_abandoned_at_once() {
+    let map = Map::new();
+    let p = map.promise(7).unwrap();
+    let mut gets: Vec<_> = (0..2).map(|_| (counting_waker(), map.get(&7))).collect();
+    let mut takes: Vec<_> = (0..2).map(|_| (counting_waker(), map.take(&7))).collect();
+    for ((_, w), g) in &mut gets {
+        pending(poll_once(g, w));
+    }
+    for ((_, w), t) in &mut takes {
+        pending(poll_once(t, w));
+    }
+    assert_eq!(map.waiters(), 4);
+
+    drop(p);
+    for ((c, _), _) in &gets {
+        assert_eq!(c.wakes(), 1);
+    }
+    for ((c, _), _) in &takes {
+        assert_eq!(c.wakes(), 1);
+    }
+    for ((_, w), g) in &mut gets {
+        assert_eq!(ready(poll_once(g, w)), Err(WaitError::Abandoned));
+    }
+    for ((_, w), t) in &mut takes {
+        assert_eq!(ready(poll_once(t, w)), Err(WaitError::Abandoned));
+    }
+    for ((c, _), _) in &gets {
+        assert_eq!((c.wakes(), kept(c)), (1, 0));
+    }
+    assert_eq!((map.waiters(), map.len()), (0, 0));
+    assert!(map.promise(7).is_some(), "the key is free again");
+}
+
+// P: `abandon()` returns how many waiting futures it failed: the plain gets and takes, not a future dropped before it.
+#[test]
+fn abandon_returns_how_many_waiters_it_failed() {
+    let map = Map::new();
+    assert_eq!(map.promise(1).unwrap().abandon(), 0);
+
+    let p = map.promise(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut g1 = map.get(&1);
+    let mut g2 = map.get(&1);
+    let mut t = map.take(&1);
+    let mut gone = map.get(&1);
+    pending(poll_once(&mut g1, &w));
+    pending(poll_once(&mut g2, &w));
+    pending(poll_once(&mut t, &w));
+    pending(poll_once(&mut gone, &w));
+    drop(gone);
+    assert_eq!(map.waiters(), 3);
+    assert_eq!(p.abandon(), 3);
+    assert_eq!(c.wakes(), 3);
+    assert_eq!(ready(poll_once(&mut g1, &w)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut g2, &w)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut t, &w)), Err(WaitError::Abandoned));
+    assert_eq!((map.waiters(), map.len(), kept(&c)), (0, 0, 0));
+}
+
+// P, 1: a promise dropped after a plain insert stored a value leaves the gets (and the take woken for the value) alone; only the other takes fail.
+#[test]
+fn a_promise_dropped_after_a_plain_insert_leaves_the_gets_alone() {
+    // Gets only: the drop fails nothing.
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut g1 = map.get(&1);
+    let mut g2 = map.get(&1);
+    pending(poll_once(&mut g1, &w));
+    pending(poll_once(&mut g2, &w));
+    map.insert(1, 10);
+    assert_eq!(c.wakes(), 2);
+    drop(p);
+    assert_eq!(c.wakes(), 2, "the drop woke nobody again");
+    assert_eq!(ready(poll_once(&mut g1, &w)), Ok(10));
+    assert_eq!(ready(poll_once(&mut g2, &w)), Ok(10));
+    assert_eq!((map.waiters(), map.len()), (0, 1));
+
+    // With takes: the one woken for the value keeps it, the other fails.
+    let map = Map::new();
+    let p = map.promise(2).unwrap();
+    let (cg, wg) = counting_waker();
+    let (ct0, wt0) = counting_waker();
+    let (ct1, wt1) = counting_waker();
+    let mut g = map.get(&2);
+    let mut t0 = map.take(&2);
+    let mut t1 = map.take(&2);
+    pending(poll_once(&mut g, &wg));
+    pending(poll_once(&mut t0, &wt0));
+    pending(poll_once(&mut t1, &wt1));
+    map.insert(2, 20);
+    assert_eq!((cg.wakes(), ct0.wakes(), ct1.wakes()), (1, 1, 0));
+    assert_eq!(p.abandon(), 1);
+    assert_eq!((cg.wakes(), ct0.wakes(), ct1.wakes()), (1, 1, 1));
+    assert_eq!(ready(poll_once(&mut g, &wg)), Ok(20));
+    assert_eq!(ready(poll_once(&mut t0, &wt0)), Ok(20));
+    assert_eq!(ready(poll_once(&mut t1, &wt1)), Err(WaitError::Abandoned));
+    assert_eq!((map.waiters(), map.len()), (0, 0));
+}
+
+// P, 8: abandoning is not sticky: after it, a new get waits as usual, a new promise can be made and fulfilled, and a get_or_promise becomes the producer.
+#[test]
+fn the_key_is_free_again_after_abandon() {
+    let map = Map::new();
+    let (c, w) = counting_waker();
+    let mut failed = map.get(&3);
+    pending(poll_once(&mut failed, &w));
+    assert_eq!(map.promise(3).unwrap().abandon(), 1);
+    assert_eq!(ready(poll_once(&mut failed, &w)), Err(WaitError::Abandoned));
+
+    let mut g = map.get(&3);
+    pending(poll_once(&mut g, &w));
+    assert_eq!(map.waiters(), 1);
+    let p = map.promise(3).expect("the key is free");
+    assert_eq!(p.fulfil(30), None);
+    assert_eq!(c.wakes(), 2);
+    assert_eq!(ready(poll_once(&mut g, &w)), Ok(30));
+
+    assert_eq!(map.remove(&3), Some(30));
+    let p = map.promise(3).unwrap();
+    drop(p);
+    let mut gp = map.get_or_promise(&3);
+    let p = promise(ready(poll_once(&mut gp, &w)));
+    assert_eq!(p.fulfil(31), None);
+    assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 2));
+}
+
+// P: a promise dropped while its producer unwinds from a panic fails the plain waiters with Abandoned and hands the work to a waiting get_or_promise.
+#[test]
+fn a_promise_dropped_during_a_panic_fails_its_waiters() {
+    let map = Map::new();
+    let produce = |p: Promise<'_, u32, u32>, fail: bool| -> u32 {
+        let held = p;
+        if fail {
+            panic!("the producer failed (this panic is expected by the test)");
+        }
+        held.fulfil(4);
+        4
+    };
+
+    let p = map.promise(4).unwrap();
+    let (cg, wg) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut g = map.get(&4);
+    let mut co = map.get_or_promise(&4);
+    pending(poll_once(&mut g, &wg));
+    pending(poll_once(&mut co, &wc));
+    assert_eq!(map.waiters(), 2);
+
+    let unwound = catch_unwind(AssertUnwindSafe(|| produce(p, true)));
+    assert!(unwound.is_err());
+    assert_eq!((cg.wakes(), cc.wakes()), (1, 1));
+    assert_eq!(ready(poll_once(&mut g, &wg)), Err(WaitError::Abandoned));
+    let p = promise(ready(poll_once(&mut co, &wc)));
+    assert_eq!(map.waiters(), 0);
+    assert_eq!(produce(p, false), 4);
+    assert_eq!((map.waiters(), map.len(), map.try_get(&4)), (0, 1, Some(4)));
+    assert_eq!((cg.wakes(), cc.wakes()), (1, 1));
+}
+
+// ---------------------------------------------------------------------------
+// `get_or_promise`: coalescing.
+// ---------------------------------------------------------------------------
+
+// P, 2, 3: get_or_promise of a present key is Ready with the value on its first poll and registers nothing; an unpolled one takes no promise.
+#[test]
+fn get_or_promise_of_a_present_key_is_ready_at_once_and_an_unpolled_one_does_nothing() {
+    let map = Map::new();
+    let (c, w) = counting_waker();
+    drop(map.get_or_promise(&1));
+    assert_eq!(map.waiters(), 0);
+    let p = map
+        .promise(1)
+        .expect("an unpolled get_or_promise took nothing");
+    p.fulfil(10);
+    let mut gp = map.get_or_promise(&1);
+    assert_eq!(value(ready(poll_once(&mut gp, &w))), 10);
+    assert_eq!(
+        (map.waiters(), map.len(), c.wakes(), kept(&c)),
+        (0, 1, 0, 0)
+    );
+}
+
+// P, 1: N get_or_promise callers on a miss: the first gets the promise, the others wait (as gets) and are woken once each by its fulfil, all with the value.
+#[test]
+fn coalesced_callers_share_one_promise_and_all_get_the_value() {
+    const N: usize = 6;
+    let map = Map::new();
+    let mut callers: Vec<_> = (0..N)
+        .map(|_| (counting_waker(), map.get_or_promise(&9)))
+        .collect();
+    let mut promises = Vec::new();
+    for ((_, w), f) in &mut callers {
+        match poll_once(f, w) {
+            Poll::Ready(r) => promises.push(promise(r)),
+            Poll::Pending => {}
+        }
+    }
+    assert_eq!(promises.len(), 1, "one producer");
+    assert_eq!(map.waiters(), N - 1);
+    assert!(map.promise(9).is_none());
+
+    assert_eq!(promises.pop().unwrap().fulfil(90), None);
+    for ((c, w), f) in &mut callers[1..] {
+        assert_eq!(c.wakes(), 1);
+        assert_eq!(value(ready(poll_once(f, w))), 90);
+        assert_eq!(kept(c), 0);
+    }
+    assert_eq!((map.waiters(), map.len()), (0, 1));
+}
+
+// P, 1: the same with the work inside async callers: the producer awaits its input, the other callers wait for it; the work runs once.
+#[test]
+fn coalesced_async_callers_run_the_work_once() {
+    const N: usize = 5;
+    let map = Map::new();
+    let runs = AtomicUsize::new(0);
+    let mut callers: Vec<_> = (0..N)
+        .map(|_| {
+            let fut: Pin<Box<dyn Future<Output = _>>> = Box::pin(lookup(&map, 8, &runs));
+            (counting_waker(), fut)
+        })
+        .collect();
+    for ((_, w), f) in &mut callers {
+        pending(poll_boxed(f, w));
+    }
+    // One producer waits for its input, the others for the producer.
+    assert_eq!((runs.load(Ordering::SeqCst), map.waiters()), (1, N));
+
+    map.insert(INPUT, 21);
+    let woken: Vec<usize> = callers.iter().map(|((c, _), _)| c.wakes()).collect();
+    assert_eq!(
+        woken.iter().sum::<usize>(),
+        1,
+        "only the producer: {woken:?}"
+    );
+    let producer = woken.iter().position(|&n| n == 1).unwrap();
+    let ((_, w), f) = &mut callers[producer];
+    assert_eq!(ready(poll_boxed(f, w)), Ok(42));
+    for (i, ((c, w), f)) in callers.iter_mut().enumerate() {
+        if i != producer {
+            assert_eq!(c.wakes(), 1);
+            assert_eq!(ready(poll_boxed(f, w)), Ok(42));
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!((map.waiters(), map.len()), (0, 2));
+}
+
+// P: producer abandons with 3 get_or_promise callers waiting: each is woken once, the first polled gets the promise, the other two wait again and get the new producer's value.
+#[test]
+fn abandon_hands_the_work_to_exactly_one_waiting_caller() {
+    // Every polling order of the three woken callers.
+    for order in [[0, 1, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+        let map = Map::new();
+        let mut first = map.get_or_promise(&1);
+        let (c0, w0) = counting_waker();
+        let p = promise(ready(poll_once(&mut first, &w0)));
+        let mut callers: Vec<_> = (0..3)
+            .map(|_| (counting_waker(), map.get_or_promise(&1)))
+            .collect();
+        for ((_, w), f) in &mut callers {
+            pending(poll_once(f, w));
+        }
+        assert_eq!(map.waiters(), 3);
+
+        // The get_or_promise waiters are counted: they were failed (and
+        // start over), registered as gets.
+        assert_eq!(p.abandon(), 3);
+        for ((c, _), _) in &callers {
+            assert_eq!(c.wakes(), 1);
+        }
+        let mut heir = None;
+        for &i in &order {
+            let ((_, w), f) = &mut callers[i];
+            match poll_once(f, w) {
+                Poll::Ready(r) => {
+                    assert!(heir.is_none(), "two callers got the promise");
+                    heir = Some((i, promise(r)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        let (heir, p) = heir.expect("one caller took the work over");
+        assert_eq!(heir, order[0], "the first polled takes over");
+        assert_eq!((map.waiters(), map.len()), (2, 0));
+
+        assert_eq!(p.fulfil(10), None);
+        for (i, ((c, w), f)) in callers.iter_mut().enumerate() {
+            if i != heir {
+                assert_eq!(c.wakes(), 2);
+                assert_eq!(value(ready(poll_once(f, w))), 10);
+            }
+        }
+        assert_eq!(callers[heir].0.0.wakes(), 1);
+        assert_eq!(c0.wakes(), 0);
+        assert_eq!((map.waiters(), map.len()), (0, 1));
+    }
+}
+
+// P, 5: woken callers that are dropped before they poll do not stall the hand-over: the rest take the work; so does a caller after the heir drops its promise.
+#[test]
+fn the_work_is_taken_over_when_the_woken_callers_are_dropped() {
+    let map = Map::new();
+    let p = map.promise(2).unwrap();
+    let mut callers: Vec<_> = (0..3)
+        .map(|_| (counting_waker(), Some(map.get_or_promise(&2))))
+        .collect();
+    for ((_, w), f) in &mut callers {
+        pending(poll_once(f.as_mut().unwrap(), w));
+    }
+    drop(p);
+    // The first and earliest woken is dropped without polling.
+    callers[0].1 = None;
+    assert_eq!(map.waiters(), 2);
+    let ((_, w1), f1) = &mut callers[1];
+    let heir = promise(ready(poll_once(f1.as_mut().unwrap(), w1)));
+    let ((c2, w2), f2) = &mut callers[2];
+    pending(poll_once(f2.as_mut().unwrap(), w2));
+    assert_eq!((map.waiters(), c2.wakes()), (1, 1));
+
+    // The heir fails too: the last caller takes over.
+    drop(heir);
+    assert_eq!(c2.wakes(), 2);
+    let last = promise(ready(poll_once(f2.as_mut().unwrap(), w2)));
+    assert_eq!(map.waiters(), 0);
+    assert_eq!(last.fulfil(20), None);
+    assert_eq!(
+        (map.waiters(), map.len(), map.try_get(&2)),
+        (0, 1, Some(20))
+    );
+    for ((c, _), _) in &callers {
+        assert_eq!(kept(c), 0);
+    }
+
+    // Every woken caller dropped: the key is simply free.
+    let p = map.promise(3).unwrap();
+    let mut a = map.get_or_promise(&3);
+    let mut b = map.get_or_promise(&3);
+    let (c, w) = counting_waker();
+    pending(poll_once(&mut a, &w));
+    pending(poll_once(&mut b, &w));
+    drop(p);
+    drop((a, b));
+    assert_eq!((map.waiters(), c.wakes(), kept(&c)), (0, 2, 0));
+    assert!(map.promise(3).is_some());
+}
+
+// P: an async producer cancelled (its future dropped) while it holds the promise hands the work to one waiting async caller; the work runs again once.
+#[test]
+fn a_cancelled_async_producer_hands_the_work_over() {
+    const N: usize = 4;
+    let map = Map::new();
+    let runs = AtomicUsize::new(0);
+    let mut callers: Vec<_> = (0..N)
+        .map(|_| {
+            let fut: Pin<Box<dyn Future<Output = _>>> = Box::pin(lookup(&map, 6, &runs));
+            (counting_waker(), Some(fut))
+        })
+        .collect();
+    for ((_, w), f) in &mut callers {
+        pending(poll_boxed(f.as_mut().unwrap(), w));
+    }
+    assert_eq!((runs.load(Ordering::SeqCst), map.waiters()), (1, N));
+    // `lookup` calls get_or_promise first, so caller 0 is the producer.
+    callers[0].1 = None;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for ((c, w), f) in &mut callers[1..] {
+        assert_eq!(c.wakes(), 1);
+        pending(poll_boxed(f.as_mut().unwrap(), w));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one caller took the work");
+    assert_eq!(map.waiters(), N - 1);
+
+    map.insert(INPUT, 30);
+    for _ in 0..2 {
+        for ((_, w), f) in &mut callers[1..] {
+            if let Some(fut) = f {
+                if let Poll::Ready(r) = poll_boxed(fut, w) {
+                    assert_eq!(r, Ok(60));
+                    *f = None;
+                }
+            }
+        }
+    }
+    assert!(
+        callers.iter().all(|(_, f)| f.is_none()),
+        "every caller done"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!((map.waiters(), map.len()), (0, 2));
+}
+
+// P, 1: a plain get on a promised key fails with Abandoned when the producer drops the promise, while a get_or_promise on the same key takes the work.
+#[test]
+fn abandon_fails_plain_waiters_and_hands_get_or_promise_callers_the_work() {
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (cg, wg) = counting_waker();
+    let (ct, wt) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut g = map.get(&1);
+    let mut t = map.take(&1);
+    let mut co = map.get_or_promise(&1);
+    pending(poll_once(&mut co, &wc));
+    pending(poll_once(&mut g, &wg));
+    pending(poll_once(&mut t, &wt));
+    assert_eq!(p.abandon(), 3);
+    assert_eq!((cg.wakes(), ct.wakes(), cc.wakes()), (1, 1, 1));
+    assert_eq!(ready(poll_once(&mut g, &wg)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut t, &wt)), Err(WaitError::Abandoned));
+    let heir = promise(ready(poll_once(&mut co, &wc)));
+    assert_eq!((map.waiters(), map.len()), (0, 0));
+    heir.fulfil(1);
+    assert_eq!((map.waiters(), map.len(), cc.wakes()), (0, 1, 1));
+}
+
+// P, 1: a get_or_promise waiter resolves with the value a plain insert stores while the key is promised; the promise stays held.
+#[test]
+fn a_waiting_get_or_promise_takes_a_value_a_plain_insert_stores() {
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut co = map.get_or_promise(&1);
+    pending(poll_once(&mut co, &w));
+    map.insert(1, 5);
+    assert_eq!(c.wakes(), 1);
+    assert_eq!(value(ready(poll_once(&mut co, &w))), 5);
+    assert!(map.promise(1).is_none(), "still promised");
+    assert_eq!(p.fulfil(6), Some(5));
+    assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 1));
+}
+
+// P, 4: a get_or_promise repolled with another waker keeps one registration; only the newest waker is woken.
+#[test]
+fn get_or_promise_repolled_with_a_new_waker_wakes_only_the_newest() {
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (ca, wa) = counting_waker();
+    let (cb, wb) = counting_waker();
+    let mut co = map.get_or_promise(&1);
+    pending(poll_once(&mut co, &wa));
+    pending(poll_once(&mut co, &wb));
+    assert_eq!((map.waiters(), kept(&ca), kept(&cb)), (1, 0, 1));
+    p.fulfil(1);
+    assert_eq!((ca.wakes(), cb.wakes()), (0, 1));
+    assert_eq!(value(ready(poll_once(&mut co, &wb))), 1);
+    assert_eq!((map.waiters(), kept(&cb)), (0, 0));
+}
+
+// P, 8: cancel fails waiting get_or_promise callers with Cancelled (they do not take over) and leaves the promise held; it is not sticky.
+#[test]
+fn cancel_fails_get_or_promise_waiters_with_cancelled() {
+    let map = Map::new();
+    let p = map.promise(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut co = map.get_or_promise(&1);
+    let mut g = map.get(&1);
+    pending(poll_once(&mut co, &w));
+    pending(poll_once(&mut g, &w));
+    assert_eq!(map.cancel(&1), 2);
+    assert_eq!(c.wakes(), 2);
+    assert!(map.promise(1).is_none(), "the producer still holds the key");
+    assert_eq!(error(ready(poll_once(&mut co, &w))), WaitError::Cancelled);
+    assert_eq!(ready(poll_once(&mut g, &w)), Err(WaitError::Cancelled));
+    assert_eq!(map.waiters(), 0);
+    assert_repoll_panics(&mut co, &w);
+
+    let mut again = map.get_or_promise(&1);
+    pending(poll_once(&mut again, &w));
+    assert_eq!(map.waiters(), 1);
+    p.fulfil(10);
+    assert_eq!(c.wakes(), 3);
+    assert_eq!(value(ready(poll_once(&mut again, &w))), 10);
+    assert_eq!((map.waiters(), map.len()), (0, 1));
+}
+
+// P, 9: close fails waiting get_or_promise callers with Closed (also one failed by an abandon after the close, woken once); afterwards absent keys give Err(Closed), present ones the value.
+#[test]
+fn close_fails_get_or_promise_waiters_with_closed() {
+    let map = Map::new();
+    map.insert(1, 10);
+    let p2 = map.promise(2).unwrap();
+    let p3 = map.promise(3).unwrap();
+    let (c2, w2) = counting_waker();
+    let (c3, w3) = counting_waker();
+    let mut co2 = map.get_or_promise(&2);
+    let mut co3 = map.get_or_promise(&3);
+    pending(poll_once(&mut co2, &w2));
+    pending(poll_once(&mut co3, &w3));
+
+    map.close();
+    assert_eq!((c2.wakes(), c3.wakes()), (1, 1));
+    assert_eq!(error(ready(poll_once(&mut co2, &w2))), WaitError::Closed);
+    // Key 3's producer gives up before its woken waiter polls: the waiter
+    // starts over, but a closed map makes no new producer.
+    drop(p3);
+    assert_eq!(c3.wakes(), 1, "already woken by the close");
+    assert_eq!(error(ready(poll_once(&mut co3, &w3))), WaitError::Closed);
+    assert_eq!(map.waiters(), 0);
+
+    let (c, w) = counting_waker();
+    let mut absent = map.get_or_promise(&4);
+    assert_eq!(error(ready(poll_once(&mut absent, &w))), WaitError::Closed);
+    assert_repoll_panics(&mut absent, &w);
+    let mut promised = map.get_or_promise(&2);
+    assert_eq!(
+        error(ready(poll_once(&mut promised, &w))),
+        WaitError::Closed
+    );
+    let mut present = map.get_or_promise(&1);
+    assert_eq!(value(ready(poll_once(&mut present, &w))), 10);
+    assert!(map.promise(3).is_none());
+
+    // The surviving producer still stores.
+    assert_eq!(p2.fulfil(20), None);
+    let mut now = map.get_or_promise(&2);
+    assert_eq!(value(ready(poll_once(&mut now, &w))), 20);
+    assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 2, 0));
+}
+
+// P, 5: a get_or_promise dropped while it waits deregisters at once (waiters back to 0, its waker clone freed) and leaks nothing: the entry and its key go when the promise resolves.
+#[test]
+fn a_get_or_promise_dropped_mid_wait_deregisters() {
+    let keys = live_counter();
+    let map: AwaitMap<Tracked, u32> = AwaitMap::new();
+    let key = Tracked::new(1, &keys);
+    let (c, w) = counting_waker();
+
+    // Fulfilled after the drop.
+    let p = map.promise(key.clone()).unwrap();
+    assert_eq!(live(&keys), 2, "the map holds the promised key");
+    let mut co = map.get_or_promise(&key);
+    pending(poll_once(&mut co, &w));
+    assert_eq!((map.waiters(), kept(&c)), (1, 1));
+    drop(co);
+    assert_eq!((map.waiters(), kept(&c)), (0, 0));
+    assert_eq!(p.fulfil(7), None);
+    assert_eq!(c.wakes(), 0);
+    assert_eq!(map.remove(&key), Some(7));
+    assert_eq!(live(&keys), 1, "the entry is gone");
+
+    // Abandoned after the drop: nobody left to fail.
+    let p = map.promise(key.clone()).unwrap();
+    let mut co = map.get_or_promise(&key);
+    pending(poll_once(&mut co, &w));
+    drop(co);
+    assert_eq!(p.abandon(), 0);
+    assert_eq!((map.waiters(), map.len(), live(&keys)), (0, 0, 1));
+
+    // Dropped after it started over and waits for the heir.
+    let p = map.promise(key.clone()).unwrap();
+    let mut heir = map.get_or_promise(&key);
+    let mut co = map.get_or_promise(&key);
+    pending(poll_once(&mut heir, &w));
+    pending(poll_once(&mut co, &w));
+    drop(p);
+    let p = promise(ready(poll_once(&mut heir, &w)));
+    pending(poll_once(&mut co, &w));
+    assert_eq!(map.waiters(), 1);
+    drop(co);
+    assert_eq!((map.waiters(), kept(&c)), (0, 0));
+    drop(p);
+    assert_eq!((map.waiters(), map.len(), live(&keys)), (0, 0, 1));
+    assert_eq!(c.wakes(), 2, "the first abandon woke both");
+}
+
+// P, 12: polling a get_or_promise again after it returned Ready (a value, a promise or an error) panics with the documented message.
+#[test]
+fn get_or_promise_polled_after_ready_panics() {
+    let map = Map::new();
+    let (_c, w) = counting_waker();
+    map.insert(1, 1);
+    let mut hit = map.get_or_promise(&1);
+    assert_eq!(value(ready(poll_once(&mut hit, &w))), 1);
+    assert_repoll_panics(&mut hit, &w);
+
+    let mut miss = map.get_or_promise(&2);
+    let p = promise(ready(poll_once(&mut miss, &w)));
+    assert_repoll_panics(&mut miss, &w);
+    // The panic left the promise and the map alone.
+    assert!(map.promise(2).is_none());
+    p.fulfil(2);
+
+    let p = map.promise(3).unwrap();
+    let mut waited = map.get_or_promise(&3);
+    pending(poll_once(&mut waited, &w));
+    p.fulfil(3);
+    assert_eq!(value(ready(poll_once(&mut waited, &w))), 3);
+    assert_repoll_panics(&mut waited, &w);
+    assert_eq!((map.waiters(), map.len()), (0, 3));
+}
+
+// P: a woken get_or_promise caller that finds neither a value nor a producer (the value was removed or taken between the fulfil and its poll) must not wait for a producer that does not exist: it takes the work, as a fresh call would.
+#[test]
+fn a_woken_caller_that_finds_the_value_gone_takes_the_work() {
+    for by_take in [false, true] {
+        let map = Map::new();
+        let p = map.promise(1).unwrap();
+        let (c, w) = counting_waker();
+        let mut co = map.get_or_promise(&1);
+        pending(poll_once(&mut co, &w));
+        assert_eq!(p.fulfil(10), None);
+        assert_eq!(c.wakes(), 1);
+        // The value leaves before the waiter runs: evicted, or taken by a
+        // fresh take (semantic 2).
+        if by_take {
+            let mut t = map.take(&1);
+            assert_eq!(ready(poll_once(&mut t, &w)), Ok(10));
+        } else {
+            assert_eq!(map.remove(&1), Some(10));
+        }
+        // Nobody produces the key now (a fresh caller would get the
+        // promise): the one that waited must take the work, or it waits for
+        // an insert that may never come.
+        let p = promise(ready(poll_once(&mut co, &w)));
+        assert_eq!(map.waiters(), 0);
+        p.fulfil(11);
+        assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 1));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Threads and tokio.
+// ---------------------------------------------------------------------------
+
+/// The value the threads produce for key `k`.
+fn value_of(k: u32) -> u64 {
+    u64::from(k) * 1_000 + 7
+}
+
+/// The keys whose first production fails (drops its promise).
+fn fails_first(k: u32) -> bool {
+    k % 5 == 0
+}
+
+// P, 1, 10: 8 threads run get_or_promise on the same 50 keys (3 and 10 under miri; block_on) while a getter thread waits on each; every 5th key's first producer drops its promise. Each key's work succeeds exactly once, every thread gets every value, only the failing keys' plain gets may see Abandoned, nothing hangs.
+#[test]
+fn threads_coalesce_and_survive_failing_producers() {
+    no_hang_or(
+        "coalescing threads",
+        "a caller waits for a producer that is gone",
+        || {
+            let threads: usize = if cfg!(miri) { 3 } else { 8 };
+            let keys: u32 = if cfg!(miri) { 10 } else { 50 };
+            let map: AwaitMap<u32, u64> = AwaitMap::new();
+            let attempts: Vec<AtomicUsize> = (0..keys).map(|_| AtomicUsize::new(0)).collect();
+            let successes: Vec<AtomicUsize> = (0..keys).map(|_| AtomicUsize::new(0)).collect();
+            let received = AtomicUsize::new(0);
+            let abandoned = AtomicUsize::new(0);
+
+            let start = Barrier::new(threads);
+            thread::scope(|s| {
+                for t in 0..threads {
+                    let (map, attempts, successes, received, start) =
+                        (&map, &attempts, &successes, &received, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        let mut order: Vec<u32> = (0..keys).collect();
+                        XorShift::new(t as u64).shuffle(&mut order);
+                        for k in order {
+                            let v = loop {
+                                let got = futures::executor::block_on(map.get_or_promise(&k));
+                                match got {
+                                    Ok(ValueOrPromise::Value(v)) => break v,
+                                    Ok(ValueOrPromise::Promise(p)) => {
+                                        thread::yield_now(); // the work
+                                        let n = attempts[k as usize].fetch_add(1, Ordering::SeqCst);
+                                        if fails_first(k) && n == 0 {
+                                            // Give other callers a moment to queue
+                                            // up behind this producer (bounded).
+                                            for _ in 0..100 {
+                                                if map.waiters() >= 2 {
+                                                    break;
+                                                }
+                                                thread::yield_now();
+                                            }
+                                            drop(p);
+                                            continue;
+                                        }
+                                        successes[k as usize].fetch_add(1, Ordering::SeqCst);
+                                        assert_eq!(p.fulfil(value_of(k)), None);
+                                        break value_of(k);
+                                    }
+                                    Err(e) => panic!("thread {t}, key {k}: Err({e:?})"),
+                                }
+                            };
+                            assert_eq!(v, value_of(k));
+                            received.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
+                }
+                let (map, abandoned) = (&map, &abandoned);
+                s.spawn(move || {
+                    for k in 0..keys {
+                        let v = loop {
+                            match map.get_blocking(&k) {
+                                Ok(v) => break v,
+                                Err(WaitError::Abandoned) if fails_first(k) => {
+                                    abandoned.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) => panic!("getter, key {k}: Err({e:?})"),
+                            }
+                        };
+                        assert_eq!(v, value_of(k));
+                    }
+                });
+            });
+
+            for k in 0..keys {
+                let i = k as usize;
+                let want = if fails_first(k) { 2 } else { 1 };
+                assert_eq!(attempts[i].load(Ordering::SeqCst), want, "attempts on {k}");
+                assert_eq!(successes[i].load(Ordering::SeqCst), 1, "productions of {k}");
+            }
+            assert_eq!(received.load(Ordering::SeqCst), threads * keys as usize);
+            let failing = (0..keys).filter(|&k| fails_first(k)).count();
+            assert!(abandoned.load(Ordering::SeqCst) <= failing);
+            assert_eq!((map.waiters(), map.len()), (0, keys as usize));
+        },
+    );
+}
+
+/// Sleeps until `n` futures wait on the map: the tasks under test are
+/// registered. Bounded by the test's hang detector.
+async fn until_waiters(map: &AwaitMap<u32, u32>, n: usize) {
+    while map.waiters() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+// P: tokio tasks aborted (JoinHandle::abort) while holding a promise: the plain get and take waiting on the key get Abandoned, the get_or_promise tasks take the work over, once.
+#[test]
+fn tokio_tasks_aborted_while_holding_a_promise() {
+    no_hang_or(
+        "tokio abort",
+        "an aborted producer left its waiters hanging",
+        || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let map: Arc<AwaitMap<u32, u32>> = Arc::new(AwaitMap::new());
+                let runs = Arc::new(AtomicUsize::new(0));
+                let coalescer = |k: u32| {
+                    let (map, runs) = (Arc::clone(&map), Arc::clone(&runs));
+                    tokio::spawn(async move {
+                        match map.get_or_promise(&k).await? {
+                            ValueOrPromise::Value(v) => Ok(v),
+                            ValueOrPromise::Promise(p) => {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                tokio::task::yield_now().await;
+                                p.fulfil(k * 11);
+                                Ok::<_, WaitError>(k * 11)
+                            }
+                        }
+                    })
+                };
+
+                // Key 1: a producer task from `promise`.
+                let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+                let producer = tokio::spawn({
+                    let map = Arc::clone(&map);
+                    async move {
+                        let p = map.promise(1).expect("key 1 is free");
+                        held_tx.send(()).unwrap();
+                        std::future::pending::<()>().await;
+                        p.fulfil(0);
+                    }
+                });
+                held_rx.await.unwrap();
+                let getter = tokio::spawn({
+                    let map = Arc::clone(&map);
+                    async move { map.get(&1).await }
+                });
+                let taker = tokio::spawn({
+                    let map = Arc::clone(&map);
+                    async move { map.take(&1).await }
+                });
+                let coalescers: Vec<_> = (0..3).map(|_| coalescer(1)).collect();
+                until_waiters(&map, 5).await;
+                producer.abort();
+                assert!(producer.await.unwrap_err().is_cancelled());
+                assert_eq!(getter.await.unwrap(), Err(WaitError::Abandoned));
+                assert_eq!(taker.await.unwrap(), Err(WaitError::Abandoned));
+                for c in coalescers {
+                    assert_eq!(c.await.unwrap(), Ok(11));
+                }
+                assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+                // Key 2: a get_or_promise task that got the promise.
+                let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+                let first = tokio::spawn({
+                    let map = Arc::clone(&map);
+                    async move {
+                        let Ok(ValueOrPromise::Promise(p)) = map.get_or_promise(&2).await else {
+                            panic!("the first caller produces key 2");
+                        };
+                        held_tx.send(()).unwrap();
+                        std::future::pending::<()>().await;
+                        p.fulfil(0);
+                    }
+                });
+                held_rx.await.unwrap();
+                let coalescers: Vec<_> = (0..3).map(|_| coalescer(2)).collect();
+                until_waiters(&map, 3).await;
+                first.abort();
+                assert!(first.await.unwrap_err().is_cancelled());
+                for c in coalescers {
+                    assert_eq!(c.await.unwrap(), Ok(22));
+                }
+                assert_eq!(runs.load(Ordering::SeqCst), 2);
+                assert_eq!(map.waiters(), 0);
+                assert_eq!((map.try_get(&1), map.try_get(&2)), (Some(11), Some(22)));
+            });
+        },
+    );
+}
