@@ -6,9 +6,10 @@
 //!   runs ahead, storing them in order with `insert_async`. The limit holds it
 //!   back: it waits for room whenever the map holds 8 values (backpressure);
 //! - an on-demand producer makes a "cold" key (100 and up) only when a
-//!   consumer asks for it (`demand`), with one `promise` per key. Some of its
-//!   jobs fail: the consumers of those keys get `Err(WaitError::Abandoned)`
-//!   instead of waiting forever.
+//!   consumer asks for it (`demand_owned`), and hands each one to a spawned
+//!   job with the key's promise (`promise_owned`). Some of its jobs fail: the
+//!   consumers of those keys get `Err(WaitError::Abandoned)` instead of
+//!   waiting forever.
 //!
 //! At the end, a graceful shutdown: `close` stops both producers, and
 //! `drained` waits for the last consumer to leave.
@@ -20,8 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use awaitmap::{AwaitMap, WaitError};
-use tokio::sync::oneshot;
+use awaitmap::{AwaitMap, OwnedDemand, OwnedPromise, WaitError};
 use tokio::task::JoinSet;
 
 type Map = AwaitMap<u32, String>;
@@ -63,11 +63,7 @@ async fn prefetch(map: Arc<Map>, stored: Arc<AtomicUsize>) {
 
 /// The on-demand producer: one job per cold key a consumer waits for.
 /// Returns the keys it was asked for, and how many jobs failed or panicked.
-async fn on_demand(map: Arc<Map>, ready: oneshot::Sender<()>) -> (Vec<u32>, usize, usize) {
-    // Keys wanted before the `Demand` exists are not announced: make it, then
-    // let the consumers start.
-    let demand = map.demand();
-    ready.send(()).expect("main waits for this");
+async fn on_demand(demand: OwnedDemand<u32, String>) -> (Vec<u32>, usize, usize) {
     let mut asked = Vec::new();
     let mut jobs = JoinSet::new();
     // `None` once the map is closed and no wanted key is left.
@@ -76,7 +72,11 @@ async fn on_demand(map: Arc<Map>, ready: oneshot::Sender<()>) -> (Vec<u32>, usiz
             continue; // a hot key (the prefetcher is on its way) or an unknown one
         }
         asked.push(key);
-        jobs.spawn(job(Arc::clone(&map), key));
+        // The key is reserved before the job is spawned: whatever becomes of
+        // the job (an error, a panic, or being dropped before it ever runs),
+        // the promise goes with it and the key's consumers are told.
+        let promise = demand.map().promise_owned(key);
+        jobs.spawn(job(promise.expect("nobody else makes cold keys"), key));
     }
     let (mut failed, mut panicked) = (0, 0);
     while let Some(done) = within("a job", jobs.join_next()).await {
@@ -91,12 +91,10 @@ async fn on_demand(map: Arc<Map>, ready: oneshot::Sender<()>) -> (Vec<u32>, usiz
     (asked, failed, panicked)
 }
 
-/// One cold key's job. The promise reserves the key; if it is dropped
-/// unfulfilled (the early return, or the unwinding of a panic), the key's
-/// consumers fail with `Abandoned` at once.
-async fn job(map: Arc<Map>, key: u32) -> Result<(), &'static str> {
-    // (A `Promise` borrows the map, so the job makes its own.)
-    let promise = map.promise(key).expect("nobody else makes cold keys");
+/// One cold key's job, with the key's promise (which holds its own `Arc` of
+/// the map). If the promise is dropped unfulfilled (the early return, or the
+/// unwinding of a panic), the key's consumers fail with `Abandoned` at once.
+async fn job(promise: OwnedPromise<u32, String>, key: u32) -> Result<(), &'static str> {
     tokio::time::sleep(Duration::from_millis(u64::from(key % 3))).await; // the work
     if key == FAILS {
         return Err("simulated I/O error");
@@ -135,11 +133,11 @@ async fn main() {
     quiet_simulated_crash();
     let map: Arc<Map> = Arc::new(AwaitMap::new().with_limit(LIMIT));
 
-    // 1. The producers start first. The prefetcher fills the map to its
-    //    limit and waits: nothing is taken yet.
-    let (ready, is_ready) = oneshot::channel();
-    let on_demand = tokio::spawn(on_demand(Arc::clone(&map), ready));
-    within("the on-demand producer", is_ready).await.unwrap();
+    // 1. The producers start first. Keys wanted before a demand handle
+    //    exists are not announced, so it is made here, before any consumer
+    //    starts, and moved into the on-demand producer's task. The prefetcher
+    //    fills the map to its limit and waits: nothing is taken yet.
+    let on_demand = tokio::spawn(on_demand(map.demand_owned()));
     let stored = Arc::new(AtomicUsize::new(0));
     let prefetcher = tokio::spawn(prefetch(Arc::clone(&map), Arc::clone(&stored)));
     let stored = move || stored.load(Ordering::Relaxed);
@@ -205,6 +203,8 @@ async fn main() {
     );
     within("the prefetcher", prefetcher).await.unwrap();
     assert_eq!(stored(), ahead.end as usize, "stopped at close");
+    // The demand handle and every promise went with their tasks.
+    assert_eq!(Arc::strong_count(&map), 1, "an `Arc` was left behind");
     println!("shutdown: closed, drained (key {UNKNOWN}: Closed), both producers stopped");
 }
 

@@ -39,6 +39,22 @@
 //! - **Happens-before.** Everything a producer did before `insert(k, v)` is
 //!   visible to the consumer whose future resolved with `v`.
 //!
+//! # Producers
+//!
+//! - **Promises:** [`AwaitMap::promise`] reserves an absent key for one
+//!   producer; [`Promise::fulfil`] inserts the value, and a promise dropped
+//!   unfulfilled (an error path, a panic, a cancelled task) fails the
+//!   futures waiting on the key with [`WaitError::Abandoned`] at once.
+//! - **Coalescing:** [`AwaitMap::get_or_promise`] returns the value, or makes
+//!   the first caller the key's producer while the others wait; if it
+//!   abandons, a waiting caller takes the work over.
+//! - **Backpressure** (targets with atomic pointers): `with_limit(n)` bounds
+//!   what `try_insert`, `insert_async` and `insert_blocking` let in.
+//! - **Demand:** `demand()` hands producers each key consumers start waiting
+//!   for, so they make only what is asked for.
+//! - **Lifecycle:** `closed()` and `drained()` resolve when the map is closed
+//!   and when nobody waits any more.
+//!
 //! # Runtime-agnostic
 //!
 //! The futures are plain [`Future`]s that store their
@@ -172,7 +188,9 @@ pub use map::AwaitMap;
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
 #[cfg(target_has_atomic = "ptr")]
-pub use producer::{Demand, Drained, InsertAsync, NextWanted, WaitClosed};
+pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
+#[cfg(target_has_atomic = "ptr")]
+pub use promise::OwnedPromise;
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};
 #[cfg(feature = "critical-section")]
 #[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]

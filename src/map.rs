@@ -431,16 +431,12 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         Q::Owned: Into<K>,
     {
         let mut key: Option<K> = Some(key.to_owned().into());
-        self.state.with(|st| {
-            if st.demand_watchers > 0 {
-                if let Some(key) = key.take() {
-                    st.wanted.push_back((hash, entry, key));
-                }
-            }
-        });
-        // Not queued (the watchers left meanwhile): dropped unlocked.
+        let stale = self.state.with(|st| st.queue_wanted(hash, entry, &mut key));
+        // Not queued (the watchers left meanwhile), and keys no longer
+        // wanted: dropped here, unlocked.
         let queued = key.is_none();
         drop(key);
+        drop(stale);
         #[cfg(target_has_atomic = "ptr")]
         if queued {
             self.events.demand.notify_additional(1);

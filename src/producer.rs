@@ -13,10 +13,13 @@ use core::hash::{BuildHasher, Hash};
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use hashbrown::DefaultHashBuilder;
 use mutex::ScopedRawMutex;
 
 use crate::AwaitMap;
-use crate::sync::{Event, EventListener};
+use crate::sync::{DefaultLock, Event, EventListener};
 
 /// The map-wide conditions producers wait on.
 pub(crate) struct Events {
@@ -315,7 +318,7 @@ where
 ///
 /// Dropping it before it resolves drops the key and value unstored.
 #[must_use = "futures do nothing unless polled"]
-pub struct InsertAsync<'a, K, V, S, L: ScopedRawMutex> {
+pub struct InsertAsync<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     item: Option<(K, V)>,
     listener: Option<EventListener>,
@@ -362,7 +365,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for InsertAsync<'_, K, V, S, L> {
 
 /// The future returned by [`AwaitMap::closed`].
 #[must_use = "futures do nothing unless polled"]
-pub struct WaitClosed<'a, K, V, S, L: ScopedRawMutex> {
+pub struct WaitClosed<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
 }
@@ -391,7 +394,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for WaitClosed<'_, K, V, S, L> {
 
 /// The future returned by [`AwaitMap::drained`].
 #[must_use = "futures do nothing unless polled"]
-pub struct Drained<'a, K, V, S, L: ScopedRawMutex> {
+pub struct Drained<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
     /// Counted in the map's `idle_watchers`, so the last finishing waiter
@@ -443,7 +446,8 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 }
 
 /// A producer's view of the demand: the keys consumers wait for, from
-/// [`AwaitMap::demand`].
+/// [`AwaitMap::demand`] (or [`AwaitMap::demand_owned`], for an
+/// `Arc<AwaitMap>`, as [`OwnedDemand`]).
 ///
 /// While a `Demand` lives, every key that becomes wanted (a `get` or `take`
 /// registers on a key with no value, no promise and no other waiter) is
@@ -454,8 +458,10 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 /// before the first `Demand` was made are not announced, so make it before
 /// the consumers start.
 ///
-/// The queue is the only allocation: it grows to the number of keys
-/// announced and not yet handed out.
+/// The queue is the only allocation. It holds the keys announced and not yet
+/// handed out; when waiters come and go while nobody calls `next`, it is
+/// pruned of the keys no longer wanted, so it stays proportional to the keys
+/// actually wanted.
 ///
 /// # Examples
 ///
@@ -471,8 +477,32 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 /// map.insert(7, 49); // produce only what is asked for
 /// assert_eq!(block_on(consumer), Ok(49));
 /// ```
-pub struct Demand<'a, K, V, S, L: ScopedRawMutex> {
+pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
+}
+
+/// A [`Demand`] that holds its own `Arc` of the map, from
+/// [`AwaitMap::demand_owned`]: for a producer task that is spawned.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures::{FutureExt, executor::block_on};
+///
+/// let map: Arc<awaitmap::AwaitMap<u32, u32>> = Arc::new(awaitmap::AwaitMap::new());
+/// let demand = map.demand_owned(); // made before the consumers start
+/// let producer = std::thread::spawn(move || {
+///     while let Some(n) = block_on(demand.next()) {
+///         demand.map().insert(n, n * n);
+///     }
+/// });
+/// assert_eq!(map.get_blocking(&12), Ok(144));
+/// map.close(); // the producer's `next` returns `None`
+/// producer.join().unwrap();
+/// ```
+pub struct OwnedDemand<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
@@ -480,6 +510,28 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     pub fn demand(&self) -> Demand<'_, K, V, S, L> {
         self.state.with(|st| st.demand_watchers += 1);
         Demand { map: self }
+    }
+
+    /// Starts watching the demand, with a handle that holds its own `Arc` of
+    /// the map: see [`OwnedDemand`].
+    pub fn demand_owned(self: &Arc<Self>) -> OwnedDemand<K, V, S, L> {
+        self.state.with(|st| st.demand_watchers += 1);
+        OwnedDemand {
+            map: Arc::clone(self),
+        }
+    }
+
+    /// A demand handle is gone; with the last one, queued keys are dropped.
+    fn end_demand(&self) {
+        let mut stale = VecDeque::new();
+        self.state.with(|st| {
+            st.demand_watchers -= 1;
+            if st.demand_watchers == 0 {
+                core::mem::swap(&mut stale, &mut st.wanted);
+            }
+        });
+        // Dropped here, unlocked.
+        drop(stale);
     }
 }
 
@@ -491,25 +543,38 @@ impl<'a, K, V, S, L: ScopedRawMutex> Demand<'a, K, V, S, L> {
     ///
     /// Cancel-safe: a key is taken from the queue only when the future
     /// resolves with it.
-    pub fn next(&self) -> NextWanted<'_, 'a, K, V, S, L> {
+    pub fn next(&self) -> NextWanted<'a, K, V, S, L> {
         NextWanted {
-            demand: self,
+            map: self.map,
             listener: None,
         }
     }
 }
 
+impl<K, V, S, L: ScopedRawMutex> OwnedDemand<K, V, S, L> {
+    /// As [`Demand::next`].
+    pub fn next(&self) -> NextWanted<'_, K, V, S, L> {
+        NextWanted {
+            map: &self.map,
+            listener: None,
+        }
+    }
+
+    /// The map this handle watches.
+    pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
+        &self.map
+    }
+}
+
 impl<K, V, S, L: ScopedRawMutex> Drop for Demand<'_, K, V, S, L> {
     fn drop(&mut self) {
-        let mut stale = alloc::collections::VecDeque::new();
-        self.map.state.with(|st| {
-            st.demand_watchers -= 1;
-            if st.demand_watchers == 0 {
-                core::mem::swap(&mut stale, &mut st.wanted);
-            }
-        });
-        // The last watcher gone: queued keys are dropped, unlocked.
-        drop(stale);
+        self.map.end_demand();
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for OwnedDemand<K, V, S, L> {
+    fn drop(&mut self) {
+        self.map.end_demand();
     }
 }
 
@@ -519,19 +584,29 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Demand<'_, K, V, S, L> {
     }
 }
 
-/// The future returned by [`Demand::next`].
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedDemand<K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedDemand").finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`Demand::next`] and [`OwnedDemand::next`].
+///
+/// # Cancel safety
+///
+/// Cancel-safe: a key leaves the queue only when the future resolves with it.
 #[must_use = "futures do nothing unless polled"]
-pub struct NextWanted<'d, 'a, K, V, S, L: ScopedRawMutex> {
-    demand: &'d Demand<'a, K, V, S, L>,
+pub struct NextWanted<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
 }
 
-impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, '_, K, V, S, L> {
+impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, K, V, S, L> {
     type Output = Option<K>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<K>> {
         let this = self.get_mut();
-        let map = this.demand.map;
+        let map = this.map;
         loop {
             let (next, closed) = map.state.with(|st| {
                 let next = st
@@ -558,7 +633,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, '_, K, V, S, L> {
     }
 }
 
-impl<K, V, S, L: ScopedRawMutex> fmt::Debug for NextWanted<'_, '_, K, V, S, L> {
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for NextWanted<'_, K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NextWanted").finish_non_exhaustive()
     }

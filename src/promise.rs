@@ -13,6 +13,8 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use alloc::borrow::ToOwned;
+#[cfg(target_has_atomic = "ptr")]
+use alloc::sync::Arc;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
@@ -85,12 +87,7 @@ impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
     /// ```
     pub fn fulfil(mut self, value: V) -> Option<V> {
         let ticket = self.ticket.take().expect("a promise is fulfilled once");
-        let (old, first, more) = self.map.state.with(|st| {
-            let old = st.fulfil(ticket, value);
-            (old, st.slab.pop_one(), st.slab.has_queued())
-        });
-        self.map.wake(first, more);
-        old
+        self.map.fulfil_ticket(ticket, value)
     }
 
     /// Gives up the key, as dropping the promise does, and returns how many
@@ -111,18 +108,16 @@ impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
         self.release()
     }
 
+    /// The reservation, handed over to an owned guard.
+    #[cfg(target_has_atomic = "ptr")]
+    fn into_ticket(mut self) -> Ticket {
+        self.ticket.take().expect("an unfulfilled promise")
+    }
+
     fn release(&mut self) -> usize {
-        let Some(ticket) = self.ticket.take() else {
-            return 0;
-        };
-        let mut spill = Spill::new();
-        let (n, first, more) = self.map.state.with(|st| {
-            let n = st.abandon(ticket, &mut spill);
-            (n, st.slab.pop_one(), st.slab.has_queued())
-        });
-        drop(spill);
-        self.map.wake(first, more);
-        n
+        self.ticket
+            .take()
+            .map_or(0, |ticket| self.map.abandon_ticket(ticket))
     }
 }
 
@@ -137,6 +132,109 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Promise<'_, K, V, S, L> {
         f.debug_struct("Promise")
             .field("fulfilled", &self.ticket.is_none())
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`Promise`] that holds its own `Arc` of the map, from
+/// [`AwaitMap::promise_owned`]: to hand the work for a key to a spawned
+/// task. It behaves as `Promise` does.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use awaitmap::{AwaitMap, WaitError};
+/// use futures::{FutureExt, executor::block_on};
+///
+/// let map: Arc<AwaitMap<u32, String>> = Arc::new(AwaitMap::new());
+/// let job = map.promise_owned(1).unwrap();
+/// let worker = std::thread::spawn(move || {
+///     job.fulfil("done".to_owned());
+/// });
+/// assert_eq!(map.get_blocking(&1).as_deref(), Ok("done"));
+/// worker.join().unwrap();
+///
+/// // A worker that dies with the promise: its waiters are told.
+/// let job = map.promise_owned(2).unwrap();
+/// let mut waiting = map.get(&2);
+/// assert!((&mut waiting).now_or_never().is_none()); // registered
+/// let worker = std::thread::spawn(move || {
+///     let _job = job;
+///     panic!("the worker failed");
+/// });
+/// assert!(worker.join().is_err());
+/// assert_eq!(block_on(waiting), Err(WaitError::Abandoned));
+/// ```
+#[cfg(target_has_atomic = "ptr")]
+#[must_use = "dropping a promise abandons it: its key's waiters fail with `Abandoned`"]
+pub struct OwnedPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
+    /// `None` once fulfilled.
+    ticket: Option<Ticket>,
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
+    /// As [`Promise::fulfil`].
+    pub fn fulfil(mut self, value: V) -> Option<V> {
+        let ticket = self.ticket.take().expect("a promise is fulfilled once");
+        self.map.fulfil_ticket(ticket, value)
+    }
+
+    /// As [`Promise::abandon`].
+    pub fn abandon(mut self) -> usize {
+        self.release()
+    }
+
+    /// The map the promise is for.
+    pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
+        &self.map
+    }
+
+    fn release(&mut self) -> usize {
+        self.ticket
+            .take()
+            .map_or(0, |ticket| self.map.abandon_ticket(ticket))
+    }
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl<K, V, S, L: ScopedRawMutex> Drop for OwnedPromise<K, V, S, L> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedPromise<K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPromise")
+            .field("fulfilled", &self.ticket.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
+    /// Stores a promise's value (`Promise::fulfil`).
+    fn fulfil_ticket(&self, ticket: Ticket, value: V) -> Option<V> {
+        let (old, first, more) = self.state.with(|st| {
+            let old = st.fulfil(ticket, value);
+            (old, st.slab.pop_one(), st.slab.has_queued())
+        });
+        self.wake(first, more);
+        old
+    }
+
+    /// Gives a promise's key up (`Promise::abandon`, or a dropped promise).
+    fn abandon_ticket(&self, ticket: Ticket) -> usize {
+        let mut spill = Spill::new();
+        let (n, first, more) = self.state.with(|st| {
+            let n = st.abandon(ticket, &mut spill);
+            (n, st.slab.pop_one(), st.slab.has_queued())
+        });
+        drop(spill);
+        self.wake(first, more);
+        n
     }
 }
 
@@ -289,6 +387,30 @@ where
         drop(key);
         ticket.map(|ticket| Promise {
             map: self,
+            ticket: Some(ticket),
+        })
+    }
+
+    /// As [`promise`](Self::promise), with a guard that holds its own `Arc` of
+    /// the map: see [`OwnedPromise`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map = Arc::new(awaitmap::AwaitMap::new());
+    /// let promise = map.promise_owned("k").unwrap();
+    /// assert!(map.promise_owned("k").is_none());
+    /// promise.fulfil(1);
+    /// assert_eq!(map.try_get("k"), Some(1));
+    /// ```
+    #[cfg(target_has_atomic = "ptr")]
+    pub fn promise_owned(self: &Arc<Self>, key: K) -> Option<OwnedPromise<K, V, S, L>> {
+        let promise = self.promise(key)?;
+        let ticket = promise.into_ticket();
+        Some(OwnedPromise {
+            map: Arc::clone(self),
             ticket: Some(ticket),
         })
     }

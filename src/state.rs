@@ -314,15 +314,45 @@ impl<K, V> State<K, V> {
         Some(self.insert(hash, key, value, eq))
     }
 
-    #[cfg(target_has_atomic = "ptr")]
     /// Whether the entry `(hash, id)` still wants a value: it has waiters,
     /// no value and no promise.
+    #[cfg(target_has_atomic = "ptr")]
     pub(crate) fn still_wanted(&self, hash: u64, id: u64) -> bool {
-        self.table
-            .find(hash, |e| e.hash == hash && e.id == id)
-            .is_some_and(|e| {
-                e.value.is_none() && !e.promised && !(e.gets.is_empty() && e.takes.is_empty())
-            })
+        wanted_in(&self.table, hash, id)
+    }
+
+    /// Queues an announced key for the `Demand` handles, if any is left
+    /// (else `key` stays in its option). When the queue has grown well past
+    /// the number of entries (waiters came and went while nobody called
+    /// `next`), the keys no longer wanted are moved out, to be dropped by the
+    /// caller after the lock is released: the queue stays proportional to
+    /// the keys actually wanted.
+    pub(crate) fn queue_wanted(
+        &mut self,
+        hash: u64,
+        entry: u64,
+        key: &mut Option<K>,
+    ) -> Option<VecDeque<(u64, u64, K)>> {
+        if self.demand_watchers == 0 {
+            return None;
+        }
+        if let Some(key) = key.take() {
+            self.wanted.push_back((hash, entry, key));
+        }
+        if self.wanted.len() <= 2 * self.table.len() + 16 {
+            return None;
+        }
+        let mut stale = VecDeque::new();
+        let mut kept = VecDeque::with_capacity(self.table.len());
+        for item in self.wanted.drain(..) {
+            if wanted_in(&self.table, item.0, item.1) {
+                kept.push_back(item);
+            } else {
+                stale.push_back(item);
+            }
+        }
+        self.wanted = kept;
+        Some(stale)
     }
 
     /// Whether the last waiter just left and a `drained()` future waits for
@@ -885,6 +915,15 @@ fn fail_waiters<K, V>(
         spill.key = Some(occ.remove().0.key);
     }
     count
+}
+
+/// Whether the entry `(hash, id)` has waiters, no value and no promise.
+fn wanted_in<K, V>(table: &HashTable<Entry<K, V>>, hash: u64, id: u64) -> bool {
+    table
+        .find(hash, |e| e.hash == hash && e.id == id)
+        .is_some_and(|e| {
+            e.value.is_none() && !e.promised && !(e.gets.is_empty() && e.takes.is_empty())
+        })
 }
 
 /// The error a failed node's future resolves with.

@@ -8,6 +8,8 @@
 //! 8 cancel, 9 close, 10 happens-before, 12 completed futures) and "F" for
 //! the flow contract in the docs of `with_limit`, `try_insert`,
 //! `insert_async`, `closed`, `drained` and `Demand`.
+// The blocking API and the threads below need `std`.
+#![cfg(feature = "std")]
 
 mod common;
 
@@ -790,6 +792,39 @@ fn a_key_no_longer_wanted_is_skipped() {
     drop(promise);
 }
 
+// F, 5: with a `Demand` alive but never asked, waiters that come and go on distinct keys leave
+// no pile of queued keys behind: the queue is pruned of keys no longer wanted, so the live key
+// copies stay bounded (this fails if the queue keeps every announced key).
+#[test]
+fn an_unread_demand_queue_stays_bounded_under_churn() {
+    let keys = live_counter();
+    let map: AwaitMap<Tracked, u32> = AwaitMap::new();
+    let demand = map.demand();
+    let (_w, waker) = counting_waker();
+    let still = Tracked::new(u64::MAX, &keys);
+    let mut held = map.get(&still);
+    pending(poll_once(&mut held, &waker));
+    let rounds = if cfg!(miri) { 300 } else { 20_000 };
+    let mut most = 0;
+    for id in 0..rounds {
+        let key = Tracked::new(id, &keys);
+        let mut waiting = map.get(&key);
+        pending(poll_once(&mut waiting, &waker));
+        drop(waiting);
+        drop(key);
+        most = most.max(live(&keys));
+    }
+    // The queue is pruned once it passes 2 × entries + 16, so at most about 20 copies live
+    // at any time; without pruning there would be one per round.
+    assert!(most <= 24, "{most} key copies alive at once");
+    // The key still wanted survived every pruning and is handed out.
+    assert_eq!(
+        demand.next().now_or_never().flatten().map(|k| k.id),
+        Some(u64::MAX)
+    );
+    drop(held);
+}
+
 // F, 5: a key whose waiter left and which became wanted again before `next()` is handed out once.
 #[test]
 fn a_key_wanted_again_after_its_waiter_left_is_handed_out_once() {
@@ -1088,4 +1123,257 @@ async fn a_demand_driven_producer_task_serves_every_wanted_key_once() {
     assert!(served.iter().copied().eq(0..keys));
     // The gets left their values; the takes took theirs.
     assert_eq!(map.len(), (keys as usize) / 2);
+}
+
+// ---------------------------------------------------------------------------
+// `demand_owned`: a demand handle that holds its own `Arc` of the map.
+// ---------------------------------------------------------------------------
+
+// F: a borrowed `Demand` and an `OwnedDemand` on the same map split the keys, each handed to exactly one, in order; dropping one handle (either) leaves the other announcing with the queue intact; once both are dropped, nothing is queued or announced, and a new handle sees only keys wanted after it was made.
+#[test]
+fn borrowed_and_owned_demand_handles_split_the_keys_until_both_are_dropped() {
+    let keys = live_counter();
+    let map: Arc<AwaitMap<Tracked, u32>> = Arc::new(AwaitMap::new());
+    let k: Vec<Tracked> = (0..12).map(|id| Tracked::new(id, &keys)).collect();
+    let (_w, waker) = counting_waker();
+    let mut waiters = Vec::new();
+    let mut want = |id: usize| {
+        let mut get = map.get_owned(&k[id]);
+        pending(poll_once(&mut get, &waker));
+        waiters.push(get);
+    };
+    let id_of = |next: Option<Option<Tracked>>| next.flatten().map(|k| k.id);
+
+    let borrowed = map.demand();
+    let owned = map.demand_owned();
+    for id in 0..6 {
+        want(id);
+    }
+    let mut to_borrowed = Vec::new();
+    let mut to_owned = Vec::new();
+    for _ in 0..3 {
+        to_borrowed.extend(id_of(borrowed.next().now_or_never()));
+        to_owned.extend(id_of(owned.next().now_or_never()));
+    }
+    assert_eq!((to_borrowed, to_owned), (vec![0, 2, 4], vec![1, 3, 5]));
+    assert!(borrowed.next().now_or_never().is_none());
+    assert!(owned.next().now_or_never().is_none());
+
+    // The owned handle goes first: the borrowed one still gets key 6.
+    want(6);
+    let queued = live(&keys);
+    drop(owned);
+    assert_eq!(live(&keys), queued, "a handle is left: the queue stays");
+    assert_eq!(id_of(borrowed.next().now_or_never()), Some(6));
+    // The last handle goes with key 7 queued: its copy is dropped.
+    want(7);
+    let queued = live(&keys);
+    drop(borrowed);
+    assert_eq!(
+        live(&keys),
+        queued - 1,
+        "the queued key went with the last handle"
+    );
+    // Nobody watches: key 8 becomes wanted unannounced (only its entry's key copy).
+    let before = live(&keys);
+    want(8);
+    let after = live(&keys);
+
+    // The other order: borrowed first, then owned.
+    let owned = map.demand_owned();
+    let borrowed = map.demand();
+    assert!(
+        owned.next().now_or_never().is_none(),
+        "key 8 was not announced"
+    );
+    want(9);
+    drop(borrowed);
+    assert_eq!(id_of(owned.next().now_or_never()), Some(9));
+    want(10);
+    drop(owned);
+    want(11);
+    let fresh = map.demand_owned();
+    assert!(
+        fresh.next().now_or_never().is_none(),
+        "key 10 went with the last handle, key 11 was never queued"
+    );
+    drop(fresh);
+
+    drop(waiters);
+    assert_eq!(Arc::strong_count(&map), 1);
+    // Key 8 cost one copy (the entry's), none queued; all entries went with their waiters.
+    assert_eq!(
+        after - before,
+        1 + 1,
+        "one copy in the entry, one in the owned future"
+    );
+    assert_eq!(live(&keys), k.len());
+}
+
+// F, 9: `OwnedDemand::next()` hands out a newly wanted key (waking a pending `next` once), returns `None` once the map is closed and the queue is empty (a pending `next` is woken by `close`), and hands out keys queued before `close` and still waited for first.
+#[test]
+fn owned_demand_next_returns_none_once_closed() {
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    let demand = map.demand_owned();
+    assert!(Arc::ptr_eq(demand.map(), &map));
+    let (counter, dwaker) = counting_waker();
+    let (_w, waker) = counting_waker();
+    let mut next = demand.next();
+    pending(poll_once(&mut next, &dwaker));
+    let mut get = map.get(&3);
+    pending(poll_once(&mut get, &waker));
+    assert_eq!(counter.wakes(), 1);
+    assert_eq!(ready(poll_once(&mut next, &dwaker)), Some(3));
+    let mut next = demand.next();
+    pending(poll_once(&mut next, &dwaker));
+    map.close();
+    assert_eq!(counter.wakes(), 2);
+    assert_eq!(ready(poll_once(&mut next, &dwaker)), None);
+    assert_eq!(demand.next().now_or_never(), Some(None));
+    assert_eq!(demand.next().now_or_never(), Some(None), "None stays None");
+    demand.map().insert(3, 30);
+    assert_eq!(ready(poll_once(&mut get, &waker)), Ok(30));
+
+    // A key queued before `close`, its waiter not yet told, is handed out first.
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    let demand = map.demand_owned();
+    let mut get = map.get(&5);
+    pending(poll_once(&mut get, &waker));
+    let mut gone = map.get(&6);
+    pending(poll_once(&mut gone, &waker));
+    map.close();
+    assert_eq!(ready(poll_once(&mut gone, &waker)), Err(WaitError::Closed));
+    assert_eq!(demand.next().now_or_never(), Some(Some(5)));
+    assert_eq!(demand.next().now_or_never(), Some(None));
+    map.insert(5, 50);
+    assert_eq!(ready(poll_once(&mut get, &waker)), Ok(50));
+}
+
+// F, 5: an `OwnedDemand` holds exactly one `Arc` of the map (a pending `next` adds none); it keeps the map alive after the caller's last `Arc` is gone, and dropping it frees the map with its queued and stored keys.
+#[test]
+fn an_owned_demand_gives_its_arc_back_when_dropped() {
+    let keys = live_counter();
+    let map: Arc<AwaitMap<Tracked, u32>> = Arc::new(AwaitMap::new());
+    let demand = map.demand_owned();
+    assert_eq!(Arc::strong_count(&map), 2);
+    let shown = format!("{demand:?}");
+    assert!(shown.contains("OwnedDemand"), "{shown}");
+    let (_w, waker) = counting_waker();
+    let mut next = demand.next();
+    pending(poll_once(&mut next, &waker));
+    assert_eq!(Arc::strong_count(&map), 2, "`next` borrows the handle");
+    drop(next);
+    drop(demand);
+    assert_eq!(Arc::strong_count(&map), 1);
+
+    // The handle is the last owner, with a key queued and one stored.
+    let demand = map.demand_owned();
+    map.insert(Tracked::new(1, &keys), 10);
+    let mut get = map.get_owned(&Tracked::new(2, &keys));
+    pending(poll_once(&mut get, &waker));
+    let weak = Arc::downgrade(&map);
+    drop(map);
+    assert_eq!(weak.strong_count(), 2, "the handle and the waiting future");
+    drop(get);
+    assert_eq!(weak.strong_count(), 1, "the handle keeps the map alive");
+    assert_eq!(live(&keys), 2, "key 1 stored, key 2 queued");
+    // Key 2 is queued but no longer wanted: skipped, and its copy dropped.
+    assert!(demand.next().now_or_never().is_none());
+    assert_eq!((live(&keys), demand.map().len()), (1, 1));
+    drop(demand);
+    assert_eq!(weak.strong_count(), 0, "the map went with the handle");
+    assert_eq!(live(&keys), 0);
+}
+
+// F, 1, 10: `OwnedDemand`s made before the consumers start are moved into two spawned producer tasks (no hand-shake needed) that split the keys 8 consumer tasks want: each key produced once, through `demand.map()`; both stop when the map closes, and give their `Arc`s back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_demand_producer_tasks_serve_every_wanted_key_once() {
+    const CONSUMERS: u32 = 8;
+    let keys: u32 = if cfg!(miri) { 24 } else { 200 };
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let demand = map.demand_owned();
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                while let Some(k) = demand.next().await {
+                    served.push(k);
+                    let stored = demand.map().insert(k, value_of(k));
+                    assert_eq!(stored, None, "key {k} produced twice");
+                }
+                served
+            })
+        })
+        .collect();
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|c| {
+            let map = Arc::clone(&map);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for k in (c..keys).step_by(CONSUMERS as usize) {
+                    let v = if c % 2 == 0 {
+                        map.take_owned(&k).await
+                    } else {
+                        map.get_owned(&k).await
+                    };
+                    got.push((k, v));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for c in consumers {
+        for (k, v) in c.await.expect("consumer") {
+            assert_eq!(v, Ok(value_of(k)), "key {k}");
+            assert!(seen.insert(k));
+        }
+    }
+    assert_eq!(seen.len(), keys as usize);
+    map.close();
+    let mut served = Vec::new();
+    for p in producers {
+        served.extend(p.await.expect("the producer stops once the map is closed"));
+    }
+    served.sort_unstable();
+    assert!(
+        served.iter().copied().eq(0..keys),
+        "each key produced exactly once"
+    );
+    assert_eq!(
+        Arc::strong_count(&map),
+        1,
+        "the handles went with their tasks"
+    );
+    assert_eq!(map.len(), (keys as usize) / 2);
+}
+
+// F, 5: a producer task aborted while it waits in `OwnedDemand::next()` drops its handle: the `Arc` is given back and announcing stops (a key wanted afterwards is not queued: a new handle does not see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_producer_task_stops_announcing() {
+    let keys = live_counter();
+    let map: Arc<AwaitMap<Tracked, u32>> = Arc::new(AwaitMap::new());
+    let demand = map.demand_owned();
+    let producer = tokio::spawn(async move {
+        while let Some(k) = demand.next().await {
+            demand.map().insert(k, 1);
+        }
+    });
+    // While it runs, it serves.
+    let first = Tracked::new(1, &keys);
+    assert_eq!(map.get(&first).await, Ok(1));
+    producer.abort();
+    assert!(producer.await.unwrap_err().is_cancelled());
+    assert_eq!(Arc::strong_count(&map), 1);
+    let (_w, waker) = counting_waker();
+    let second = Tracked::new(2, &keys);
+    let mut get = map.get(&second);
+    pending(poll_once(&mut get, &waker));
+    // Held: `first`, `second`; in entries: key 1, key 2. None queued.
+    assert_eq!(live(&keys), 4);
+    let fresh = map.demand_owned();
+    assert!(
+        fresh.next().now_or_never().is_none(),
+        "key 2 was not announced"
+    );
 }

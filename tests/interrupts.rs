@@ -1,4 +1,3 @@
-#![cfg(feature = "critical-section")]
 //! The map's locks in embedded-style use: `CsLock` masks an "interrupt" (a
 //! second thread: critical-section's `std` implementation is one process-wide
 //! lock, as one core's interrupt mask is) while the map is held, re-entry
@@ -8,6 +7,8 @@
 //!
 //! This binary installs a counting global allocator; it counts only on a
 //! thread that switched it on, so the other tests do not disturb it.
+
+#![cfg(all(feature = "critical-section", feature = "std"))]
 #![allow(unsafe_code)] // the counting `GlobalAlloc` and a user-made lock
 
 mod common;

@@ -7,6 +7,8 @@
 //! registration, 5 deregistration, 8 cancel, 9 close, 12 completed futures)
 //! and "P" for the promise contract in the `Promise` and `get_or_promise`
 //! docs.
+// The blocking API and the threads below need `std`.
+#![cfg(feature = "std")]
 
 mod common;
 
@@ -1045,4 +1047,258 @@ fn tokio_tasks_aborted_while_holding_a_promise() {
             });
         },
     );
+}
+
+// ---------------------------------------------------------------------------
+// `promise_owned`: a promise that holds its own `Arc` of the map.
+// ---------------------------------------------------------------------------
+
+/// Fails to compile unless `T` can be moved into a spawned task or thread.
+fn assert_send_static<T: Send + 'static>(_: &T) {}
+
+// P (with 7, 9): `promise_owned` is refused, as `promise` is, while the key has a value or a promise (owned or borrowed), and on a closed map; a refused call takes no `Arc` and drops the key it was given.
+#[test]
+fn promise_owned_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_closed() {
+    let keys = live_counter();
+    let k = |id| Tracked::new(id, &keys);
+    let map: Arc<AwaitMap<Tracked, u32>> = Arc::new(AwaitMap::new());
+    map.insert(k(1), 10);
+    assert!(map.promise_owned(k(1)).is_none(), "key 1 has a value");
+
+    let two = map.promise_owned(k(2)).expect("key 2 is absent");
+    assert_send_static(&two);
+    assert!(Arc::ptr_eq(two.map(), &map));
+    assert!(map.promise_owned(k(2)).is_none(), "owned promise held");
+    assert!(map.promise(k(2)).is_none(), "owned promise held");
+    let three = map.promise(k(3)).expect("key 3 is absent");
+    assert!(map.promise_owned(k(3)).is_none(), "borrowed promise held");
+    // The map keeps one key per entry; the refused keys were dropped.
+    assert_eq!(live(&keys), 3);
+    assert_eq!(Arc::strong_count(&map), 2, "only `two` holds an `Arc`");
+    assert_eq!((map.len(), map.try_get(&k(2))), (1, None));
+
+    map.close();
+    assert!(map.promise_owned(k(4)).is_none(), "the map is closed");
+    assert_eq!(three.abandon(), 0);
+    assert!(
+        map.promise_owned(k(3)).is_none(),
+        "free, but the map is closed"
+    );
+    // A promise made before the close still stores, as `insert` does.
+    assert_eq!(two.fulfil(20), None);
+    assert_eq!(map.try_get(&k(2)), Some(20));
+    assert_eq!(
+        (Arc::strong_count(&map), map.len(), map.waiters()),
+        (1, 2, 0)
+    );
+    drop(map);
+    assert_eq!(live(&keys), 0);
+}
+
+// P, 1, 10: an `OwnedPromise` made before the spawn and moved into a tokio task is fulfilled there: a get registered before the spawn is woken exactly once and resolves with the value, as does a consumer task; the task's `Arc` goes with it.
+#[test]
+fn an_owned_promise_fulfilled_from_a_spawned_tokio_task_wakes_its_waiter_once() {
+    no_hang_or(
+        "owned promise, fulfilled in a task",
+        "the waiters were not woken by the task's fulfil",
+        || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .unwrap();
+            let map: Arc<Map> = Arc::new(AwaitMap::new());
+            rt.block_on(async {
+                let promise = map.promise_owned(3).expect("key 3 is free");
+                let (c, w) = counting_waker();
+                let mut get = map.get(&3);
+                pending(poll_once(&mut get, &w));
+                let consumer = tokio::spawn(map.get_owned(&3));
+                until_waiters(&map, 2).await;
+                let producer = tokio::spawn(async move {
+                    tokio::task::yield_now().await; // the work
+                    promise.fulfil(33)
+                });
+                assert_eq!(producer.await.unwrap(), None);
+                assert_eq!(c.wakes(), 1);
+                assert_eq!(ready(poll_once(&mut get, &w)), Ok(33));
+                assert_eq!(consumer.await.unwrap(), Ok(33));
+                assert_eq!((c.wakes(), kept(&c)), (1, 0));
+            });
+            drop(rt);
+            assert_eq!((map.waiters(), map.try_get(&3)), (0, Some(33)));
+            assert_eq!(Arc::strong_count(&map), 1);
+            assert!(map.promise_owned(3).is_none(), "key 3 has its value");
+        },
+    );
+}
+
+// P: a tokio task aborted while it holds an `OwnedPromise` (made before the spawn: no hand-shake needed) abandons it: the plain get (woken once) and take fail with Abandoned, the get_or_promise tasks take the work over and it runs once; no `Arc` of the map is left behind.
+#[test]
+fn a_tokio_task_aborted_while_holding_an_owned_promise() {
+    no_hang_or(
+        "owned promise, aborted task",
+        "an aborted producer left its waiters hanging",
+        || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .unwrap();
+            let map: Arc<Map> = Arc::new(AwaitMap::new());
+            let runs = Arc::new(AtomicUsize::new(0));
+            rt.block_on(async {
+                let promise = map.promise_owned(1).expect("key 1 is free");
+                let producer = tokio::spawn(async move {
+                    std::future::pending::<()>().await; // work that never ends
+                    promise.fulfil(0);
+                });
+                let (c, w) = counting_waker();
+                let mut get = map.get(&1);
+                pending(poll_once(&mut get, &w));
+                let taker = tokio::spawn(map.take_owned(&1));
+                let coalescers: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (map, runs) = (Arc::clone(&map), Arc::clone(&runs));
+                        tokio::spawn(async move {
+                            match map.get_or_promise(&1).await? {
+                                ValueOrPromise::Value(v) => Ok(v),
+                                ValueOrPromise::Promise(p) => {
+                                    runs.fetch_add(1, Ordering::SeqCst);
+                                    tokio::task::yield_now().await;
+                                    p.fulfil(11);
+                                    Ok::<_, WaitError>(11)
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                until_waiters(&map, 5).await;
+                assert_eq!(c.wakes(), 0);
+                producer.abort();
+                assert!(producer.await.unwrap_err().is_cancelled());
+                assert_eq!(c.wakes(), 1);
+                assert_eq!(ready(poll_once(&mut get, &w)), Err(WaitError::Abandoned));
+                assert_eq!(taker.await.unwrap(), Err(WaitError::Abandoned));
+                for co in coalescers {
+                    assert_eq!(co.await.unwrap(), Ok(11));
+                }
+                assert_eq!((c.wakes(), kept(&c)), (1, 0));
+            });
+            drop(rt);
+            assert_eq!(runs.load(Ordering::SeqCst), 1);
+            assert_eq!((map.waiters(), map.try_get(&1)), (0, Some(11)));
+            assert_eq!(Arc::strong_count(&map), 1);
+        },
+    );
+}
+
+// P: a thread that panics while it holds an `OwnedPromise` abandons it as it unwinds: by the time `join` returns, the waiting get and take have been woken once and fail with Abandoned, a waiting get_or_promise inherits the work, and the thread's `Arc` is released.
+#[test]
+fn a_thread_that_panics_holding_an_owned_promise_abandons_it() {
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    let job = map.promise_owned(4).expect("key 4 is free");
+    let (cg, wg) = counting_waker();
+    let (ct, wt) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut get = map.get(&4);
+    let mut take = map.take(&4);
+    let mut co = map.get_or_promise(&4);
+    pending(poll_once(&mut get, &wg));
+    pending(poll_once(&mut take, &wt));
+    pending(poll_once(&mut co, &wc));
+
+    let worker = thread::spawn(move || {
+        let _held = job;
+        panic!("the worker failed (this panic is expected by the test)");
+    });
+    assert!(worker.join().is_err());
+    assert_eq!(Arc::strong_count(&map), 1);
+    assert_eq!((cg.wakes(), ct.wakes(), cc.wakes()), (1, 1, 1));
+    assert_eq!(ready(poll_once(&mut get, &wg)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut take, &wt)), Err(WaitError::Abandoned));
+    let heir = promise(ready(poll_once(&mut co, &wc)));
+    assert_eq!(map.waiters(), 0);
+    assert_eq!(heir.fulfil(44), None);
+    assert_eq!((map.len(), map.try_get(&4)), (1, Some(44)));
+    assert_eq!((cg.wakes(), ct.wakes(), cc.wakes()), (1, 1, 1));
+}
+
+// P: `OwnedPromise::abandon()` returns how many waiting futures it woke, as `Promise::abandon` does (the plain gets and takes, which fail, and the get_or_promise callers, which start over; not a future dropped before it), and frees the key.
+#[test]
+fn owned_abandon_returns_how_many_waiters_it_woke() {
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    assert_eq!(map.promise_owned(1).unwrap().abandon(), 0);
+    assert_eq!(Arc::strong_count(&map), 1);
+
+    let p = map.promise_owned(1).unwrap();
+    let (c, w) = counting_waker();
+    let mut g1 = map.get(&1);
+    let mut g2 = map.get(&1);
+    let mut t = map.take(&1);
+    let mut co = map.get_or_promise(&1);
+    let mut gone = map.get(&1);
+    for g in [&mut g1, &mut g2, &mut gone] {
+        pending(poll_once(g, &w));
+    }
+    pending(poll_once(&mut t, &w));
+    pending(poll_once(&mut co, &w));
+    drop(gone);
+    assert_eq!(map.waiters(), 4);
+    assert_eq!(p.abandon(), 4);
+    assert_eq!(Arc::strong_count(&map), 1);
+    assert_eq!(c.wakes(), 4);
+    assert_eq!(ready(poll_once(&mut g1, &w)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut g2, &w)), Err(WaitError::Abandoned));
+    assert_eq!(ready(poll_once(&mut t, &w)), Err(WaitError::Abandoned));
+    // The get_or_promise caller is the new producer; when it gives up, the key is free.
+    let heir = promise(ready(poll_once(&mut co, &w)));
+    assert!(map.promise_owned(1).is_none(), "the heir holds key 1");
+    assert_eq!(heir.abandon(), 0);
+    assert_eq!((map.waiters(), map.len(), kept(&c)), (0, 0, 0));
+    assert!(map.promise_owned(1).is_some(), "the key is free again");
+}
+
+// P, 5: an `OwnedPromise` holds exactly one `Arc` of the map while it lives and gives it back when fulfilled, abandoned or dropped; it keeps the map alive after the caller's last `Arc` is gone, and the map, with its keys and values, is freed with it.
+#[test]
+fn an_owned_promise_gives_its_arc_back_and_keeps_the_map_alive_until_then() {
+    let live_keys = live_counter();
+    let live_values = live_counter();
+    let k = |id| Tracked::new(id, &live_keys);
+    let v = |id| Tracked::new(id, &live_values);
+    let map: Arc<AwaitMap<Tracked, Tracked>> = Arc::new(AwaitMap::new());
+
+    let p = map.promise_owned(k(1)).unwrap();
+    assert_eq!(Arc::strong_count(&map), 2);
+    let shown = format!("{p:?}");
+    assert!(shown.contains("OwnedPromise") && shown.contains("fulfilled: false"));
+    assert_eq!(p.fulfil(v(1)), None);
+    assert_eq!(Arc::strong_count(&map), 1, "fulfil gave the `Arc` back");
+    drop(map.promise_owned(k(2)).unwrap());
+    assert_eq!(Arc::strong_count(&map), 1, "drop gave the `Arc` back");
+    assert_eq!(map.promise_owned(k(3)).unwrap().abandon(), 0);
+    assert_eq!(Arc::strong_count(&map), 1, "abandon gave the `Arc` back");
+    // The abandoned keys left the map with their reservations.
+    assert_eq!((live(&live_keys), live(&live_values)), (1, 1));
+
+    // The promise outlives the caller's `Arc`; the map lives until it goes.
+    let last = map.promise_owned(k(4)).unwrap();
+    let weak = Arc::downgrade(&map);
+    drop(map);
+    assert_eq!(weak.strong_count(), 1, "the promise keeps the map alive");
+    assert_eq!(last.map().try_get(&k(1)).map(|v| v.id), Some(1));
+    assert_eq!(last.fulfil(v(4)), None);
+    assert_eq!(weak.strong_count(), 0, "the map went with the promise");
+    assert_eq!((live(&live_keys), live(&live_values)), (0, 0));
+
+    // The same when the last holder is a promise that is dropped unfulfilled.
+    let map: Arc<AwaitMap<Tracked, Tracked>> = Arc::new(AwaitMap::new());
+    map.insert(k(5), v(5));
+    let last = map.promise_owned(k(6)).unwrap();
+    let weak = Arc::downgrade(&map);
+    drop(map);
+    assert_eq!(weak.strong_count(), 1);
+    drop(last);
+    assert_eq!(weak.strong_count(), 0);
+    assert_eq!((live(&live_keys), live(&live_values)), (0, 0));
 }
