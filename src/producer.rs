@@ -312,7 +312,18 @@ where
     }
 }
 
-/// The future returned by [`AwaitMap::insert_async`].
+/// The future returned by [`AwaitMap::insert_async`]: waits for room under
+/// the map's limit, inserts, and resolves with the value it replaced.
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, InsertAsync};
+///
+/// let map: AwaitMap<u8, u8> = AwaitMap::new().with_limit(2);
+/// let insert: InsertAsync<'_, u8, u8> = map.insert_async(1, 10);
+/// assert_eq!(futures::executor::block_on(insert), None);
+/// ```
 ///
 /// # Cancel safety
 ///
@@ -363,7 +374,16 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for InsertAsync<'_, K, V, S, L> {
     }
 }
 
-/// The future returned by [`AwaitMap::closed`].
+/// The future returned by [`AwaitMap::closed`]: resolves once the map is
+/// closed.
+///
+/// # Examples
+///
+/// ```
+/// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+/// map.close();
+/// futures::executor::block_on(map.closed()); // ready at once
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct WaitClosed<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
@@ -392,7 +412,15 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for WaitClosed<'_, K, V, S, L> {
     }
 }
 
-/// The future returned by [`AwaitMap::drained`].
+/// The future returned by [`AwaitMap::drained`]: resolves when no future
+/// waits on the map.
+///
+/// # Examples
+///
+/// ```
+/// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+/// futures::executor::block_on(map.drained()); // nobody waits: ready at once
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Drained<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
@@ -477,6 +505,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 /// map.insert(7, 49); // produce only what is asked for
 /// assert_eq!(block_on(consumer), Ok(49));
 /// ```
+#[must_use = "keys are announced only while a `Demand` lives"]
 pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
 }
@@ -501,12 +530,25 @@ pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultL
 /// map.close(); // the producer's `next` returns `None`
 /// producer.join().unwrap();
 /// ```
+#[must_use = "keys are announced only while a demand handle lives"]
 pub struct OwnedDemand<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: Arc<AwaitMap<K, V, S, L>>,
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Starts watching the demand: see [`Demand`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::{FutureExt, executor::block_on};
+    ///
+    /// let map: awaitmap::AwaitMap<String, u8> = awaitmap::AwaitMap::new();
+    /// let demand = map.demand();
+    /// let mut want = map.take("config");
+    /// assert!((&mut want).now_or_never().is_none());
+    /// assert_eq!(block_on(demand.next()).as_deref(), Some("config"));
+    /// ```
     pub fn demand(&self) -> Demand<'_, K, V, S, L> {
         self.state.with(|st| st.demand_watchers += 1);
         Demand { map: self }
@@ -514,6 +556,19 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 
     /// Starts watching the demand, with a handle that holds its own `Arc` of
     /// the map: see [`OwnedDemand`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures::{FutureExt, executor::block_on};
+    ///
+    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let demand = map.demand_owned();
+    /// let mut want = map.get(&3);
+    /// assert!((&mut want).now_or_never().is_none());
+    /// assert_eq!(block_on(demand.next()), Some(3));
+    /// ```
     pub fn demand_owned(self: &Arc<Self>) -> OwnedDemand<K, V, S, L> {
         self.state.with(|st| st.demand_watchers += 1);
         OwnedDemand {
@@ -552,7 +607,20 @@ impl<'a, K, V, S, L: ScopedRawMutex> Demand<'a, K, V, S, L> {
 }
 
 impl<K, V, S, L: ScopedRawMutex> OwnedDemand<K, V, S, L> {
-    /// As [`Demand::next`].
+    /// As [`Demand::next`]: the next wanted key, or `None` once the map is
+    /// closed and no announced key is left.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use futures::executor::block_on;
+    ///
+    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let demand = map.demand_owned();
+    /// map.close();
+    /// assert_eq!(block_on(demand.next()), None);
+    /// ```
     pub fn next(&self) -> NextWanted<'_, K, V, S, L> {
         NextWanted {
             map: &self.map,
@@ -561,6 +629,16 @@ impl<K, V, S, L: ScopedRawMutex> OwnedDemand<K, V, S, L> {
     }
 
     /// The map this handle watches.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let demand = map.demand_owned();
+    /// assert!(Arc::ptr_eq(demand.map(), &map));
+    /// ```
     pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
         &self.map
     }
@@ -590,7 +668,17 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedDemand<K, V, S, L> {
     }
 }
 
-/// The future returned by [`Demand::next`] and [`OwnedDemand::next`].
+/// The future returned by [`Demand::next`] and [`OwnedDemand::next`]: the
+/// next wanted key.
+///
+/// # Examples
+///
+/// ```
+/// let map: awaitmap::AwaitMap<u8, u8> = awaitmap::AwaitMap::new();
+/// let demand = map.demand();
+/// map.close();
+/// assert_eq!(futures::executor::block_on(demand.next()), None);
+/// ```
 ///
 /// # Cancel safety
 ///

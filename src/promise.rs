@@ -175,18 +175,53 @@ pub struct OwnedPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = Defaul
 
 #[cfg(target_has_atomic = "ptr")]
 impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
-    /// As [`Promise::fulfil`].
+    /// As [`Promise::fulfil`]: stores the value and wakes the key's waiters;
+    /// returns a value a plain `insert` stored meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map = Arc::new(awaitmap::AwaitMap::new());
+    /// let promise = map.promise_owned(1).unwrap();
+    /// assert_eq!(promise.fulfil('a'), None);
+    /// assert_eq!(map.try_get(&1), Some('a'));
+    /// ```
     pub fn fulfil(mut self, value: V) -> Option<V> {
         let ticket = self.ticket.take().expect("a promise is fulfilled once");
         self.map.fulfil_ticket(ticket, value)
     }
 
-    /// As [`Promise::abandon`].
+    /// As [`Promise::abandon`]: gives the key up and returns how many
+    /// waiting futures it woke.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let promise = map.promise_owned(1).unwrap();
+    /// assert_eq!(promise.abandon(), 0);
+    /// assert!(map.promise_owned(1).is_some());
+    /// ```
     pub fn abandon(mut self) -> usize {
         self.release()
     }
 
     /// The map the promise is for.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let promise = map.promise_owned(1).unwrap();
+    /// assert!(Arc::ptr_eq(promise.map(), &map));
+    /// # promise.fulfil(0);
+    /// ```
     pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
         &self.map
     }
@@ -240,6 +275,20 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 
 /// What [`AwaitMap::get_or_promise`] resolves with: the key's value, or the
 /// promise to produce it.
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, ValueOrPromise};
+/// use futures::executor::block_on;
+///
+/// let map: AwaitMap<u8, u8> = AwaitMap::new();
+/// let Ok(ValueOrPromise::Promise(p)) = block_on(map.get_or_promise(&1)) else {
+///     panic!("nobody produces key 1 yet");
+/// };
+/// p.fulfil(7);
+/// assert!(matches!(block_on(map.get_or_promise(&1)), Ok(ValueOrPromise::Value(7))));
+/// ```
 #[derive(Debug)]
 pub enum ValueOrPromise<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     /// The key had a value (or it arrived while this caller waited).
@@ -249,6 +298,17 @@ pub enum ValueOrPromise<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = De
 }
 
 /// The future returned by [`AwaitMap::get_or_promise`].
+///
+/// # Examples
+///
+/// ```
+/// use awaitmap::{AwaitMap, GetOrPromise, ValueOrPromise};
+///
+/// let map: AwaitMap<u8, u8> = AwaitMap::new();
+/// map.insert(2, 4);
+/// let fut: GetOrPromise<'_, u8, u8> = map.get_or_promise(&2);
+/// assert!(matches!(futures::executor::block_on(fut), Ok(ValueOrPromise::Value(4))));
+/// ```
 ///
 /// Lazy, `Unpin`, and deregistered when dropped.
 ///

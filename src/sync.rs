@@ -144,6 +144,13 @@ pub struct SpinLock {
 #[cfg(feature = "spin")]
 impl SpinLock {
     /// A free lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// static LOCK: awaitmap::SpinLock = awaitmap::SpinLock::new();
+    /// # let _ = &LOCK;
+    /// ```
     pub const fn new() -> Self {
         SpinLock {
             lock: spin::mutex::SpinMutex::new(()),
@@ -328,6 +335,13 @@ pub struct CsLock {
 #[cfg(feature = "critical-section")]
 impl CsLock {
     /// A free lock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// static LOCK: awaitmap::CsLock = awaitmap::CsLock::new();
+    /// # let _ = &LOCK;
+    /// ```
     pub const fn new() -> Self {
         CsLock {
             taken: critical_section::Mutex::new(core::cell::Cell::new(false)),
