@@ -62,22 +62,30 @@ use mutex::{ConstInit, ScopedRawMutex};
 ///
 /// # Allocation
 ///
-/// Only two things allocate, and only when the map grows past its peak:
+/// The consumer side and `insert` allocate in two places only, and only when
+/// the map grows past its peak:
 /// - the table, when a new key arrives (an [`insert`](Self::insert) of an
-///   absent key, or a `get`/`take` that registers on a key with no entry);
-///   a key whose entry a waiter creates keeps the table at most half full;
+///   absent key, a `get`/`take` that registers on a key with no entry, or a
+///   promise of one); a key whose entry a waiter creates keeps the table at
+///   most half full;
 /// - the waiter slab, when more futures wait at once than ever before.
 ///
-/// Hits, `try_get`, `remove`, `cancel`, `close`, dropping a future and every
-/// wake-up never allocate; with `std`, each thread's first blocking wait makes
-/// one waker, once. [`reserve`](Self::reserve) makes room up front, so that a
-/// map in a `static` can be filled from an interrupt handler without
-/// allocating.
+/// Hits, `try_get`, `remove`, `cancel`, `close`, fulfilling or abandoning a
+/// promise, dropping a future and every wake-up never allocate; with `std`,
+/// each thread's first blocking wait makes one waker, once.
+/// [`reserve`](Self::reserve) makes room up front, so that a map in a
+/// `static` can be filled from an interrupt handler without allocating.
+///
+/// The producer side's map-wide waits go through `event-listener`, which
+/// allocates: each condition's shared state once, on first use, and one
+/// listener each time a producer actually has to wait (`insert_async` on a
+/// full map, `closed`, `drained`, `Demand::next` with nothing queued). A
+/// [`Demand`](crate::Demand) queues a copy of each newly wanted key.
 ///
 /// # Implementation notes
 ///
-/// One lock (a spin lock that yields the thread under `std`; see the crate
-/// docs) guards a
+/// One lock, `L` (by default a spin lock that yields the thread under `std`;
+/// see the crate docs on locks), guards a
 /// hashbrown `HashTable` of entries and a slab of waiter nodes. Each entry
 /// stores its key's hash, computed before the lock is taken, so the only user
 /// code that runs under the lock is `K: Eq` and `V: Clone`; hashing, key
