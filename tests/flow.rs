@@ -14,8 +14,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -23,7 +21,10 @@ use std::thread;
 use std::time::Duration;
 
 use awaitmap::{AwaitMap, InsertAsync, SpinLock, WaitError};
-use common::{CountingWaker, Tracked, counting_waker, live, live_counter, no_hang_or, poll_once};
+use common::{
+    CountingWaker, Tracked, assert_repoll_panics, counting_waker, live, live_counter, no_hang_or,
+    pending, poll_once, ready,
+};
 use foldhash::fast::FixedState;
 use futures::FutureExt;
 
@@ -32,21 +33,6 @@ use futures::FutureExt;
 // ---------------------------------------------------------------------------
 
 type Map = AwaitMap<u32, u32>;
-
-/// Unwraps a `Ready`, failing the test on `Pending`.
-#[track_caller]
-fn ready<T>(p: Poll<T>) -> T {
-    match p {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("expected Ready, got Pending"),
-    }
-}
-
-/// Fails the test unless `p` is `Pending`.
-#[track_caller]
-fn pending<T>(p: Poll<T>) {
-    assert!(p.is_pending(), "expected Pending, got Ready");
-}
 
 /// A hand-polled `insert_async` with its own counting waker, polled only
 /// when woken, as an executor would.
@@ -101,25 +87,6 @@ fn run_woken<V>(producers: &mut [Producer<'_, V>]) -> Vec<usize> {
             return done;
         }
     }
-}
-
-/// Polls a future that already returned `Ready` and checks that it panics
-/// with the documented message.
-#[track_caller]
-fn assert_repoll_panics<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
-    let payload = match catch_unwind(AssertUnwindSafe(|| poll_once(fut, waker))) {
-        Ok(_) => panic!("polling a completed future did not panic"),
-        Err(payload) => payload,
-    };
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .expect("panic payload is not a string");
-    assert!(
-        msg.contains("polled after it returned `Ready`"),
-        "unexpected panic message: {msg}"
-    );
 }
 
 /// Gives a thread that is about to block time to do so. Never asserted on:

@@ -14,7 +14,6 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::any::Any;
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use awaitmap::{AwaitMap, ConstInit, CsLock, ScopedRawMutex, SpinLock, WaitError};
-use common::{HANG_LIMIT, XorShift, counting_waker, no_hang_or, poll_once};
+use common::{HANG_LIMIT, XorShift, counting_waker, no_hang_or, panic_message, poll_once};
 use foldhash::fast::FixedState;
 
 // ---------------------------------------------------------------------------
@@ -77,17 +76,6 @@ type CsKeyMap = AwaitMap<Key, u32, FixedState, CsLock>;
 
 const fn cs_key_map(seed: u64) -> CsKeyMap {
     AwaitMap::with_hasher_and_lock(FixedState::with_seed(seed), CsLock::new())
-}
-
-/// The text of a caught panic.
-fn message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(s) => *s,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(s) => (*s).to_owned(),
-            Err(_) => "<not a string>".to_owned(),
-        },
-    }
 }
 
 /// Waits until `flag` is set (a hang detector bounds it, not a timing claim).
@@ -437,14 +425,14 @@ fn reentry_under_cs_lock_panics_with_a_clear_message() {
             let outer = catch_unwind(AssertUnwindSafe(|| {
                 CS_REENTRY.try_get(&Key::hooked(1, inner_try_get))
             }));
-            let msg = message(outer.expect_err("re-entry panicked"));
+            let msg = panic_message(outer.expect_err("re-entry panicked"));
             assert!(msg.contains("critical section"), "unclear message: {msg}");
 
             // Outer `insert`, inner `insert`: neither stored anything.
             let outer = catch_unwind(AssertUnwindSafe(|| {
                 CS_REENTRY.insert(Key::hooked(1, inner_insert), 2)
             }));
-            let msg = message(outer.expect_err("re-entry panicked"));
+            let msg = panic_message(outer.expect_err("re-entry panicked"));
             assert!(msg.contains("critical section"), "unclear message: {msg}");
             assert_eq!(CS_REENTRY.try_get(&Key::plain(1)), Some(1));
             assert!(!CS_REENTRY.contains_key(&Key::plain(99)));
@@ -478,7 +466,7 @@ fn reentry_under_the_default_spin_lock_panics_naming_cs_lock() {
                 spin_reentry_map().insert(Key::plain(99), 99);
             };
             let outer = catch_unwind(AssertUnwindSafe(|| map.try_get(&Key::hooked(1, inner))));
-            let msg = message(outer.expect_err("re-entry panicked"));
+            let msg = panic_message(outer.expect_err("re-entry panicked"));
             assert!(msg.contains("awaitmap::CsLock"), "unclear message: {msg}");
             assert!(!map.contains_key(&Key::plain(99)));
             assert_eq!(map.try_get(&Key::plain(1)), Some(1));
@@ -519,15 +507,15 @@ fn a_panicking_eq_under_cs_lock_releases_it() {
             assert!(poll_once(&mut waiting, &w).is_pending());
 
             let r = catch_unwind(AssertUnwindSafe(|| CS_PANIC.insert(bad(), 2)));
-            assert!(message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
+            assert!(panic_message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
             let r = catch_unwind(AssertUnwindSafe(|| CS_PANIC.try_get(&bad())));
-            assert!(message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
+            assert!(panic_message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
             let r = catch_unwind(AssertUnwindSafe(|| {
                 let key = bad();
                 let (_, w) = counting_waker();
                 let _ = poll_once(&mut CS_PANIC.get(&key), &w);
             }));
-            assert!(message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
+            assert!(panic_message(r.expect_err("Eq panicked")).contains("this key's Eq fails"));
 
             assert_eq!(CS_PANIC.try_get(&Key::plain(1)), Some(1), "unchanged");
             assert_eq!(CS_PANIC.waiters(), 1);

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use awaitmap::{AwaitMap, Promise, ValueOrPromise, WaitError};
 use common::{
-    CountingWaker, Tracked, XorShift, counting_waker, live, live_counter, no_hang_or, poll_once,
+    Tracked, XorShift, assert_repoll_panics, counting_waker, kept, live, live_counter, no_hang_or,
+    pending, poll_once, ready,
 };
 
 // ---------------------------------------------------------------------------
@@ -31,21 +32,6 @@ use common::{
 // ---------------------------------------------------------------------------
 
 type Map = AwaitMap<u32, u32>;
-
-/// Unwraps a `Ready`, failing the test on `Pending`.
-#[track_caller]
-fn ready<T>(p: Poll<T>) -> T {
-    match p {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("expected Ready, got Pending"),
-    }
-}
-
-/// Fails the test unless `p` is `Pending`.
-#[track_caller]
-fn pending<T>(p: Poll<T>) {
-    assert!(p.is_pending(), "expected Pending, got Ready");
-}
 
 /// The value a `get_or_promise` resolved with; fails on a promise or error.
 #[track_caller]
@@ -75,31 +61,6 @@ fn error<K, V>(r: Result<ValueOrPromise<'_, K, V>, WaitError>) -> WaitError {
         Ok(ValueOrPromise::Value(_)) => panic!("expected an error, got a value"),
         Ok(ValueOrPromise::Promise(_)) => panic!("expected an error, got a promise"),
     }
-}
-
-/// How many clones of the counting waker the map keeps (beyond the
-/// `Arc<CountingWaker>` and the `Waker` the test holds).
-fn kept(counter: &Arc<CountingWaker>) -> usize {
-    Arc::strong_count(counter) - 2
-}
-
-/// Polls a future that already returned `Ready` and checks that it panics
-/// with the documented message.
-#[track_caller]
-fn assert_repoll_panics<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
-    let payload = match catch_unwind(AssertUnwindSafe(|| poll_once(fut, waker))) {
-        Ok(_) => panic!("polling a completed future did not panic"),
-        Err(payload) => payload,
-    };
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .expect("panic payload is not a string");
-    assert!(
-        msg.contains("polled after it returned `Ready`"),
-        "unexpected panic message: {msg}"
-    );
 }
 
 /// Polls a pinned, boxed future once.

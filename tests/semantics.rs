@@ -5,59 +5,19 @@ mod common;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
-use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Wake, Waker};
 
 use awaitmap::{AwaitMap, WaitError};
-use common::{CountingWaker, Tracked, counting_waker, live, live_counter, poll_once};
+use common::{
+    Tracked, assert_repoll_panics, counting_waker, kept, live, live_counter, pending, poll_once,
+    ready,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers local to this file.
 // ---------------------------------------------------------------------------
-
-/// Unwraps a `Ready`, failing the test on `Pending`.
-#[track_caller]
-fn ready<T>(p: Poll<T>) -> T {
-    match p {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("expected Ready, got Pending"),
-    }
-}
-
-/// Fails the test unless `p` is `Pending`.
-#[track_caller]
-fn pending<T: Debug>(p: Poll<T>) {
-    assert!(p.is_pending(), "expected Pending, got {p:?}");
-}
-
-/// How many clones of the counting waker exist beyond the two the test holds
-/// (the `Arc<CountingWaker>` and the `Waker` made from it): the clones the
-/// map keeps.
-fn kept(counter: &Arc<CountingWaker>) -> usize {
-    Arc::strong_count(counter) - 2
-}
-
-/// Polls a future that already returned `Ready` and checks that it panics
-/// with the documented message.
-#[track_caller]
-fn assert_repoll_panics<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
-    let payload = match catch_unwind(AssertUnwindSafe(|| poll_once(fut, waker))) {
-        Ok(_) => panic!("polling a completed future did not panic"),
-        Err(payload) => payload,
-    };
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .expect("panic payload is not a string");
-    assert!(
-        msg.contains("polled after it returned `Ready`"),
-        "unexpected panic message: {msg}"
-    );
-}
 
 /// A tiny deterministic generator for the scripted model test.
 struct Lcg(u64);

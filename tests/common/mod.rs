@@ -2,11 +2,61 @@
 //! helper and drop counters. Each test file uses a subset.
 #![allow(dead_code, unreachable_pub)]
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
+
+/// Unwraps a `Ready`, failing the test on `Pending`.
+#[track_caller]
+pub fn ready<T>(p: Poll<T>) -> T {
+    match p {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("expected Ready, got Pending"),
+    }
+}
+
+/// Fails the test unless `p` is `Pending`.
+#[track_caller]
+pub fn pending<T>(p: Poll<T>) {
+    assert!(p.is_pending(), "expected Pending, got Ready");
+}
+
+/// How many clones of the counting waker exist beyond the two the test holds
+/// (the `Arc<CountingWaker>` and the `Waker` made from it): the clones the
+/// map keeps.
+pub fn kept(counter: &Arc<CountingWaker>) -> usize {
+    Arc::strong_count(counter) - 2
+}
+
+/// The text of a panic payload (`"<not a string>"` if it has none).
+pub fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "<not a string>".to_owned(),
+        },
+    }
+}
+
+/// Polls a future that already returned `Ready` and checks that it panics
+/// with the documented message.
+#[track_caller]
+pub fn assert_repoll_panics<F: Future + Unpin>(fut: &mut F, waker: &Waker) {
+    let payload = match catch_unwind(AssertUnwindSafe(|| poll_once(fut, waker))) {
+        Ok(_) => panic!("polling a completed future did not panic"),
+        Err(payload) => payload,
+    };
+    let msg = panic_message(payload);
+    assert!(
+        msg.contains("polled after it returned `Ready`"),
+        "unexpected panic message: {msg}"
+    );
+}
 
 /// A waker that counts how often it was woken and how many clones of it
 /// exist.
