@@ -286,29 +286,19 @@ where
     #[cfg(feature = "std")]
     pub fn insert_blocking(&self, key: K, value: V) -> Option<V> {
         use crate::sync::Listener;
-        let mut item = (key, value);
+        let (mut key, mut value) = (key, value);
         let mut listener: Option<EventListener> = None;
         loop {
-            match self.try_insert_or_closed(item) {
+            // A closed map takes the value regardless of the limit.
+            match self.try_insert(key, value) {
                 Ok(old) => return old,
-                Err(back) => item = back,
+                Err(back) => (key, value) = back,
             }
             match listener.take() {
                 None => listener = Some(self.events.room.listen()),
                 Some(l) => l.wait(),
             }
         }
-    }
-
-    /// `try_insert`, except that a closed map takes the value regardless.
-    fn try_insert_or_closed(&self, (key, value): (K, V)) -> Result<Option<V>, (K, V)> {
-        self.try_insert(key, value).or_else(|(key, value)| {
-            if self.is_closed() {
-                Ok(self.insert(key, value))
-            } else {
-                Err((key, value))
-            }
-        })
     }
 }
 
@@ -348,11 +338,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<V>> {
         let this = self.get_mut();
         loop {
-            let item = this
+            let (key, value) = this
                 .item
                 .take()
                 .expect("`insert_async` polled after it returned `Ready`");
-            match this.map.try_insert_or_closed(item) {
+            // A closed map takes the value regardless of the limit.
+            match this.map.try_insert(key, value) {
                 Ok(old) => {
                     retire(&mut this.listener);
                     return Poll::Ready(old);
