@@ -1312,3 +1312,95 @@ fn cancel_and_close_drop_emptied_entry_keys_outside_the_lock() {
         assert_eq!(map.waiters(), 0);
     });
 }
+
+// ---------------------------------------------------------------------------
+// The producer side: the same rules.
+// ---------------------------------------------------------------------------
+
+// Semantic 11 on the producer side: `promise`, `get_or_promise`, `try_insert`
+// and the demand's copy of a newly wanted key hash and clone keys outside the
+// lock, so a key whose `Hash` or `Clone` calls into the map does not deadlock.
+#[test]
+fn producer_side_key_hash_and_clone_run_outside_the_lock() {
+    no_hang("producer key hooks", || {
+        let map = Arc::new(HookMap::new().with_limit(1));
+        HOOK_MAP.set(Arc::downgrade(&map));
+        let (_, w) = counting_waker();
+        let promise = hooked("promise", || map.promise(HookKey(1))).expect("key 1 is free");
+        let mut co = map.get_or_promise(&HookKey(2));
+        let got = hooked("get_or_promise of a new key", || poll_once(&mut co, &w));
+        let Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(second))) = got else {
+            panic!("the first caller on key 2 is its producer");
+        };
+        let demand = map.demand();
+        let mut want = map.get(&HookKey(3));
+        // The registering future copies its key for the demand queue.
+        hooked("a wanted key announced", || {
+            assert!(poll_once(&mut want, &w).is_pending())
+        });
+        hooked("try_insert", || map.try_insert(HookKey(4), 4)).expect("room for one");
+        let refused = hooked("try_insert when full", || map.try_insert(HookKey(5), 5));
+        assert_eq!(refused, Err((HookKey(5), 5)));
+        drop(demand);
+        drop(want);
+        promise.fulfil(1);
+        drop(second);
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+// Semantic 11 on the producer side: keys and values the map lets go of are
+// dropped with the lock released: a refused promise's key, an abandoned
+// promise's emptied entry, a replaced value `fulfil` hands back, a key the
+// demand skips or still holds when its last handle goes.
+#[test]
+fn producer_side_drops_keys_and_values_outside_the_lock() {
+    with_drop_map("producer drops", |map| {
+        let (_, w) = counting_waker();
+        map.insert(DropKey::new(1), DropVal::new(1));
+        let refused = drops("promise of a key with a value", 1, 0, || {
+            map.promise(DropKey::new(1))
+        });
+        assert!(refused.is_none());
+
+        let promise = drops("promise of a new key", 0, 0, || {
+            map.promise(DropKey::new(2))
+        })
+        .expect("key 2 is free");
+        drops("abandoning it empties the entry", 1, 0, || drop(promise));
+
+        let promise = map.promise(DropKey::new(3)).expect("key 3 is free");
+        map.insert(DropKey::new(3), DropVal::new(30));
+        let old = drops("fulfil over a plain insert", 0, 0, || {
+            promise.fulfil(DropVal::new(31))
+        });
+        assert!(matches!(old, Some(DropVal(30))));
+        drops("the replaced value", 0, 1, || drop(old));
+
+        let demand = map.demand();
+        let k4 = DropKey::new(4);
+        let mut gone = map.get(&k4);
+        assert!(poll_once(&mut gone, &w).is_pending());
+        // The waiter leaves: the entry's key goes; the queued copy stays.
+        drops("the only waiter leaves", 1, 0, || drop(gone));
+        let k5 = DropKey::new(5);
+        let mut stays = map.get(&k5);
+        assert!(poll_once(&mut stays, &w).is_pending());
+        let next = drops("next skips key 4", 1, 0, || {
+            futures::FutureExt::now_or_never(demand.next())
+        });
+        assert!(matches!(next, Some(Some(DropKey(5)))));
+        drop(next);
+        let k6 = DropKey::new(6);
+        let mut queued = map.get(&k6);
+        assert!(poll_once(&mut queued, &w).is_pending());
+        drops(
+            "the last demand handle goes with a key queued",
+            1,
+            0,
+            || drop(demand),
+        );
+        drop((stays, queued));
+        drop((k4, k5, k6));
+    });
+}
