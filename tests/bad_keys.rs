@@ -4,7 +4,8 @@
 //! values, or become unusable.
 //!
 //! Each test drives a random mix of operations (insert, get, take, try_get,
-//! remove, cancel, contains_key, close; futures registered, polled with the
+//! remove, cancel, contains_key, close, promises fulfilled or abandoned,
+//! get_or_promise; futures registered, polled with the
 //! same or a new waker, woken, dropped) and asserts only what holds whatever
 //! the keys do: nothing panics or hangs, `waiters()` returns to 0 once every
 //! future is gone, after `close` every future answers on its next poll, no
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::task::{Poll, Waker};
 
-use awaitmap::{AwaitMap, GetOwned, TakeOwned, WaitError};
+use awaitmap::{AwaitMap, GetOwned, TakeOwned, ValueOrPromise, WaitError};
 use common::{CountingWaker, Tracked, counting_waker, live, live_counter, poll_once};
 
 /// Runs `body` on its own thread; fails if it hangs (see
@@ -198,12 +199,13 @@ fn chaos<K: BadKey>(
     stats: &mut Stats,
 ) -> Vec<Waiting<K>> {
     let mut waiting: Vec<Waiting<K>> = Vec::new();
+    let mut promises = Vec::new();
     for step in 0..ops {
         if close_at == Some(step) {
             map.close();
         }
         let k = K::key(rng.below(KEYS) as u64);
-        match rng.below(13) {
+        match rng.below(16) {
             0 | 1 => {
                 let _ = map.insert(k, Tracked::new(step as u64, values));
             }
@@ -266,6 +268,28 @@ fn chaos<K: BadKey>(
                     }
                 }
             }
+            13 => {
+                if let Some(p) = map.promise(k) {
+                    promises.push(p);
+                }
+            }
+            14 if !promises.is_empty() => {
+                // The producer delivers, or gives up.
+                let p = promises.swap_remove(rng.below(promises.len()));
+                if rng.coin() {
+                    let _ = p.fulfil(Tracked::new(step as u64, values));
+                }
+            }
+            15 => {
+                // A coalesced lookup that lives for one step.
+                let (_, w) = counting_waker();
+                let mut co = map.get_or_promise(&k);
+                if let Poll::Ready(Ok(ValueOrPromise::Promise(p))) = poll_once(&mut co, &w) {
+                    if rng.coin() {
+                        let _ = p.fulfil(Tracked::new(step as u64, values));
+                    }
+                }
+            }
             _ => {
                 // An executor's turn: poll every future that was woken.
                 let mut i = 0;
@@ -281,6 +305,8 @@ fn chaos<K: BadKey>(
             }
         }
     }
+    // The producers still holding a promise give up.
+    drop(promises);
     waiting
 }
 
