@@ -336,6 +336,21 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         self.state.with(|st| st.slab.live())
     }
 
+    /// Checks the map's internal invariants and panics with the first one
+    /// that does not hold: a testing aid (the model-based and fuzz tests call
+    /// it after every step). It takes the lock, walks every entry and waiter
+    /// node, and calls no user code. Code that never calls it pays nothing.
+    ///
+    /// # Panics
+    ///
+    /// If an invariant is broken (a bug in this crate).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        if let Err(broken) = self.state.with(|st| st.check_invariants()) {
+            panic!("awaitmap: internal invariant broken: {broken}");
+        }
+    }
+
     /// Closes the map, for good; calling it again does nothing.
     ///
     /// Every waiting future whose key has no value for it resolves

@@ -965,3 +965,116 @@ fn entry_of<K, V>(
         .and_then(|i| table.get_bucket_entry(i).ok())
         .expect("awaitmap: a waiting future's entry is missing (internal invariant broken)")
 }
+
+// ===== invariant checks (tests and debugging) =====
+
+impl<K, V> State<K, V> {
+    /// Verifies every invariant the entries and the waiter slab document
+    /// (see the top of `waiters.rs` and the fields of [`Entry`]); calls no
+    /// user code. `Err` says which one broke.
+    pub(crate) fn check_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let facts = self.slab.check()?;
+        let slots = self.slab.slots();
+        // Which list, if any, each node was found in.
+        let mut listed = alloc::vec![false; slots];
+        let mut ids = alloc::vec::Vec::with_capacity(self.table.len());
+        let mut values = 0;
+        let due = |slot: u32| {
+            let (_, has_waker, _) = self.slab.peek(slot);
+            !has_waker || facts.queued[slot as usize]
+        };
+        for e in self.table.iter() {
+            if e.is_empty() {
+                return Err(format!("entry {} has no value, waiter or promise", e.id));
+            }
+            if e.id >= self.next_id {
+                return Err(format!("entry id {} was never handed out", e.id));
+            }
+            ids.push(e.id);
+            if e.value.is_some() {
+                values += 1;
+            }
+            for (kind, list) in [(Kind::Get, &e.gets), (Kind::Take, &e.takes)] {
+                for slot in self.slab.check_list(list)? {
+                    let (state, _, seq) = self.slab.peek(slot);
+                    if state != NodeState::Waiting {
+                        return Err(format!(
+                            "{kind:?} list of entry {} holds a {state:?} node",
+                            e.id
+                        ));
+                    }
+                    if seq >= self.next_id {
+                        return Err(format!(
+                            "slot {slot} has a sequence number never handed out"
+                        ));
+                    }
+                    if core::mem::replace(&mut listed[slot as usize], true) {
+                        return Err(format!("slot {slot} is in two lists"));
+                    }
+                    // A value or a close is due to every waiting `get`: its
+                    // waker has run or is queued.
+                    if (kind == Kind::Get && e.value.is_some() || self.closed) && !due(slot) {
+                        return Err(format!(
+                            "{kind:?} slot {slot} of entry {} missed its wake-up",
+                            e.id
+                        ));
+                    }
+                }
+            }
+            if e.baton != NIL {
+                if e.baton != e.takes.head {
+                    return Err(format!(
+                        "entry {}'s hand-off is at {}, not the first take {}",
+                        e.id, e.baton, e.takes.head
+                    ));
+                }
+                if !due(e.baton) {
+                    return Err(format!(
+                        "the take holding entry {}'s hand-off was never woken",
+                        e.id
+                    ));
+                }
+            } else if e.value.is_some() && !e.takes.is_empty() {
+                return Err(format!(
+                    "entry {} has a value and waiting takes but nobody holds the hand-off",
+                    e.id
+                ));
+            }
+        }
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two entries share an id".into());
+        }
+        if values != self.len {
+            return Err(format!(
+                "len is {} but {values} entries hold a value",
+                self.len
+            ));
+        }
+        for slot in 0..slots as u32 {
+            let (state, _, _) = self.slab.peek(slot);
+            match state {
+                NodeState::Waiting if !listed[slot as usize] => {
+                    return Err(format!("waiting slot {slot} is in no list"));
+                }
+                s if s.is_failed() && !due(slot) => {
+                    return Err(format!("{s:?} slot {slot} was never woken to learn it"));
+                }
+                _ => {}
+            }
+        }
+        if self.demand_watchers == 0 && !self.wanted.is_empty() {
+            return Err(format!(
+                "{} keys are queued for demand nobody watches",
+                self.wanted.len()
+            ));
+        }
+        if let Some(&(_, id, _)) = self.wanted.iter().find(|w| w.1 >= self.next_id) {
+            return Err(format!(
+                "the demand queue names entry {id}, never handed out"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -395,3 +395,152 @@ pub(crate) fn wake_one(w: Waker, panic: &mut Option<Panic>) {
 pub(crate) fn wake_one(w: Waker, _: &mut Option<Panic>) {
     w.wake();
 }
+
+// ===== invariant checks (tests and debugging) =====
+
+/// What [`Slab::check`] learned, for the entry checks to match against.
+pub(crate) struct SlabFacts {
+    /// Per node: queued in the wake queue.
+    pub(crate) queued: Vec<bool>,
+}
+
+impl Slab {
+    /// Verifies the invariants listed at the top of this module that do not
+    /// involve entries: the free list, the wake queue, zombies and the live
+    /// count. Returns the facts the entry checks need.
+    pub(crate) fn check(&self) -> Result<SlabFacts, alloc::string::String> {
+        use alloc::format;
+        let n = self.nodes.len();
+        let mut on_free = alloc::vec![false; n];
+        let mut slot = self.free;
+        while slot != NIL {
+            let i = slot as usize;
+            if i >= n {
+                return Err(format!("free list names slot {i} of {n}"));
+            }
+            if on_free[i] {
+                return Err(format!("free list loops at slot {i}"));
+            }
+            on_free[i] = true;
+            let node = &self.nodes[i];
+            if node.state != NodeState::Free || node.waker.is_some() || node.queued {
+                return Err(format!(
+                    "slot {i} on the free list is {:?}, waker {}, queued {}",
+                    node.state,
+                    node.waker.is_some(),
+                    node.queued
+                ));
+            }
+            slot = node.next;
+        }
+        let mut in_queue = alloc::vec![false; n];
+        let mut slot = self.wq_head;
+        let mut last = NIL;
+        while slot != NIL {
+            let i = slot as usize;
+            if i >= n || in_queue[i] {
+                return Err(format!(
+                    "the wake queue names slot {i} twice or out of range"
+                ));
+            }
+            in_queue[i] = true;
+            let node = &self.nodes[i];
+            if !node.queued {
+                return Err(format!(
+                    "slot {i} is in the wake queue but not marked queued"
+                ));
+            }
+            match node.state {
+                NodeState::Free => return Err(format!("free slot {i} is in the wake queue")),
+                NodeState::Zombie => {
+                    if node.waker.is_some() {
+                        return Err(format!("zombie slot {i} holds a waker"));
+                    }
+                }
+                _ => {
+                    if node.waker.is_none() {
+                        return Err(format!("queued slot {i} has no waker to wake"));
+                    }
+                }
+            }
+            last = slot;
+            slot = node.wq_next;
+        }
+        if self.wq_tail != last {
+            return Err(format!(
+                "wake queue tail {} is not its last node {last}",
+                self.wq_tail
+            ));
+        }
+        let mut live = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.queued != in_queue[i] {
+                return Err(format!(
+                    "slot {i} is marked queued {} but in the queue {}",
+                    node.queued, in_queue[i]
+                ));
+            }
+            match node.state {
+                NodeState::Free if !on_free[i] => {
+                    return Err(format!("free slot {i} is not on the free list"));
+                }
+                NodeState::Zombie if !node.queued => {
+                    return Err(format!(
+                        "zombie slot {i} is not queued: it would never be freed"
+                    ));
+                }
+                NodeState::Waiting | NodeState::Cancelled | NodeState::Abandoned => live += 1,
+                _ => {}
+            }
+        }
+        if live != self.live {
+            return Err(format!(
+                "live count {} but {live} nodes are owned by futures",
+                self.live
+            ));
+        }
+        Ok(SlabFacts { queued: in_queue })
+    }
+
+    /// The slots of `list`, head to tail, with its links checked.
+    pub(crate) fn check_list(&self, list: &List) -> Result<Vec<u32>, alloc::string::String> {
+        use alloc::format;
+        let mut out = Vec::new();
+        let mut prev = NIL;
+        let mut slot = list.head;
+        while slot != NIL {
+            let i = slot as usize;
+            if i >= self.nodes.len() || out.len() > self.nodes.len() {
+                return Err(format!("a list runs out of range or loops at slot {i}"));
+            }
+            let node = &self.nodes[i];
+            if node.prev != prev {
+                return Err(format!(
+                    "slot {i}'s prev is {} where {prev} precedes it",
+                    node.prev
+                ));
+            }
+            out.push(slot);
+            prev = slot;
+            slot = node.next;
+        }
+        if list.tail != prev {
+            return Err(format!(
+                "list tail {} is not its last node {prev}",
+                list.tail
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A node's state, whether it holds a waker, and its registration.
+    pub(crate) fn peek(&self, slot: u32) -> (NodeState, bool, u64) {
+        let n = &self.nodes[slot as usize];
+        (n.state, n.waker.is_some(), n.seq)
+    }
+
+    /// The number of slots.
+    pub(crate) fn slots(&self) -> usize {
+        self.nodes.len()
+    }
+}

@@ -665,6 +665,14 @@ fn check_state(
     values_alive: &Arc<std::sync::atomic::AtomicUsize>,
     at: &str,
 ) -> Result<(), String> {
+    // The map's own bookkeeping first: a broken invariant explains any
+    // disagreement below.
+    let invariants = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        map.check_invariants();
+    }));
+    if let Err(payload) = invariants {
+        return Err(format!("{at}: {}", crate::common::panic_message(payload)));
+    }
     for (i, w) in wakers.iter().enumerate() {
         let (got, expected) = (w.counter.wakes(), model.expected_wakes[i]);
         check!(
