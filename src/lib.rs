@@ -39,6 +39,34 @@
 //! - **Happens-before.** Everything a producer did before `insert(k, v)` is
 //!   visible to the consumer whose future resolved with `v`.
 //!
+//! # When user code panics
+//!
+//! The map runs code of yours: a key's `Eq` and a value's `Clone` under its
+//! lock; `Hash`, key copies (`Clone`, `to_owned`), waker `clone`, `wake` and
+//! `drop`, and the destructors of keys and values with the lock released.
+//! Any of it may panic. After such a panic, caught by the caller:
+//!
+//! - **No value is lost.** A value is destroyed only if the call that
+//!   panicked was itself replacing or removing it (an `insert` over a
+//!   present value, a `remove`). A `take` whose poll panics after it moved
+//!   its value out puts the value back before the panic goes on.
+//! - **No wake-up is lost.** Every waiter that was due a wake-up gets it:
+//!   wake-ups are issued before anything is dropped, and a waker that panics
+//!   does not stop the others (the first panic is resumed once they ran).
+//! - **No condition goes untold.** `drained()`, room under a limit and a
+//!   newly wanted key are announced when they become true, panic or not.
+//! - **The map stays usable.** A panic under the lock (`Eq`, `Clone`) comes
+//!   before any change and releases the lock; every invariant holds after.
+//! - **A future whose poll panicked** may be dropped, or polled again: where
+//!   the panic left it without a usable waker (its waker's `clone` panicked)
+//!   or unannounced (its key's copy panicked), it gave up its place and
+//!   starts over, so it cannot hold up the futures queued behind it.
+//!
+//! Catching a panic to carry on needs `std`. Without it, a panic propagates
+//! at once: wake-ups still queued are issued by the next operation that
+//! wakes anything, and a value being moved out may be lost (on targets that
+//! abort on panic, none of this arises).
+//!
 //! # Producers
 //!
 //! - **Promises:** [`AwaitMap::promise`] reserves an absent key for one
@@ -100,7 +128,7 @@
 //!   excluded too. It needs no atomic compare-and-swap (thumbv6m,
 //!   riscv32imc). The firmware provides the critical-section implementation.
 //! - Your own: implement [`ScopedRawMutex`] (and [`ConstInit`] for a
-//!   `static`). For SPEC semantic 11 to hold, it must release when the
+//!   `static`). For the guarantees on panics above to hold, it must release when the
 //!   closure unwinds, as both of the crate's locks do.
 //!
 //! A map can live in a `static` with no lazy initialisation:

@@ -15,11 +15,11 @@ use crate::future::{Get, Take};
 use crate::future::{GetOwned, TakeOwned};
 #[cfg(target_has_atomic = "ptr")]
 use crate::producer::Events;
-use crate::state::{Hit, Mode, Phase, Prepared, Spill, State, Step};
+use crate::state::{After, Hit, Mode, Phase, Prepared, State, Step};
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
 use crate::sync::{DefaultLock, Lock, const_fn_unless_loom};
-use crate::waiters::{Kind, WakeBatch, wake_one};
+use crate::waiters::{Kind, WakeBatch, caught, wake_one};
 use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -374,19 +374,20 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// assert_eq!(block_on(map.get(&"absent")), Err(WaitError::Closed));
     /// ```
     pub fn close(&self) {
-        let (first, more) = self.state.with(|st| {
+        let mut after = After::new();
+        self.state.with(|st| {
             st.close();
-            (st.slab.pop_one(), st.slab.has_queued())
+            after.collect(st);
         });
-        self.wake(first, more);
+        #[cfg_attr(not(target_has_atomic = "ptr"), allow(unused_mut))]
+        let mut panic = self.finish_caught(after);
         // Producers: `closed()` resolves, and those waiting for room store
         // their values regardless of the limit.
         #[cfg(target_has_atomic = "ptr")]
-        {
-            self.events.closed.notify(usize::MAX);
-            self.events.room.notify(usize::MAX);
-            self.events.demand.notify(usize::MAX);
+        for event in [&self.events.closed, &self.events.room, &self.events.demand] {
+            caught(|| event.notify(usize::MAX), &mut panic);
         }
+        resume(panic);
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -403,12 +404,50 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         self.state.with(|st| st.is_closed())
     }
 
-    /// Wakes `first` (popped under the lock by the caller), then, if `more`
-    /// wakers are queued, the rest, a batch at a time, with the lock
-    /// released. With `std`, a panicking waker does not stop the others: the
-    /// first panic is resumed once every due waker has run.
+    /// Runs `change` under the lock, then, with the lock released, does what
+    /// it left to do (see [`After`]): wakes the due wakers, tells the
+    /// map-wide conditions that became true, and drops what left the map, in
+    /// that order. Every operation that changes waiters or values goes
+    /// through here.
+    ///
+    /// With `std`, a panicking waker or destructor does not stop the rest:
+    /// the first panic is resumed once everything due has run. A panic in
+    /// `change` itself (a key's `Eq`, a value's `Clone`) happens before it
+    /// changes anything, and releases the lock.
     #[inline]
-    pub(crate) fn wake(&self, first: Option<Waker>, more: bool) {
+    pub(crate) fn locked<R>(&self, change: impl FnOnce(&mut State<K, V>, &mut After<K>) -> R) -> R {
+        let mut after = After::new();
+        let r = self.state.with(|st| {
+            let r = change(st, &mut after);
+            after.collect(st);
+            r
+        });
+        self.finish(after);
+        r
+    }
+
+    /// Carries out what an operation left to do: see [`locked`](Self::locked).
+    #[inline]
+    pub(crate) fn finish(&self, after: After<K>) {
+        if !after.is_quiet() {
+            resume(self.finish_caught(after));
+        }
+    }
+
+    /// [`finish`](Self::finish), handing back the first panic (with `std`)
+    /// instead of resuming it.
+    #[inline(never)]
+    pub(crate) fn finish_caught(&self, after: After<K>) -> Option<crate::waiters::Panic> {
+        let After {
+            first,
+            more,
+            idle,
+            freed,
+            key,
+            spare_key,
+            waker,
+            spare_waker,
+        } = after;
         let mut panic = None;
         if let Some(w) = first {
             wake_one(w, &mut panic);
@@ -416,7 +455,20 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         if more {
             self.drain(&mut panic);
         }
-        resume(panic);
+        if idle {
+            caught(|| self.notify_idle(true), &mut panic);
+        }
+        if freed > 0 {
+            caught(|| self.freed(freed), &mut panic);
+        }
+        // Last: a destructor that panics can no longer cost anyone a wake-up.
+        for w in [waker, spare_waker].into_iter().flatten() {
+            caught(|| drop(w), &mut panic);
+        }
+        for k in [key, spare_key].into_iter().flatten() {
+            caught(|| drop(k), &mut panic);
+        }
+        panic
     }
 
     #[cold]
@@ -448,24 +500,22 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// waiter's key, made here with the lock released).
     #[cold]
     #[inline(never)]
-    fn announce<Q>(&self, hash: u64, entry: u64, key: &Q)
-    where
-        Q: ?Sized + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        let mut key: Option<K> = Some(key.to_owned().into());
+    fn announce(&self, hash: u64, entry: u64, key: K) {
+        let mut key = Some(key);
         let stale = self.state.with(|st| st.queue_wanted(hash, entry, &mut key));
-        // Not queued (the watchers left meanwhile), and keys no longer
-        // wanted: dropped here, unlocked.
         let queued = key.is_none();
-        drop(key);
-        drop(stale);
+        let mut panic = None;
         #[cfg(target_has_atomic = "ptr")]
         if queued {
-            self.events.demand.notify_additional(1);
+            caught(|| self.events.demand.notify_additional(1), &mut panic);
         }
         #[cfg(not(target_has_atomic = "ptr"))]
         let _ = queued;
+        // Not queued (the watchers left meanwhile), and keys no longer
+        // wanted: dropped last, unlocked.
+        caught(|| drop(key), &mut panic);
+        caught(|| drop(stale), &mut panic);
+        resume(panic);
     }
 
     /// Without atomic pointers there are no producers waiting for room.
@@ -491,14 +541,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 
     #[inline(never)]
     fn deregister(&self, kind: Kind, hash: u64, slot: u32, seq: u64, entry: u64, bucket: usize) {
-        let mut spill = Spill::new();
-        let (first, more, idle) = self.state.with(|st| {
-            st.deregister(kind, hash, slot, seq, entry, bucket, &mut spill);
-            (st.slab.pop_one(), st.slab.has_queued(), st.idle_now())
-        });
-        drop(spill);
-        self.wake(first, more);
-        self.notify_idle(idle);
+        self.locked(|st, after| st.deregister(kind, hash, slot, seq, entry, bucket, after));
     }
 }
 
@@ -531,13 +574,12 @@ where
         let hash = self.hasher.hash_one(&key);
         let mut key = Some(key);
         let mut value = Some(value);
-        let (old, first, more) = self.state.with(|st| {
+        self.locked(|st, after| {
             let old = st.insert(hash, &mut key, &mut value, |a, b| a == b);
-            (old, st.slab.pop_one(), st.slab.has_queued())
-        });
-        drop(key);
-        self.wake(first, more);
-        old
+            // The key the entry already had stays; this one is dropped.
+            after.key = key.take();
+            old
+        })
     }
 
     /// A future that resolves with a clone of the key's value, as soon as it
@@ -699,15 +741,11 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        let mut spill = Spill::new();
-        let removed = self
-            .state
-            .with(|st| st.remove(hash, |k| key.equivalent(k), &mut spill));
-        drop(spill);
-        if removed.is_some() {
-            self.freed(1);
-        }
-        removed
+        self.locked(|st, after| {
+            let removed = st.remove(hash, |k| key.equivalent(k), after);
+            after.freed = usize::from(removed.is_some());
+            removed
+        })
     }
 
     /// Fails the futures waiting on `key` right now with
@@ -735,14 +773,7 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        let mut spill = Spill::new();
-        let (n, first, more) = self.state.with(|st| {
-            let n = st.cancel(hash, |k| key.equivalent(k), &mut spill);
-            (n, st.slab.pop_one(), st.slab.has_queued())
-        });
-        drop(spill);
-        self.wake(first, more);
-        n
+        self.locked(|st, after| st.cancel(hash, |k| key.equivalent(k), after))
     }
 
     /// Polls a `get` or `take` future: the logic all four futures share.
@@ -820,42 +851,158 @@ where
             // so made here, between two trips through the lock.
             if let Some(key_too) = need.take() {
                 if prep.waker.is_none() {
-                    prep.waker = Some(cx.waker().clone());
+                    prep.waker = Some(self.clone_waker(M::KIND, core, cx));
                 }
                 if key_too && prep.key.is_none() {
+                    // Only a future that is not registered needs a key.
                     prep.key = Some(key.to_owned().into());
                 }
             }
-            let mut spill = Spill::new();
-            let (step, idle) = self.state.with(|st| {
+            let mut after = After::new();
+            let step = self.state.with(|st| {
                 let step = st.poll::<M>(
                     &mut core.phase,
                     core.hash,
                     |k| key.equivalent(k),
                     cx.waker(),
                     &mut prep,
-                    &mut spill,
+                    &mut after,
                 );
-                (step, st.idle_now())
+                after.collect(st);
+                step
             });
-            drop(spill);
             match step {
+                Step::Need { key: key_too } => {
+                    self.finish(after);
+                    need = Some(key_too);
+                }
                 Step::Ready(r) => {
                     core.phase = Phase::Done;
                     if M::KIND == Kind::Take && r.is_ok() {
-                        self.freed(1);
+                        after.freed = 1;
                     }
-                    self.notify_idle(idle);
-                    return Poll::Ready(r);
+                    after.spare_waker = prep.waker.take();
+                    after.spare_key = prep.key.take();
+                    return self.finish_ready::<M, Q>(core, key, r, after);
                 }
-                Step::Pending => return Poll::Pending,
-                Step::Announce { entry } => {
-                    self.announce(core.hash, entry, key);
+                Step::Pending => {
+                    after.spare_key = prep.key.take();
+                    self.finish(after);
                     return Poll::Pending;
                 }
-                Step::Need { key: key_too } => need = Some(key_too),
+                Step::Announce { entry } => {
+                    after.spare_key = prep.key.take();
+                    self.finish(after);
+                    self.announce_for::<M, Q>(core, entry, key);
+                    return Poll::Pending;
+                }
             }
         }
+    }
+
+    /// Finishes a poll that resolved: what the operation left to do runs
+    /// before the result is returned. If any of it panics (a waker, a key's
+    /// or waker's destructor), the poll cannot return the result: a value a
+    /// `take` moved out goes back into the map, so nothing is lost, and the
+    /// future starts over if it is polled again.
+    #[inline]
+    fn finish_ready<M, Q>(
+        &self,
+        core: &mut Core,
+        key: &Q,
+        r: Result<V, WaitError>,
+        after: After<K>,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        M: Mode<V>,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        if after.is_quiet() {
+            return Poll::Ready(r);
+        }
+        match self.finish_caught(after) {
+            None => Poll::Ready(r),
+            Some(panic) => {
+                core.phase = Phase::Init;
+                if let (Kind::Take, Ok(v)) = (M::KIND, r) {
+                    self.put_back(core.hash, key, v);
+                }
+                resume(Some(panic));
+                unreachable!("a panic was resumed")
+            }
+        }
+    }
+
+    /// Puts a value that a `take` moved out back under its key, as if the
+    /// take had not happened: for a poll that panicked before it could
+    /// return it. If another value arrived for the key meanwhile, that one
+    /// stays and this one is dropped (with `std`, a value is only ever moved
+    /// out and then put back while unwinding).
+    #[cold]
+    fn put_back<Q>(&self, hash: u64, key: &Q, value: V)
+    where
+        Q: ?Sized + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mut owned: Option<K> = Some(key.to_owned().into());
+        let mut value = Some(value);
+        self.locked(|st, after| {
+            st.insert_absent(hash, &mut owned, &mut value, |a, b| a == b);
+            after.key = owned.take();
+        });
+        drop(value);
+    }
+
+    /// Clones the waker a poll is to store. If the clone panics, a
+    /// registered future is deregistered (it would otherwise stay in its
+    /// key's list marked as woken, and could hold up the takes behind it)
+    /// and starts over if polled again.
+    #[inline]
+    pub(crate) fn clone_waker(&self, kind: Kind, core: &mut Core, cx: &Context<'_>) -> Waker {
+        let unwind = Deregister {
+            map: self,
+            kind,
+            core,
+        };
+        let waker = cx.waker().clone();
+        core::mem::forget(unwind);
+        waker
+    }
+
+    /// Announces a key its future made wanted; if the key's copy panics,
+    /// the future is deregistered (nobody would be told that it waits) and
+    /// starts over if polled again.
+    #[cold]
+    fn announce_for<M, Q>(&self, core: &mut Core, entry: u64, key: &Q)
+    where
+        M: Mode<V>,
+        Q: ?Sized + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let hash = core.hash;
+        let unwind = Deregister {
+            map: self,
+            kind: M::KIND,
+            core,
+        };
+        let owned: K = key.to_owned().into();
+        core::mem::forget(unwind);
+        self.announce(hash, entry, owned);
+    }
+}
+
+/// Deregisters a future whose poll is unwinding, and lets it start over.
+struct Deregister<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+    kind: Kind,
+    core: &'a mut Core,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for Deregister<'_, K, V, S, L> {
+    fn drop(&mut self) {
+        self.map.abandon(self.kind, self.core);
+        self.core.phase = Phase::Init;
     }
 }
 
@@ -966,7 +1113,7 @@ impl Core {
 }
 
 // A panic in user code (`Eq`, `Clone`, a waker) leaves the map consistent
-// (SPEC semantic 11, tested in tests/hostile_wakers.rs), so the map can be
+// (see "When user code panics" in the crate docs), so the map can be
 // used after a caught panic, as a poisoning std `Mutex` can.
 impl<K, V, S, L> core::panic::UnwindSafe for AwaitMap<K, V, S, L> {}
 impl<K, V, S, L> core::panic::RefUnwindSafe for AwaitMap<K, V, S, L> {}

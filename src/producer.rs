@@ -213,16 +213,16 @@ where
         let mut key = Some(key);
         let mut value = Some(value);
         let limit = self.limit;
-        let (old, first, more) = self.state.with(|st| {
+        let old = self.locked(|st, after| {
             let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b);
-            (old, st.slab.pop_one(), st.slab.has_queued())
-        });
-        self.wake(first, more);
-        match old {
-            Some(old) => {
-                drop(key);
-                Ok(old)
+            if old.is_some() {
+                // Stored: the key the entry already had stays.
+                after.key = key.take();
             }
+            old
+        });
+        match old {
+            Some(old) => Ok(old),
             None => Err((
                 key.expect("refused keeps the key"),
                 value.expect("refused keeps the value"),

@@ -19,7 +19,7 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
 use crate::map::Core;
-use crate::state::{CoStep, Phase, Prepared, Spill, Ticket};
+use crate::state::{After, CoStep, Phase, Prepared, Ticket};
 use crate::sync::DefaultLock;
 use crate::waiters::Kind;
 use crate::{AwaitMap, WaitError};
@@ -252,24 +252,12 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedPromise<K, V, S, L> {
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Stores a promise's value (`Promise::fulfil`).
     fn fulfil_ticket(&self, ticket: Ticket, value: V) -> Option<V> {
-        let (old, first, more) = self.state.with(|st| {
-            let old = st.fulfil(ticket, value);
-            (old, st.slab.pop_one(), st.slab.has_queued())
-        });
-        self.wake(first, more);
-        old
+        self.locked(|st, _| st.fulfil(ticket, value))
     }
 
     /// Gives a promise's key up (`Promise::abandon`, or a dropped promise).
     fn abandon_ticket(&self, ticket: Ticket) -> usize {
-        let mut spill = Spill::new();
-        let (n, first, more) = self.state.with(|st| {
-            let n = st.abandon(ticket, &mut spill);
-            (n, st.slab.pop_one(), st.slab.has_queued())
-        });
-        drop(spill);
-        self.wake(first, more);
-        n
+        self.locked(|st, after| st.abandon(ticket, after))
     }
 }
 
@@ -360,39 +348,51 @@ where
             key: None,
         };
         loop {
-            let mut spill = Spill::new();
-            let (step, idle) = map.state.with(|st| {
+            let mut after = After::new();
+            let step = map.state.with(|st| {
                 let step = st.poll_or_promise(
                     &mut this.core.phase,
                     hash,
                     |k| key.equivalent(k),
                     cx.waker(),
                     &mut prep,
-                    &mut spill,
+                    &mut after,
                 );
-                (step, st.idle_now())
+                after.collect(st);
+                step
             });
-            drop(spill);
-            map.notify_idle(idle);
-            match step {
-                CoStep::Value(v) => return Poll::Ready(Ok(ValueOrPromise::Value(v))),
-                CoStep::Promise(ticket) => {
-                    return Poll::Ready(Ok(ValueOrPromise::Promise(Promise {
-                        map,
-                        ticket: Some(ticket),
-                    })));
+            after.spare_key = prep.key.take();
+            // Made before the leftovers are seen to: if that panics, the
+            // promise is dropped on the way out, and so abandoned, not lost.
+            let ready = match step {
+                CoStep::Value(v) => Ok(ValueOrPromise::Value(v)),
+                CoStep::Promise(ticket) => Ok(ValueOrPromise::Promise(Promise {
+                    map,
+                    ticket: Some(ticket),
+                })),
+                CoStep::Failed(err) => Err(err),
+                CoStep::Pending => {
+                    map.finish(after);
+                    return Poll::Pending;
                 }
-                CoStep::Failed(err) => return Poll::Ready(Err(err)),
-                CoStep::Pending => return Poll::Pending,
+                CoStep::Restart => {
+                    map.finish(after);
+                    continue;
+                }
                 CoStep::Need { key: need_key } => {
+                    map.finish(after);
                     // User code (waker clone, key `to_owned`) runs here, with
                     // the lock released.
-                    prep.waker = Some(cx.waker().clone());
+                    prep.waker = Some(map.clone_waker(Kind::Get, &mut this.core, cx));
                     if need_key {
                         prep.key = Some(key.to_owned().into());
                     }
+                    continue;
                 }
-            }
+            };
+            after.spare_waker = prep.waker.take();
+            map.finish(after);
+            return Poll::Ready(ready);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! code other than `K: Eq` (through the `eq` closures) and `V: Clone` (through
 //! [`Mode::extract`]). Where those may panic, they run before any mutation, so
 //! a panic leaves the state consistent. Keys, values and wakers that must be
-//! dropped leave through [`Spill`] and are dropped by the caller after the
+//! dropped leave through [`After`] and are dropped by the caller after the
 //! lock is released.
 
 use core::task::Waker;
@@ -67,19 +67,66 @@ impl<K, V> Entry<K, V> {
     }
 }
 
-/// Things to drop once the lock is released.
-pub(crate) struct Spill<K> {
+/// What an operation leaves to do once the lock is released, in this
+/// order: wake the due wakers, tell the map-wide conditions that became true,
+/// then drop what left the map. Filled under the lock and carried out by
+/// `AwaitMap::finish`, so that a panicking destructor can never swallow a
+/// wake-up that was due.
+pub(crate) struct After<K> {
+    /// The first due waker, popped from the wake queue.
+    pub(crate) first: Option<Waker>,
+    /// More due wakers wait in the queue.
+    pub(crate) more: bool,
+    /// The last waiter left while a `drained()` future watches.
+    pub(crate) idle: bool,
+    /// How many values left the map: room under a limit.
+    pub(crate) freed: usize,
+    /// The key of an entry that was removed, or a key the map did not keep.
     pub(crate) key: Option<K>,
+    /// A second key the map did not keep (a registration's spare copy).
+    pub(crate) spare_key: Option<K>,
+    /// A waker that was replaced, or whose node was freed.
     pub(crate) waker: Option<Waker>,
+    /// A second waker the map did not keep (a registration's spare clone).
+    pub(crate) spare_waker: Option<Waker>,
 }
 
-impl<K> Spill<K> {
+impl<K> After<K> {
     #[inline]
     pub(crate) const fn new() -> Self {
-        Spill {
+        After {
+            first: None,
+            more: false,
+            idle: false,
+            freed: 0,
             key: None,
+            spare_key: None,
             waker: None,
+            spare_waker: None,
         }
+    }
+
+    /// Moves the due wake-ups out of the state (the first one, and whether
+    /// there are more) and notes whether the map just became idle. The last
+    /// thing an operation does under the lock.
+    #[inline]
+    pub(crate) fn collect<V>(&mut self, st: &mut State<K, V>) {
+        self.first = st.slab.pop_one();
+        self.more = st.slab.has_queued();
+        self.idle = st.idle_now();
+    }
+
+    /// Nothing to do: no waker to wake or drop, no condition to tell, and no
+    /// key whose drop runs code.
+    #[inline]
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.first.is_none()
+            && !self.more
+            && !self.idle
+            && self.freed == 0
+            && self.waker.is_none()
+            && self.spare_waker.is_none()
+            && (!core::mem::needs_drop::<K>() || (self.key.is_none() && self.spare_key.is_none()))
     }
 }
 
@@ -187,6 +234,9 @@ pub(crate) enum CoStep<V> {
     Need {
         key: bool,
     },
+    /// The promise this future waited for was abandoned: it freed its node
+    /// and polls again from the start.
+    Restart,
 }
 
 pub(crate) struct State<K, V> {
@@ -270,48 +320,72 @@ impl<K, V> State<K, V> {
         hash: u64,
         key: &mut Option<K>,
         value: &mut Option<V>,
-        mut eq: impl FnMut(&K, &K) -> bool,
+        eq: impl FnMut(&K, &K) -> bool,
     ) -> Option<V> {
-        let probe = key.as_ref().expect("insert without a key");
-        let found = self.table.find_mut(hash, |e| eq(probe, &e.key));
-        match found {
-            Some(e) => {
-                let value = value.take().expect("insert without a value");
-                store(&mut self.slab, &mut self.len, e, value)
-            }
-            None => {
-                let id = fresh_id(&mut self.next_id);
-                let key = key.take().expect("insert without a key");
-                let entry = Entry::new(hash, id, key, value.take(), false);
-                self.table.insert_unique(hash, entry, entry_hash);
-                self.len += 1;
-                None
-            }
-        }
+        self.insert_if(hash, key, value, eq, |_| true)
+            .expect("a plain insert always stores")
     }
 
-    #[cfg(target_has_atomic = "ptr")]
     /// `insert`, unless the key has no value and `len >= limit`: then
-    /// `None`, with key and value left in their options.
+    /// `None`, with key and value left in their options. A closed map takes
+    /// every value.
+    #[cfg(target_has_atomic = "ptr")]
     pub(crate) fn insert_within(
         &mut self,
         hash: u64,
         key: &mut Option<K>,
         value: &mut Option<V>,
         limit: usize,
-        mut eq: impl FnMut(&K, &K) -> bool,
+        eq: impl FnMut(&K, &K) -> bool,
     ) -> Option<Option<V>> {
-        if self.len >= limit && !self.closed {
-            let probe = key.as_ref().expect("insert without a key");
-            let present = self
-                .table
-                .find(hash, |e| eq(probe, &e.key))
-                .is_some_and(|e| e.value.is_some());
-            if !present {
-                return None;
+        let room = self.len < limit || self.closed;
+        self.insert_if(hash, key, value, eq, |has_value| room || has_value)
+    }
+
+    /// `insert`, only if the key has no value; otherwise key and value stay
+    /// in their options.
+    pub(crate) fn insert_absent(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        eq: impl FnMut(&K, &K) -> bool,
+    ) {
+        self.insert_if(hash, key, value, eq, |has_value| !has_value);
+    }
+
+    /// `insert` if `allowed(the key has a value)`; `None` (key and value
+    /// left in their options) if not.
+    #[inline]
+    fn insert_if(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        mut eq: impl FnMut(&K, &K) -> bool,
+        allowed: impl FnOnce(bool) -> bool,
+    ) -> Option<Option<V>> {
+        let probe = key.as_ref().expect("insert without a key");
+        match self.table.find_mut(hash, |e| eq(probe, &e.key)) {
+            Some(e) => {
+                if !allowed(e.value.is_some()) {
+                    return None;
+                }
+                let value = value.take().expect("insert without a value");
+                Some(store(&mut self.slab, &mut self.len, e, value))
+            }
+            None => {
+                if !allowed(false) {
+                    return None;
+                }
+                let id = fresh_id(&mut self.next_id);
+                let key = key.take().expect("insert without a key");
+                let entry = Entry::new(hash, id, key, value.take(), false);
+                self.table.insert_unique(hash, entry, entry_hash);
+                self.len += 1;
+                Some(None)
             }
         }
-        Some(self.insert(hash, key, value, eq))
     }
 
     /// Whether the entry `(hash, id)` still wants a value: it has waiters,
@@ -419,10 +493,10 @@ impl<K, V> State<K, V> {
     /// A promise dropped unfulfilled: releases the reservation and fails,
     /// with `Abandoned`, the futures on the key that would not resolve if
     /// polled now. Returns how many.
-    pub(crate) fn abandon(&mut self, ticket: Ticket, spill: &mut Spill<K>) -> usize {
+    pub(crate) fn abandon(&mut self, ticket: Ticket, after: &mut After<K>) -> usize {
         let mut occ = entry_of(&mut self.table, ticket.hash, ticket.entry, ticket.bucket);
         occ.get_mut().promised = false;
-        fail_waiters(&mut self.slab, occ, NodeState::Abandoned, spill)
+        fail_waiters(&mut self.slab, occ, NodeState::Abandoned, after)
     }
 
     /// Takes the value out (`remove`); waiting futures keep waiting.
@@ -430,7 +504,7 @@ impl<K, V> State<K, V> {
         &mut self,
         hash: u64,
         eq: impl FnMut(&K) -> bool,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> Option<V> {
         let mut eq = eq;
         let Ok(mut occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
@@ -439,7 +513,7 @@ impl<K, V> State<K, V> {
         let value = occ.get_mut().value.take()?;
         self.len -= 1;
         if occ.get().is_empty() {
-            spill.key = Some(occ.remove().0.key);
+            after.key = Some(occ.remove().0.key);
         }
         Some(value)
     }
@@ -450,13 +524,13 @@ impl<K, V> State<K, V> {
         &mut self,
         hash: u64,
         eq: impl FnMut(&K) -> bool,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> usize {
         let mut eq = eq;
         let Ok(occ) = self.table.find_entry(hash, |e| eq(&e.key)) else {
             return 0;
         };
-        fail_waiters(&mut self.slab, occ, NodeState::Cancelled, spill)
+        fail_waiters(&mut self.slab, occ, NodeState::Cancelled, after)
     }
 
     /// Closes the map and queues every waiting future; each resolves
@@ -522,10 +596,10 @@ impl<K, V> State<K, V> {
         eq: impl FnMut(&K) -> bool,
         cx_waker: &Waker,
         prep: &mut Prepared<K>,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> Step<V> {
         match *phase {
-            Phase::Init => self.poll_first::<M>(phase, hash, eq, prep, spill),
+            Phase::Init => self.poll_first::<M>(phase, hash, eq, prep, after),
             Phase::Registered {
                 slot,
                 seq,
@@ -533,7 +607,7 @@ impl<K, V> State<K, V> {
                 bucket,
                 hash,
             } => self
-                .poll_registered::<M>(phase, hash, slot, seq, entry, bucket, cx_waker, prep, spill),
+                .poll_registered::<M>(phase, hash, slot, seq, entry, bucket, cx_waker, prep, after),
             Phase::Done => unreachable!("checked by the future"),
         }
     }
@@ -545,7 +619,7 @@ impl<K, V> State<K, V> {
         hash: u64,
         mut eq: impl FnMut(&K) -> bool,
         prep: &mut Prepared<K>,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> Step<V> {
         if prep.key.is_some() {
             self.reserve_for_waiter();
@@ -560,7 +634,7 @@ impl<K, V> State<K, V> {
                     if M::KIND == Kind::Take {
                         self.len -= 1;
                         if occ.get().is_empty() {
-                            spill.key = Some(occ.remove().0.key);
+                            after.key = Some(occ.remove().0.key);
                         }
                     }
                     return Step::Ready(v.ok_or(WaitError::Closed));
@@ -629,10 +703,10 @@ impl<K, V> State<K, V> {
         bucket: usize,
         cx_waker: &Waker,
         prep: &mut Prepared<K>,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> Step<V> {
         if let Some(err) = failure(self.slab.node(slot, seq).state()) {
-            spill.waker = self.slab.free(slot);
+            after.waker = self.slab.free(slot);
             *phase = Phase::Done;
             return Step::Ready(Err(err));
         }
@@ -654,9 +728,9 @@ impl<K, V> State<K, V> {
                     e.baton = NIL;
                 }
             }
-            spill.waker = self.slab.free(slot);
+            after.waker = self.slab.free(slot);
             if occ.get().is_empty() {
-                spill.key = Some(occ.remove().0.key);
+                after.key = Some(occ.remove().0.key);
             }
             *phase = Phase::Done;
             return Step::Ready(v.ok_or(WaitError::Closed));
@@ -671,7 +745,7 @@ impl<K, V> State<K, V> {
         }
         match prep.waker.take() {
             Some(w) => {
-                spill.waker = self.slab.replace_waker(slot, w);
+                after.waker = self.slab.replace_waker(slot, w);
                 Step::Pending
             }
             None => Step::Need { key: false },
@@ -690,7 +764,7 @@ impl<K, V> State<K, V> {
         eq: impl FnMut(&K) -> bool,
         cx_waker: &Waker,
         prep: &mut Prepared<K>,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) -> CoStep<V>
     where
         V: Clone,
@@ -705,22 +779,26 @@ impl<K, V> State<K, V> {
         {
             let state = self.slab.node(slot, seq).state();
             if state.is_failed() {
-                spill.waker = self.slab.free(slot);
+                after.waker = self.slab.free(slot);
                 if state == NodeState::Cancelled {
                     *phase = Phase::Done;
                     return CoStep::Failed(WaitError::Cancelled);
                 }
-                // Abandoned: start over below, as a fresh call would.
+                // Abandoned: start over, as a fresh call would, in a new
+                // trip through the lock: the node freed here may have been
+                // the last waiter, and `drained()` must hear of it even if
+                // the `Eq` of the fresh probe panics.
                 *phase = Phase::Init;
+                return CoStep::Restart;
             } else {
                 let mut occ = entry_of(&mut self.table, stored, entry, bucket);
                 let e = occ.get_mut();
                 if e.value.is_some() || self.closed {
                     let v = e.value.clone();
                     self.slab.unlink(&mut e.gets, slot);
-                    spill.waker = self.slab.free(slot);
+                    after.waker = self.slab.free(slot);
                     if occ.get().is_empty() {
-                        spill.key = Some(occ.remove().0.key);
+                        after.key = Some(occ.remove().0.key);
                     }
                     *phase = Phase::Done;
                     return match v {
@@ -734,7 +812,7 @@ impl<K, V> State<K, V> {
                     // caller takes the work, as a fresh call would.
                     e.promised = true;
                     self.slab.unlink(&mut e.gets, slot);
-                    spill.waker = self.slab.free(slot);
+                    after.waker = self.slab.free(slot);
                     *phase = Phase::Done;
                     return CoStep::Promise(Ticket {
                         hash: e.hash,
@@ -747,7 +825,7 @@ impl<K, V> State<K, V> {
                 }
                 return match prep.waker.take() {
                     Some(w) => {
-                        spill.waker = self.slab.replace_waker(slot, w);
+                        after.waker = self.slab.replace_waker(slot, w);
                         CoStep::Pending
                     }
                     None => CoStep::Need { key: false },
@@ -827,7 +905,7 @@ impl<K, V> State<K, V> {
         seq: u64,
         entry: u64,
         bucket: usize,
-        spill: &mut Spill<K>,
+        after: &mut After<K>,
     ) {
         if self.slab.node(slot, seq).state() == NodeState::Waiting {
             let mut occ = entry_of(&mut self.table, hash, entry, bucket);
@@ -841,10 +919,10 @@ impl<K, V> State<K, V> {
                 }
             }
             if e.is_empty() {
-                spill.key = Some(occ.remove().0.key);
+                after.key = Some(occ.remove().0.key);
             }
         }
-        spill.waker = self.slab.free(slot);
+        after.waker = self.slab.free(slot);
     }
 }
 
@@ -883,7 +961,7 @@ fn fail_waiters<K, V>(
     slab: &mut Slab,
     mut occ: OccupiedEntry<'_, Entry<K, V>>,
     how: NodeState,
-    spill: &mut Spill<K>,
+    after: &mut After<K>,
 ) -> usize {
     let e = occ.get_mut();
     let mut count = 0;
@@ -912,7 +990,7 @@ fn fail_waiters<K, V>(
     }
     e.baton = keep;
     if e.is_empty() {
-        spill.key = Some(occ.remove().0.key);
+        after.key = Some(occ.remove().0.key);
     }
     count
 }

@@ -10,7 +10,7 @@
 //!
 //! The crate ships two raw locks: [`SpinLock`] (feature `spin`, the default)
 //! and [`CsLock`] (feature `critical-section`). Both release on unwind, which
-//! SPEC semantic 11 needs (a panicking `Eq` or `Clone` under the lock must
+//! the crate's guarantees on panics need (a panicking `Eq` or `Clone` under the lock must
 //! leave the map usable); the critical-section lock of the `mutex` crate stays
 //! locked after a panic without its `std` feature, which is why it is not the
 //! one offered here.
@@ -601,7 +601,7 @@ impl<T, L> Lock<T, L> {
 impl<T, L: ScopedRawMutex> Lock<T, L> {
     /// Runs `f` with the lock held. If `f` panics, the lock is released as
     /// the panic unwinds (both of the crate's locks do; a user's `L` must too
-    /// for SPEC semantic 11 to hold).
+    /// for the crate's guarantees on panics to hold).
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         #[cfg(not(awaitmap_loom))]

@@ -383,17 +383,27 @@ pub(crate) type Panic = alloc::boxed::Box<dyn core::any::Any + Send>;
 #[cfg(not(feature = "std"))]
 pub(crate) type Panic = core::convert::Infallible;
 
+/// Runs user code (a waker or a destructor) on behalf of an operation. With
+/// `std`, a panic does not stop the operation: the first one is kept in
+/// `panic` for the caller to resume once everything due has run.
 #[cfg(feature = "std")]
-pub(crate) fn wake_one(w: Waker, panic: &mut Option<Panic>) {
-    let woken = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| w.wake()));
-    if let Err(payload) = woken {
+#[inline]
+pub(crate) fn caught<R>(f: impl FnOnce() -> R, panic: &mut Option<Panic>) {
+    if let Err(payload) = std::panic::catch_unwind(core::panic::AssertUnwindSafe(f)) {
         panic.get_or_insert(payload);
     }
 }
 
+/// Without `std` a panic propagates at once.
 #[cfg(not(feature = "std"))]
-pub(crate) fn wake_one(w: Waker, _: &mut Option<Panic>) {
-    w.wake();
+#[inline]
+pub(crate) fn caught<R>(f: impl FnOnce() -> R, _: &mut Option<Panic>) {
+    f();
+}
+
+#[inline]
+pub(crate) fn wake_one(w: Waker, panic: &mut Option<Panic>) {
+    caught(|| w.wake(), panic);
 }
 
 // ===== invariant checks (tests and debugging) =====
