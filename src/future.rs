@@ -1,8 +1,9 @@
-//! The named futures returned by [`AwaitMap`]'s waiting methods.
+//! The named futures returned by [`AwaitMap::get`] and [`AwaitMap::take`].
 //!
-//! All four share one state machine ([`AwaitMap::poll_wait`] and
-//! [`AwaitMap::abandon`]); they differ in how they read the value (clone or
-//! move) and in how they hold the map and the key (borrowed or owned).
+//! They are thin: a future holds the map, the key and its [`Waiter`], and
+//! its poll and drop go through the one machine in `waiter.rs`, in the mode
+//! that says how it reads the value (clone or move). The owned forms, which
+//! hold an `Arc` of the map and an owned key, are in `owned.rs`.
 
 use core::fmt;
 use core::future::Future;
@@ -11,24 +12,12 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use alloc::borrow::ToOwned;
-#[cfg(target_has_atomic = "ptr")]
-use alloc::sync::Arc;
 use hashbrown::{DefaultHashBuilder, Equivalent};
-
-use crate::map::Core;
-use crate::state::{GetMode, TakeMode};
-use crate::sync::DefaultLock;
-use crate::waiters::Kind;
-use crate::{AwaitMap, WaitError};
 use mutex::ScopedRawMutex;
 
-macro_rules! debug_future {
-    ($name:literal, $self:ident, $f:ident) => {
-        $f.debug_struct($name)
-            .field("registered", &$self.core.is_registered())
-            .finish_non_exhaustive()
-    };
-}
+use crate::sync::DefaultLock;
+use crate::waiter::{Kind, Waiter};
+use crate::{AwaitMap, WaitError};
 
 /// The future returned by [`AwaitMap::get`]: a clone of the key's value.
 ///
@@ -57,7 +46,7 @@ macro_rules! debug_future {
 pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     key: &'a Q,
-    core: Core,
+    waiter: Waiter,
 }
 
 /// The future returned by [`AwaitMap::take`]: the key's value, moved out.
@@ -88,7 +77,7 @@ pub struct Get<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K, L: ScopedRawMute
 pub struct Take<'a, K, V, S = DefaultHashBuilder, Q: ?Sized = K, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     key: &'a Q,
-    core: Core,
+    waiter: Waiter,
 }
 
 impl<'a, K, V, S, Q: ?Sized, L: ScopedRawMutex> Get<'a, K, V, S, Q, L> {
@@ -96,7 +85,7 @@ impl<'a, K, V, S, Q: ?Sized, L: ScopedRawMutex> Get<'a, K, V, S, Q, L> {
         Get {
             map,
             key,
-            core: Core::new(),
+            waiter: Waiter::new(),
         }
     }
 }
@@ -106,7 +95,7 @@ impl<'a, K, V, S, Q: ?Sized, L: ScopedRawMutex> Take<'a, K, V, S, Q, L> {
         Take {
             map,
             key,
-            core: Core::new(),
+            waiter: Waiter::new(),
         }
     }
 }
@@ -124,8 +113,7 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.map
-            .poll_wait::<GetMode, Q>(&mut this.core, this.key, cx, "Get")
+        this.map.poll_get(&mut this.waiter, this.key, cx, "Get")
     }
 }
 
@@ -141,181 +129,37 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.map
-            .poll_wait::<TakeMode, Q>(&mut this.core, this.key, cx, "Take")
+        this.map.poll_take(&mut this.waiter, this.key, cx, "Take")
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Get<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.abandon(Kind::Get, &mut self.core);
+        self.map.deregister(Kind::Get, &mut self.waiter);
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Take<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.abandon(Kind::Take, &mut self.core);
+        self.map.deregister(Kind::Take, &mut self.waiter);
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> fmt::Debug for Get<'_, K, V, S, Q, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_future!("Get", self, f)
+        debug_future("Get", &self.waiter, f)
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> fmt::Debug for Take<'_, K, V, S, Q, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_future!("Take", self, f)
+        debug_future("Take", &self.waiter, f)
     }
 }
 
-/// The future returned by [`AwaitMap::get_owned`]: like [`Get`], but it holds
-/// an `Arc` of the map and an owned key, so it is `'static`.
-///
-/// # Panics
-///
-/// Polling it again after it returned `Ready` panics, as `std` futures do.
-///
-/// # Cancel safety
-///
-/// Cancel-safe, as [`Get`].
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::Arc;
-/// use awaitmap::{AwaitMap, GetOwned};
-///
-/// let map = Arc::new(AwaitMap::<u8, u8>::new());
-/// let fut: GetOwned<u8, u8> = map.get_owned(&1);
-/// drop(map.clone());
-/// map.insert(1, 1);
-/// assert_eq!(futures::executor::block_on(fut), Ok(1));
-/// ```
-#[cfg(target_has_atomic = "ptr")]
-#[must_use = "futures do nothing unless polled"]
-pub struct GetOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
-    map: Arc<AwaitMap<K, V, S, L>>,
-    key: K,
-    core: Core,
-}
-
-/// The future returned by [`AwaitMap::take_owned`]: like [`Take`], but it
-/// holds an `Arc` of the map and an owned key, so it is `'static`.
-///
-/// # Panics
-///
-/// Polling it again after it returned `Ready` panics, as `std` futures do.
-///
-/// # Cancel safety
-///
-/// Cancel-safe, as [`Take`]: a woken future dropped before it returned the
-/// value leaves the value in the map and passes the wake-up on.
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::Arc;
-/// use awaitmap::{AwaitMap, TakeOwned};
-///
-/// let map = Arc::new(AwaitMap::<u8, u8>::new());
-/// let fut: TakeOwned<u8, u8> = map.take_owned(&1);
-/// map.insert(1, 1);
-/// assert_eq!(futures::executor::block_on(fut), Ok(1));
-/// assert!(map.is_empty());
-/// ```
-#[cfg(target_has_atomic = "ptr")]
-#[must_use = "futures do nothing unless polled"]
-pub struct TakeOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
-    map: Arc<AwaitMap<K, V, S, L>>,
-    key: K,
-    core: Core,
-}
-
-// The futures are never structurally pinned: `key` is only read through `&`.
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Unpin for GetOwned<K, V, S, L> {}
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Unpin for TakeOwned<K, V, S, L> {}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> GetOwned<K, V, S, L> {
-    pub(crate) fn new(map: Arc<AwaitMap<K, V, S, L>>, key: K) -> Self {
-        GetOwned {
-            map,
-            key,
-            core: Core::new(),
-        }
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> TakeOwned<K, V, S, L> {
-    pub(crate) fn new(map: Arc<AwaitMap<K, V, S, L>>, key: K) -> Self {
-        TakeOwned {
-            map,
-            key,
-            core: Core::new(),
-        }
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Future for GetOwned<K, V, S, L>
-where
-    K: Eq + Hash + Clone,
-    V: Clone,
-    S: BuildHasher,
-{
-    type Output = Result<V, WaitError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        this.map
-            .poll_wait::<GetMode, K>(&mut this.core, &this.key, cx, "GetOwned")
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Future for TakeOwned<K, V, S, L>
-where
-    K: Eq + Hash + Clone,
-    S: BuildHasher,
-{
-    type Output = Result<V, WaitError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        this.map
-            .poll_wait::<TakeMode, K>(&mut this.core, &this.key, cx, "TakeOwned")
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Drop for GetOwned<K, V, S, L> {
-    fn drop(&mut self) {
-        self.map.abandon(Kind::Get, &mut self.core);
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Drop for TakeOwned<K, V, S, L> {
-    fn drop(&mut self) {
-        self.map.abandon(Kind::Take, &mut self.core);
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> fmt::Debug for GetOwned<K, V, S, L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_future!("GetOwned", self, f)
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> fmt::Debug for TakeOwned<K, V, S, L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        debug_future!("TakeOwned", self, f)
-    }
+/// The `Debug` output of the futures: whether it is registered.
+pub(crate) fn debug_future(name: &str, w: &Waiter, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct(name)
+        .field("registered", &w.is_registered())
+        .finish_non_exhaustive()
 }

@@ -175,22 +175,24 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod after;
 #[cfg(feature = "std")]
 mod blocking;
 mod error;
 mod future;
 mod map;
 #[cfg(target_has_atomic = "ptr")]
+mod owned;
+#[cfg(target_has_atomic = "ptr")]
 mod producer;
 mod promise;
-mod state;
+mod slab;
 mod sync;
-mod waiters;
+mod table;
+mod waiter;
 
 pub use error::WaitError;
 pub use future::{Get, Take};
-#[cfg(target_has_atomic = "ptr")]
-pub use future::{GetOwned, TakeOwned};
 pub use hashbrown::Equivalent;
 
 /// The default hasher of [`AwaitMap`]: foldhash's fast hasher, as in
@@ -216,9 +218,9 @@ pub use map::AwaitMap;
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
 #[cfg(target_has_atomic = "ptr")]
-pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
+pub use owned::{GetOwned, OwnedPromise, TakeOwned};
 #[cfg(target_has_atomic = "ptr")]
-pub use promise::OwnedPromise;
+pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};
 #[cfg(feature = "critical-section")]
 #[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]

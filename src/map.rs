@@ -2,24 +2,16 @@
 
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
-use core::task::{Context, Poll, Waker};
 
 use alloc::borrow::ToOwned;
-#[cfg(target_has_atomic = "ptr")]
-use alloc::sync::Arc;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 
-use crate::WaitError;
+use crate::after::After;
 use crate::future::{Get, Take};
-#[cfg(target_has_atomic = "ptr")]
-use crate::future::{GetOwned, TakeOwned};
-#[cfg(target_has_atomic = "ptr")]
-use crate::producer::Events;
-use crate::state::{After, Hit, Mode, Phase, Prepared, State, Step};
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
-use crate::sync::{DefaultLock, Lock, const_fn_unless_loom};
-use crate::waiters::{Kind, WakeBatch, caught, wake_one};
+use crate::sync::{DefaultLock, Events, Lock, const_fn_unless_loom, resume};
+use crate::table::State;
 use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -101,9 +93,7 @@ pub struct AwaitMap<K, V, S = DefaultHashBuilder, L = DefaultLock> {
     pub(crate) state: Lock<State<K, V>, L>,
     /// The most values `try_insert`/`insert_async` let in; `usize::MAX`
     /// when unlimited.
-    #[cfg(target_has_atomic = "ptr")]
     pub(crate) limit: usize,
-    #[cfg(target_has_atomic = "ptr")]
     pub(crate) events: Events,
 }
 
@@ -213,9 +203,7 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
             AwaitMap {
                 hasher,
                 state: Lock::new(lock, State::new()),
-                #[cfg(target_has_atomic = "ptr")]
                 limit: usize::MAX,
-                #[cfg(target_has_atomic = "ptr")]
                 events: Events::new(),
             }
         }
@@ -237,9 +225,7 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
         AwaitMap {
             hasher,
             state: Lock::new(lock, State::with_capacity(capacity)),
-            #[cfg(target_has_atomic = "ptr")]
             limit: usize::MAX,
-            #[cfg(target_has_atomic = "ptr")]
             events: Events::new(),
         }
     }
@@ -270,6 +256,28 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// ```
     pub fn reserve(&self, keys: usize, waiters: usize) {
         self.state.with(|st| st.reserve(keys, waiters));
+    }
+
+    /// Gives back the memory the map holds beyond what it uses now: after a
+    /// burst of keys or waiters, the table and the waiter storage keep their
+    /// peak size until this is called. The next keys and waiters past the
+    /// new size allocate again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map: awaitmap::AwaitMap<u32, u32> = awaitmap::AwaitMap::new();
+    /// for k in 0..10_000 {
+    ///     map.insert(k, k);
+    /// }
+    /// for k in 0..10_000 {
+    ///     map.remove(&k);
+    /// }
+    /// map.shrink_to_fit(); // the table's memory goes back to the allocator
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn shrink_to_fit(&self) {
+        self.state.with(State::shrink_to_fit);
     }
 
     /// The map's hasher.
@@ -333,7 +341,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// assert_eq!(map.waiters(), 0);
     /// ```
     pub fn waiters(&self) -> usize {
-        self.state.with(|st| st.slab.live())
+        self.state.with(|st| st.live())
     }
 
     /// Checks the map's internal invariants and panics with the first one
@@ -379,14 +387,10 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
             st.close();
             after.collect(st);
         });
-        #[cfg_attr(not(target_has_atomic = "ptr"), allow(unused_mut))]
         let mut panic = self.finish_caught(after);
         // Producers: `closed()` resolves, and those waiting for room store
         // their values regardless of the limit.
-        #[cfg(target_has_atomic = "ptr")]
-        for event in [&self.events.closed, &self.events.room, &self.events.demand] {
-            caught(|| event.notify(usize::MAX), &mut panic);
-        }
+        self.events.closed(&mut panic);
         resume(panic);
     }
 
@@ -402,146 +406,6 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.state.with(|st| st.is_closed())
-    }
-
-    /// Runs `change` under the lock, then, with the lock released, does what
-    /// it left to do (see [`After`]): wakes the due wakers, tells the
-    /// map-wide conditions that became true, and drops what left the map, in
-    /// that order. Every operation that changes waiters or values goes
-    /// through here.
-    ///
-    /// With `std`, a panicking waker or destructor does not stop the rest:
-    /// the first panic is resumed once everything due has run. A panic in
-    /// `change` itself (a key's `Eq`, a value's `Clone`) happens before it
-    /// changes anything, and releases the lock.
-    #[inline]
-    pub(crate) fn locked<R>(&self, change: impl FnOnce(&mut State<K, V>, &mut After<K>) -> R) -> R {
-        let mut after = After::new();
-        let r = self.state.with(|st| {
-            let r = change(st, &mut after);
-            after.collect(st);
-            r
-        });
-        self.finish(after);
-        r
-    }
-
-    /// Carries out what an operation left to do: see [`locked`](Self::locked).
-    #[inline]
-    pub(crate) fn finish(&self, after: After<K>) {
-        if !after.is_quiet() {
-            resume(self.finish_caught(after));
-        }
-    }
-
-    /// [`finish`](Self::finish), handing back the first panic (with `std`)
-    /// instead of resuming it.
-    #[inline(never)]
-    pub(crate) fn finish_caught(&self, after: After<K>) -> Option<crate::waiters::Panic> {
-        let After {
-            first,
-            more,
-            idle,
-            freed,
-            key,
-            spare_key,
-            waker,
-            spare_waker,
-        } = after;
-        let mut panic = None;
-        if let Some(w) = first {
-            wake_one(w, &mut panic);
-        }
-        if more {
-            self.drain(&mut panic);
-        }
-        if idle {
-            caught(|| self.notify_idle(true), &mut panic);
-        }
-        if freed > 0 {
-            caught(|| self.freed(freed), &mut panic);
-        }
-        // Last: a destructor that panics can no longer cost anyone a wake-up.
-        for w in [waker, spare_waker].into_iter().flatten() {
-            caught(|| drop(w), &mut panic);
-        }
-        for k in [key, spare_key].into_iter().flatten() {
-            caught(|| drop(k), &mut panic);
-        }
-        panic
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn drain(&self, panic: &mut Option<crate::waiters::Panic>) {
-        let mut batch = WakeBatch::new();
-        let mut more = true;
-        while more {
-            more = self.state.with(|st| {
-                st.slab.pop_batch(&mut batch);
-                st.slab.has_queued()
-            });
-            batch.wake_all(panic);
-        }
-    }
-
-    /// Tells `drained()` futures that the last waiter is gone.
-    #[inline]
-    pub(crate) fn notify_idle(&self, idle: bool) {
-        #[cfg(target_has_atomic = "ptr")]
-        if idle {
-            self.events.idle.notify(usize::MAX);
-        }
-        #[cfg(not(target_has_atomic = "ptr"))]
-        let _ = idle;
-    }
-
-    /// Queues a newly wanted key for the `Demand` handles (a copy of the
-    /// waiter's key, made here with the lock released).
-    #[cold]
-    #[inline(never)]
-    fn announce(&self, hash: u64, entry: u64, key: K) {
-        let mut key = Some(key);
-        let stale = self.state.with(|st| st.queue_wanted(hash, entry, &mut key));
-        let queued = key.is_none();
-        let mut panic = None;
-        #[cfg(target_has_atomic = "ptr")]
-        if queued {
-            caught(|| self.events.demand.notify_additional(1), &mut panic);
-        }
-        #[cfg(not(target_has_atomic = "ptr"))]
-        let _ = queued;
-        // Not queued (the watchers left meanwhile), and keys no longer
-        // wanted: dropped last, unlocked.
-        caught(|| drop(key), &mut panic);
-        caught(|| drop(stale), &mut panic);
-        resume(panic);
-    }
-
-    /// Without atomic pointers there are no producers waiting for room.
-    #[cfg(not(target_has_atomic = "ptr"))]
-    #[inline]
-    pub(crate) fn freed(&self, _n: usize) {}
-
-    /// Deregisters a future that is dropped before it completed.
-    #[inline]
-    pub(crate) fn abandon(&self, kind: Kind, core: &mut Core) {
-        if let Phase::Registered {
-            slot,
-            seq,
-            entry,
-            bucket,
-            hash,
-        } = core.phase
-        {
-            core.phase = Phase::Done;
-            self.deregister(kind, hash, slot, seq, entry, bucket);
-        }
-    }
-
-    #[inline(never)]
-    fn deregister(&self, kind: Kind, hash: u64, slot: u32, seq: u64, entry: u64, bucket: usize) {
-        self.locked(|st, after| st.deregister(kind, hash, slot, seq, entry, bucket, after));
     }
 }
 
@@ -575,10 +439,10 @@ where
         let mut key = Some(key);
         let mut value = Some(value);
         self.locked(|st, after| {
-            let old = st.insert(hash, &mut key, &mut value, |a, b| a == b);
+            let old = st.insert_if(hash, &mut key, &mut value, |a, b| a == b, |_| true, after);
             // The key the entry already had stays; this one is dropped.
             after.key = key.take();
-            old
+            old.expect("a plain insert always stores")
         })
     }
 
@@ -698,10 +562,8 @@ where
         V: Clone,
     {
         let hash = self.hasher.hash_one(key);
-        self.state.with(|st| {
-            st.value_mut(hash, |k| key.equivalent(k))
-                .and_then(|v| v.clone())
-        })
+        self.state
+            .with(|st| st.get_cloned(hash, |k| key.equivalent(k), V::clone))
     }
 
     /// Whether the key has a value.
@@ -719,10 +581,8 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        self.state.with(|st| {
-            st.value_mut(hash, |k| key.equivalent(k))
-                .is_some_and(|v| v.is_some())
-        })
+        self.state
+            .with(|st| st.contains(hash, |k| key.equivalent(k)))
     }
 
     /// Takes the key's value out of the map, if it has one; never waits.
@@ -741,11 +601,7 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        self.locked(|st, after| {
-            let removed = st.remove(hash, |k| key.equivalent(k), after);
-            after.freed = usize::from(removed.is_some());
-            removed
-        })
+        self.locked(|st, after| st.remove(hash, |k| key.equivalent(k), after))
     }
 
     /// Fails the futures waiting on `key` right now with
@@ -775,341 +631,6 @@ where
         let hash = self.hasher.hash_one(key);
         self.locked(|st, after| st.cancel(hash, |k| key.equivalent(k), after))
     }
-
-    /// Polls a `get` or `take` future: the logic all four futures share.
-    ///
-    /// The first poll of a present key is the hot path: one hash, one lock,
-    /// one probe, one clone (or move). Everything else is out of line.
-    #[inline(always)]
-    pub(crate) fn poll_wait<M, Q>(
-        &self,
-        core: &mut Core,
-        key: &Q,
-        cx: &mut Context<'_>,
-        what: &'static str,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        M: Mode<V>,
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        if let Phase::Init = core.phase {
-            let hash = self.hasher.hash_one(key);
-            if M::KIND == Kind::Take {
-                core.hash = hash;
-                // A `take` mostly waits (a response awaited before it
-                // arrives): preparing its registration up front saves a
-                // second trip through the lock.
-                return self.poll_slow::<M, Q>(core, key, cx, what, Some(true));
-            }
-            let hit = self
-                .state
-                .with(|st| st.poll_hit::<M>(hash, |k| key.equivalent(k)));
-            match hit {
-                Hit::Ready(r) => {
-                    core.phase = Phase::Done;
-                    return Poll::Ready(r);
-                }
-                Hit::Miss { entry } => {
-                    core.hash = hash;
-                    return self.poll_slow::<M, Q>(core, key, cx, what, Some(!entry));
-                }
-            }
-        }
-        self.poll_slow::<M, Q>(core, key, cx, what, None)
-    }
-
-    /// Registration and every poll after the first: a loop of locked steps,
-    /// each of which may ask for a waker clone or an owned key, made outside
-    /// the lock.
-    ///
-    /// `need` is set when registering is known to be next: `Some(true)` if
-    /// it needs an owned key as well as a waker (the key has no entry).
-    #[inline(never)]
-    fn poll_slow<M, Q>(
-        &self,
-        core: &mut Core,
-        key: &Q,
-        cx: &mut Context<'_>,
-        what: &'static str,
-        mut need: Option<bool>,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        M: Mode<V>,
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        if let Phase::Done = core.phase {
-            panic!("`{what}` polled after it returned `Ready`");
-        }
-        let mut prep = Prepared {
-            waker: None,
-            key: None,
-        };
-        loop {
-            // Registering needs a waker (and maybe an owned key): user code,
-            // so made here, between two trips through the lock.
-            if let Some(key_too) = need.take() {
-                if prep.waker.is_none() {
-                    prep.waker = Some(self.clone_waker(M::KIND, core, cx));
-                }
-                if key_too && prep.key.is_none() {
-                    // Only a future that is not registered needs a key.
-                    prep.key = Some(key.to_owned().into());
-                }
-            }
-            let mut after = After::new();
-            let step = self.state.with(|st| {
-                let step = st.poll::<M>(
-                    &mut core.phase,
-                    core.hash,
-                    |k| key.equivalent(k),
-                    cx.waker(),
-                    &mut prep,
-                    &mut after,
-                );
-                after.collect(st);
-                step
-            });
-            match step {
-                Step::Need { key: key_too } => {
-                    self.finish(after);
-                    need = Some(key_too);
-                }
-                Step::Ready(r) => {
-                    core.phase = Phase::Done;
-                    if M::KIND == Kind::Take && r.is_ok() {
-                        after.freed = 1;
-                    }
-                    after.spare_waker = prep.waker.take();
-                    after.spare_key = prep.key.take();
-                    return self.finish_ready::<M, Q>(core, key, r, after);
-                }
-                Step::Pending => {
-                    after.spare_key = prep.key.take();
-                    self.finish(after);
-                    return Poll::Pending;
-                }
-                Step::Announce { entry } => {
-                    after.spare_key = prep.key.take();
-                    self.finish(after);
-                    self.announce_for::<M, Q>(core, entry, key);
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
-    /// Finishes a poll that resolved: what the operation left to do runs
-    /// before the result is returned. If any of it panics (a waker, a key's
-    /// or waker's destructor), the poll cannot return the result: a value a
-    /// `take` moved out goes back into the map, so nothing is lost, and the
-    /// future starts over if it is polled again.
-    #[inline]
-    fn finish_ready<M, Q>(
-        &self,
-        core: &mut Core,
-        key: &Q,
-        r: Result<V, WaitError>,
-        after: After<K>,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        M: Mode<V>,
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        if after.is_quiet() {
-            return Poll::Ready(r);
-        }
-        match self.finish_caught(after) {
-            None => Poll::Ready(r),
-            Some(panic) => {
-                core.phase = Phase::Init;
-                if let (Kind::Take, Ok(v)) = (M::KIND, r) {
-                    self.put_back(core.hash, key, v);
-                }
-                resume(Some(panic));
-                unreachable!("a panic was resumed")
-            }
-        }
-    }
-
-    /// Puts a value that a `take` moved out back under its key, as if the
-    /// take had not happened: for a poll that panicked before it could
-    /// return it. If another value arrived for the key meanwhile, that one
-    /// stays and this one is dropped (with `std`, a value is only ever moved
-    /// out and then put back while unwinding).
-    #[cold]
-    fn put_back<Q>(&self, hash: u64, key: &Q, value: V)
-    where
-        Q: ?Sized + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        let mut owned: Option<K> = Some(key.to_owned().into());
-        let mut value = Some(value);
-        self.locked(|st, after| {
-            st.insert_absent(hash, &mut owned, &mut value, |a, b| a == b);
-            after.key = owned.take();
-        });
-        drop(value);
-    }
-
-    /// Clones the waker a poll is to store. If the clone panics, a
-    /// registered future is deregistered (it would otherwise stay in its
-    /// key's list marked as woken, and could hold up the takes behind it)
-    /// and starts over if polled again.
-    #[inline]
-    pub(crate) fn clone_waker(&self, kind: Kind, core: &mut Core, cx: &Context<'_>) -> Waker {
-        let unwind = Deregister {
-            map: self,
-            kind,
-            core,
-        };
-        let waker = cx.waker().clone();
-        core::mem::forget(unwind);
-        waker
-    }
-
-    /// Announces a key its future made wanted; if the key's copy panics,
-    /// the future is deregistered (nobody would be told that it waits) and
-    /// starts over if polled again.
-    #[cold]
-    fn announce_for<M, Q>(&self, core: &mut Core, entry: u64, key: &Q)
-    where
-        M: Mode<V>,
-        Q: ?Sized + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        let hash = core.hash;
-        let unwind = Deregister {
-            map: self,
-            kind: M::KIND,
-            core,
-        };
-        let owned: K = key.to_owned().into();
-        core::mem::forget(unwind);
-        self.announce(hash, entry, owned);
-    }
-}
-
-/// Deregisters a future whose poll is unwinding, and lets it start over.
-struct Deregister<'a, K, V, S, L: ScopedRawMutex> {
-    map: &'a AwaitMap<K, V, S, L>,
-    kind: Kind,
-    core: &'a mut Core,
-}
-
-impl<K, V, S, L: ScopedRawMutex> Drop for Deregister<'_, K, V, S, L> {
-    fn drop(&mut self) {
-        self.map.abandon(self.kind, self.core);
-        self.core.phase = Phase::Init;
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L>
-where
-    K: Eq + Hash,
-    S: BuildHasher,
-{
-    /// Like [`get`](Self::get), but the future holds its own clone of the
-    /// `Arc` and an owned key, so it is `'static` and can be spawned.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get).
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`get`](Self::get): dropping the future deregisters it.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use awaitmap::AwaitMap;
-    ///
-    /// let map = Arc::new(AwaitMap::new());
-    /// let waiter = std::thread::spawn({
-    ///     let fut = map.get_owned(&1);
-    ///     move || futures::executor::block_on(fut)
-    /// });
-    /// map.insert(1, "one");
-    /// assert_eq!(waiter.join().unwrap(), Ok("one"));
-    /// ```
-    pub fn get_owned<Q>(self: &Arc<Self>, key: &Q) -> GetOwned<K, V, S, L>
-    where
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-        K: Clone,
-        V: Clone,
-    {
-        GetOwned::new(Arc::clone(self), key.to_owned().into())
-    }
-
-    /// Like [`take`](Self::take), but the future holds its own clone of the
-    /// `Arc` and an owned key, so it is `'static` and can be spawned.
-    ///
-    /// # Errors
-    ///
-    /// As [`take`](Self::take).
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`take`](Self::take): a woken future dropped before it returned the
-    /// value passes the wake-up on; the value stays in the map.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use awaitmap::AwaitMap;
-    ///
-    /// let map = Arc::new(AwaitMap::new());
-    /// let fut = map.take_owned(&5_u32);
-    /// map.insert(5, vec![1, 2, 3]);
-    /// assert_eq!(futures::executor::block_on(fut), Ok(vec![1, 2, 3]));
-    /// assert!(map.is_empty());
-    /// ```
-    pub fn take_owned<Q>(self: &Arc<Self>, key: &Q) -> TakeOwned<K, V, S, L>
-    where
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-        K: Clone,
-    {
-        TakeOwned::new(Arc::clone(self), key.to_owned().into())
-    }
-}
-
-/// Resumes a panic that a waker raised, once every due waker has run.
-#[cfg(feature = "std")]
-fn resume(panic: Option<crate::waiters::Panic>) {
-    if let Some(payload) = panic {
-        std::panic::resume_unwind(payload);
-    }
-}
-
-#[cfg(not(feature = "std"))]
-fn resume(_: Option<crate::waiters::Panic>) {}
-
-/// A future's bookkeeping: its key's hash (valid once polled) and its phase.
-#[derive(Debug)]
-pub(crate) struct Core {
-    pub(crate) hash: u64,
-    pub(crate) phase: Phase,
-}
-
-impl Core {
-    pub(crate) const fn new() -> Self {
-        Core {
-            hash: 0,
-            phase: Phase::Init,
-        }
-    }
-
-    pub(crate) fn is_registered(&self) -> bool {
-        matches!(self.phase, Phase::Registered { .. })
-    }
 }
 
 // A panic in user code (`Eq`, `Clone`, a waker) leaves the map consistent
@@ -1131,7 +652,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for AwaitMap<K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let counts = self
             .state
-            .try_with(|st| (st.len(), st.slab.live(), st.is_closed()));
+            .try_with(|st| (st.len(), st.live(), st.is_closed()));
         match counts {
             Some((len, waiters, closed)) => f
                 .debug_struct("AwaitMap")

@@ -13,39 +13,13 @@ use core::hash::{BuildHasher, Hash};
 use core::pin::Pin;
 use core::task::{Context, Poll};
 
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 use mutex::ScopedRawMutex;
 
 use crate::AwaitMap;
 use crate::sync::{DefaultLock, Event, EventListener};
-
-/// The map-wide conditions producers wait on.
-pub(crate) struct Events {
-    /// A value left a limited map (one notification per freed slot), or the
-    /// map was closed (everyone: a closed map takes values beyond its limit).
-    pub(crate) room: Event,
-    /// A key became wanted.
-    pub(crate) demand: Event,
-    /// The map was closed.
-    pub(crate) closed: Event,
-    /// The last waiting future finished.
-    pub(crate) idle: Event,
-}
-
-impl Events {
-    crate::sync::const_fn_unless_loom! {
-        pub(crate) fn new() -> Self {
-            Events {
-                room: Event::new(),
-                demand: Event::new(),
-                closed: Event::new(),
-                idle: Event::new(),
-            }
-        }
-    }
-}
+use crate::table::State;
 
 /// Polls `listener`, or starts one on `event` if there is none; `Ready`
 /// means "look at the condition again". A fresh listener is always followed
@@ -119,14 +93,6 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// ```
     pub fn limit(&self) -> Option<usize> {
         (self.limit != usize::MAX).then_some(self.limit)
-    }
-
-    /// After `n` values left the map: lets as many waiting producers in.
-    #[inline]
-    pub(crate) fn freed(&self, n: usize) {
-        if self.limit != usize::MAX && n > 0 {
-            self.events.room.notify_additional(n);
-        }
     }
 
     /// A future that resolves once the map is [closed](Self::close): for a
@@ -214,7 +180,7 @@ where
         let mut value = Some(value);
         let limit = self.limit;
         let old = self.locked(|st, after| {
-            let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b);
+            let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b, after);
             if old.is_some() {
                 // Stored: the key the entry already had stays.
                 after.key = key.take();
@@ -428,16 +394,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for Drained<'_, K, V, S, L> {
         let this = self.get_mut();
         loop {
             let watching = this.watching;
-            let idle = this.map.state.with(|st| {
-                let idle = st.slab.live() == 0;
-                if !idle && !watching {
-                    st.idle_watchers += 1;
-                }
-                if idle && watching {
-                    st.idle_watchers -= 1;
-                }
-                idle
-            });
+            let idle = this.map.state.with(|st| st.watch_idle(watching));
             this.watching = !idle;
             if idle {
                 retire(&mut this.listener);
@@ -453,7 +410,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for Drained<'_, K, V, S, L> {
 impl<K, V, S, L: ScopedRawMutex> Drop for Drained<'_, K, V, S, L> {
     fn drop(&mut self) {
         if self.watching {
-            self.map.state.with(|st| st.idle_watchers -= 1);
+            self.map.state.with(State::unwatch_idle);
         }
     }
 }
@@ -541,7 +498,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// assert_eq!(block_on(demand.next()).as_deref(), Some("config"));
     /// ```
     pub fn demand(&self) -> Demand<'_, K, V, S, L> {
-        self.state.with(|st| st.demand_watchers += 1);
+        self.state.with(State::watch_demand);
         Demand { map: self }
     }
 
@@ -561,7 +518,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// assert_eq!(block_on(demand.next()), Some(3));
     /// ```
     pub fn demand_owned(self: &Arc<Self>) -> OwnedDemand<K, V, S, L> {
-        self.state.with(|st| st.demand_watchers += 1);
+        self.state.with(State::watch_demand);
         OwnedDemand {
             map: Arc::clone(self),
         }
@@ -569,13 +526,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 
     /// A demand handle is gone; with the last one, queued keys are dropped.
     fn end_demand(&self) {
-        let mut stale = VecDeque::new();
-        self.state.with(|st| {
-            st.demand_watchers -= 1;
-            if st.demand_watchers == 0 {
-                core::mem::swap(&mut stale, &mut st.wanted);
-            }
-        });
+        let stale = self.state.with(State::unwatch_demand);
         // Dropped here, unlocked.
         drop(stale);
     }
@@ -687,13 +638,7 @@ impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, K, V, S, L> {
         let this = self.get_mut();
         let map = this.map;
         loop {
-            let (next, closed) = map.state.with(|st| {
-                let next = st
-                    .wanted
-                    .pop_front()
-                    .map(|(hash, id, key)| (st.still_wanted(hash, id), key));
-                (next, st.is_closed())
-            });
+            let (next, closed) = map.state.with(|st| (st.next_wanted(), st.is_closed()));
             match next {
                 Some((true, key)) => {
                     retire(&mut this.listener);

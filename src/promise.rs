@@ -13,15 +13,11 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 
 use alloc::borrow::ToOwned;
-#[cfg(target_has_atomic = "ptr")]
-use alloc::sync::Arc;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
-use crate::map::Core;
-use crate::state::{After, CoStep, Phase, Prepared, Ticket};
 use crate::sync::DefaultLock;
-use crate::waiters::Kind;
+use crate::waiter::{EntryRef, Kind, Mode, Outcome, Waiter};
 use crate::{AwaitMap, WaitError};
 
 /// A reservation of one absent key by its producer, from
@@ -65,11 +61,19 @@ use crate::{AwaitMap, WaitError};
 #[must_use = "dropping a promise abandons it: its key's waiters fail with `Abandoned`"]
 pub struct Promise<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
-    /// `None` once fulfilled.
-    ticket: Option<Ticket>,
+    /// The promised entry; `None` once fulfilled or abandoned.
+    entry: Option<EntryRef>,
 }
 
-impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
+impl<'a, K, V, S, L: ScopedRawMutex> Promise<'a, K, V, S, L> {
+    /// The promise of the entry `r` (reserved for it under the lock).
+    pub(crate) fn from_ref(map: &'a AwaitMap<K, V, S, L>, r: EntryRef) -> Self {
+        Promise {
+            map,
+            entry: Some(r),
+        }
+    }
+
     /// Stores `value` under the promised key and wakes its waiters, as
     /// [`insert`](AwaitMap::insert) does; returns the value it replaced
     /// (there is one only if a plain `insert` stored it meanwhile).
@@ -86,8 +90,8 @@ impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
     /// assert_eq!(map.try_get(&7), Some("seven"));
     /// ```
     pub fn fulfil(mut self, value: V) -> Option<V> {
-        let ticket = self.ticket.take().expect("a promise is fulfilled once");
-        self.map.fulfil_ticket(ticket, value)
+        let r = self.entry.take().expect("a promise is fulfilled once");
+        self.map.fulfil_entry(r, value)
     }
 
     /// Gives up the key, as dropping the promise does, and returns how many
@@ -109,15 +113,12 @@ impl<K, V, S, L: ScopedRawMutex> Promise<'_, K, V, S, L> {
     }
 
     /// The reservation, handed over to an owned guard.
-    #[cfg(target_has_atomic = "ptr")]
-    fn into_ticket(mut self) -> Ticket {
-        self.ticket.take().expect("an unfulfilled promise")
+    pub(crate) fn into_entry(mut self) -> EntryRef {
+        self.entry.take().expect("an unfulfilled promise")
     }
 
     fn release(&mut self) -> usize {
-        self.ticket
-            .take()
-            .map_or(0, |ticket| self.map.abandon_ticket(ticket))
+        self.entry.take().map_or(0, |r| self.map.abandon_entry(r))
     }
 }
 
@@ -130,134 +131,20 @@ impl<K, V, S, L: ScopedRawMutex> Drop for Promise<'_, K, V, S, L> {
 impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Promise<'_, K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Promise")
-            .field("fulfilled", &self.ticket.is_none())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A [`Promise`] that holds its own `Arc` of the map, from
-/// [`AwaitMap::promise_owned`]: to hand the work for a key to a spawned
-/// task. It behaves as `Promise` does.
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::Arc;
-/// use awaitmap::{AwaitMap, WaitError};
-/// use futures::{FutureExt, executor::block_on};
-///
-/// let map: Arc<AwaitMap<u32, String>> = Arc::new(AwaitMap::new());
-/// let job = map.promise_owned(1).unwrap();
-/// let worker = std::thread::spawn(move || {
-///     job.fulfil("done".to_owned());
-/// });
-/// assert_eq!(map.get_blocking(&1).as_deref(), Ok("done"));
-/// worker.join().unwrap();
-///
-/// // A worker that dies with the promise: its waiters are told.
-/// let job = map.promise_owned(2).unwrap();
-/// let mut waiting = map.get(&2);
-/// assert!((&mut waiting).now_or_never().is_none()); // registered
-/// let worker = std::thread::spawn(move || {
-///     let _job = job;
-///     panic!("the worker failed");
-/// });
-/// assert!(worker.join().is_err());
-/// assert_eq!(block_on(waiting), Err(WaitError::Abandoned));
-/// ```
-#[cfg(target_has_atomic = "ptr")]
-#[must_use = "dropping a promise abandons it: its key's waiters fail with `Abandoned`"]
-pub struct OwnedPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
-    map: Arc<AwaitMap<K, V, S, L>>,
-    /// `None` once fulfilled.
-    ticket: Option<Ticket>,
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
-    /// As [`Promise::fulfil`]: stores the value and wakes the key's waiters;
-    /// returns a value a plain `insert` stored meanwhile.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    ///
-    /// let map = Arc::new(awaitmap::AwaitMap::new());
-    /// let promise = map.promise_owned(1).unwrap();
-    /// assert_eq!(promise.fulfil('a'), None);
-    /// assert_eq!(map.try_get(&1), Some('a'));
-    /// ```
-    pub fn fulfil(mut self, value: V) -> Option<V> {
-        let ticket = self.ticket.take().expect("a promise is fulfilled once");
-        self.map.fulfil_ticket(ticket, value)
-    }
-
-    /// As [`Promise::abandon`]: gives the key up and returns how many
-    /// waiting futures it woke.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    ///
-    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
-    /// let promise = map.promise_owned(1).unwrap();
-    /// assert_eq!(promise.abandon(), 0);
-    /// assert!(map.promise_owned(1).is_some());
-    /// ```
-    pub fn abandon(mut self) -> usize {
-        self.release()
-    }
-
-    /// The map the promise is for.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    ///
-    /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
-    /// let promise = map.promise_owned(1).unwrap();
-    /// assert!(Arc::ptr_eq(promise.map(), &map));
-    /// # promise.fulfil(0);
-    /// ```
-    pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
-        &self.map
-    }
-
-    fn release(&mut self) -> usize {
-        self.ticket
-            .take()
-            .map_or(0, |ticket| self.map.abandon_ticket(ticket))
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> Drop for OwnedPromise<K, V, S, L> {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedPromise<K, V, S, L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedPromise")
-            .field("fulfilled", &self.ticket.is_none())
+            .field("fulfilled", &self.entry.is_none())
             .finish_non_exhaustive()
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Stores a promise's value (`Promise::fulfil`).
-    fn fulfil_ticket(&self, ticket: Ticket, value: V) -> Option<V> {
-        self.locked(|st, _| st.fulfil(ticket, value))
+    pub(crate) fn fulfil_entry(&self, r: EntryRef, value: V) -> Option<V> {
+        self.locked(|st, after| st.fulfil(r, value, after))
     }
 
     /// Gives a promise's key up (`Promise::abandon`, or a dropped promise).
-    fn abandon_ticket(&self, ticket: Ticket) -> usize {
-        self.locked(|st, after| st.abandon(ticket, after))
+    pub(crate) fn abandon_entry(&self, r: EntryRef) -> usize {
+        self.locked(|st, after| st.abandon(r, after))
     }
 }
 
@@ -319,7 +206,7 @@ pub struct GetOrPromise<
 > {
     map: &'a AwaitMap<K, V, S, L>,
     key: &'a Q,
-    core: Core,
+    waiter: Waiter,
 }
 
 impl<'a, K, V, S, Q, L> Future for GetOrPromise<'a, K, V, S, Q, L>
@@ -336,77 +223,32 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let map = this.map;
-        let key = this.key;
-        match this.core.phase {
-            Phase::Done => panic!("`get_or_promise` polled after it returned `Ready`"),
-            Phase::Init => this.core.hash = map.hasher.hash_one(key),
-            Phase::Registered { .. } => {}
-        }
-        let hash = this.core.hash;
-        let mut prep = Prepared {
-            waker: None,
-            key: None,
-        };
-        loop {
-            let mut after = After::new();
-            let step = map.state.with(|st| {
-                let step = st.poll_or_promise(
-                    &mut this.core.phase,
-                    hash,
-                    |k| key.equivalent(k),
-                    cx.waker(),
-                    &mut prep,
-                    &mut after,
-                );
-                after.collect(st);
-                step
-            });
-            after.spare_key = prep.key.take();
-            // Made before the leftovers are seen to: if that panics, the
-            // promise is dropped on the way out, and so abandoned, not lost.
-            let ready = match step {
-                CoStep::Value(v) => Ok(ValueOrPromise::Value(v)),
-                CoStep::Promise(ticket) => Ok(ValueOrPromise::Promise(Promise {
-                    map,
-                    ticket: Some(ticket),
-                })),
-                CoStep::Failed(err) => Err(err),
-                CoStep::Pending => {
-                    map.finish(after);
-                    return Poll::Pending;
-                }
-                CoStep::Restart => {
-                    map.finish(after);
-                    continue;
-                }
-                CoStep::Need { key: need_key } => {
-                    map.finish(after);
-                    // User code (waker clone, key `to_owned`) runs here, with
-                    // the lock released.
-                    prep.waker = Some(map.clone_waker(Kind::Get, &mut this.core, cx));
-                    if need_key {
-                        prep.key = Some(key.to_owned().into());
-                    }
-                    continue;
-                }
-            };
-            after.spare_waker = prep.waker.take();
-            map.finish(after);
-            return Poll::Ready(ready);
-        }
+        let outcome = map.poll_waiter(
+            Mode::GetOrPromise(V::clone),
+            &mut this.waiter,
+            this.key,
+            cx,
+            false,
+            "get_or_promise",
+        );
+        outcome.map(|outcome| match outcome {
+            Outcome::Value(v) => Ok(ValueOrPromise::Value(v)),
+            Outcome::Promise(r) => Ok(ValueOrPromise::Promise(Promise::from_ref(map, r))),
+            Outcome::Failed(err) => Err(err),
+        })
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for GetOrPromise<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.abandon(Kind::Get, &mut self.core);
+        self.map.deregister(Kind::Get, &mut self.waiter);
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> fmt::Debug for GetOrPromise<'_, K, V, S, Q, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GetOrPromise")
-            .field("registered", &self.core.is_registered())
+            .field("registered", &self.waiter.is_registered())
             .finish_non_exhaustive()
     }
 }
@@ -440,39 +282,12 @@ where
     pub fn promise(&self, key: K) -> Option<Promise<'_, K, V, S, L>> {
         let hash = self.hasher.hash_one(&key);
         let mut key = Some(key);
-        let ticket = self
+        let entry = self
             .state
             .with(|st| st.promise(hash, &mut key, |a, b| a == b));
         // Dropped here, with the lock released, if the map did not keep it.
         drop(key);
-        ticket.map(|ticket| Promise {
-            map: self,
-            ticket: Some(ticket),
-        })
-    }
-
-    /// As [`promise`](Self::promise), with a guard that holds its own `Arc` of
-    /// the map: see [`OwnedPromise`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    ///
-    /// let map = Arc::new(awaitmap::AwaitMap::new());
-    /// let promise = map.promise_owned("k").unwrap();
-    /// assert!(map.promise_owned("k").is_none());
-    /// promise.fulfil(1);
-    /// assert_eq!(map.try_get("k"), Some(1));
-    /// ```
-    #[cfg(target_has_atomic = "ptr")]
-    pub fn promise_owned(self: &Arc<Self>, key: K) -> Option<OwnedPromise<K, V, S, L>> {
-        let promise = self.promise(key)?;
-        let ticket = promise.into_ticket();
-        Some(OwnedPromise {
-            map: Arc::clone(self),
-            ticket: Some(ticket),
-        })
+        entry.map(|r| Promise::from_ref(self, r))
     }
 
     /// A future that resolves with the key's value if it has one; otherwise
@@ -529,7 +344,7 @@ where
         GetOrPromise {
             map: self,
             key,
-            core: Core::new(),
+            waiter: Waiter::new(),
         }
     }
 }

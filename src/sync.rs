@@ -24,6 +24,21 @@ use core::fmt;
 
 use mutex::ScopedRawMutex;
 
+/// Declares a `const fn`, except under loom, whose mutex cannot be built in a
+/// constant.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        #[cfg(not(awaitmap_loom))]
+        $(#[$attr])*
+        $vis const fn $name($($arg: $ty),*) -> $ret $body
+
+        #[cfg(awaitmap_loom)]
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+pub(crate) use const_fn_unless_loom;
+
 /// The message of the panic that replaces a deadlock on re-entry.
 #[cfg(all(feature = "spin", debug_assertions))]
 const REENTERED_SPIN: &str = "awaitmap: the map's lock is already held by this thread or core, so \
@@ -564,6 +579,125 @@ mod loom_event {
     }
 }
 
+/// The map-wide conditions producers wait on, each one event-listener
+/// `Event` that many may wait on. On targets without atomic pointers there
+/// is no event-listener and no producer side: the notifications are no-ops.
+#[cfg(target_has_atomic = "ptr")]
+pub(crate) struct Events {
+    /// A value left a limited map (one notification per freed slot), or the
+    /// map was closed (everyone: a closed map takes values beyond its limit).
+    pub(crate) room: Event,
+    /// A key became wanted.
+    pub(crate) demand: Event,
+    /// The map was closed.
+    pub(crate) closed: Event,
+    /// The last waiting future finished.
+    pub(crate) idle: Event,
+}
+
+#[cfg(target_has_atomic = "ptr")]
+impl Events {
+    const_fn_unless_loom! {
+        pub(crate) fn new() -> Self {
+            Events {
+                room: Event::new(),
+                demand: Event::new(),
+                closed: Event::new(),
+                idle: Event::new(),
+            }
+        }
+    }
+
+    /// `n` values left the map: lets as many waiting producers in.
+    #[inline]
+    pub(crate) fn room(&self, n: usize) {
+        self.room.notify_additional(n);
+    }
+
+    /// A key became wanted: one more for the demand handles.
+    #[inline]
+    pub(crate) fn wanted(&self) {
+        self.demand.notify_additional(1);
+    }
+
+    /// The last waiter left.
+    #[inline]
+    pub(crate) fn idle(&self) {
+        self.idle.notify(usize::MAX);
+    }
+
+    /// The map closed: everyone waiting on any condition looks again.
+    pub(crate) fn closed(&self, panic: &mut Option<Panic>) {
+        for event in [&self.closed, &self.room, &self.demand] {
+            caught(|| event.notify(usize::MAX), panic);
+        }
+    }
+}
+
+/// Without atomic pointers: nobody can wait on a map-wide condition.
+#[cfg(not(target_has_atomic = "ptr"))]
+pub(crate) struct Events;
+
+#[cfg(not(target_has_atomic = "ptr"))]
+impl Events {
+    pub(crate) const fn new() -> Self {
+        Events
+    }
+
+    #[inline]
+    pub(crate) fn room(&self, _n: usize) {}
+
+    #[inline]
+    pub(crate) fn wanted(&self) {}
+
+    #[inline]
+    pub(crate) fn idle(&self) {}
+
+    pub(crate) fn closed(&self, _panic: &mut Option<Panic>) {}
+}
+
+// ---------------------------------------------------------------------------
+// Panics in user code.
+
+/// A panic raised by user code the map ran on an operation's behalf, kept
+/// until the rest of the operation has run.
+#[cfg(feature = "std")]
+pub(crate) type Panic = alloc::boxed::Box<dyn core::any::Any + Send>;
+/// Without `std` a panic propagates at once: there is never one to keep.
+#[cfg(not(feature = "std"))]
+pub(crate) type Panic = core::convert::Infallible;
+
+/// Runs user code (a waker, a destructor) on behalf of an operation. With
+/// `std`, a panic does not stop the operation: the first one is kept in
+/// `panic` for [`resume`] once everything due has run.
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn caught<R>(f: impl FnOnce() -> R, panic: &mut Option<Panic>) {
+    if let Err(payload) = std::panic::catch_unwind(core::panic::AssertUnwindSafe(f)) {
+        panic.get_or_insert(payload);
+    }
+}
+
+/// Without `std` a panic propagates at once.
+#[cfg(not(feature = "std"))]
+#[inline]
+pub(crate) fn caught<R>(f: impl FnOnce() -> R, _: &mut Option<Panic>) {
+    f();
+}
+
+/// Resumes the panic [`caught`] kept, if any.
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn resume(panic: Option<Panic>) {
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+#[cfg(not(feature = "std"))]
+#[inline]
+pub(crate) fn resume(_: Option<Panic>) {}
+
 // ---------------------------------------------------------------------------
 // The map's state behind `L`.
 
@@ -620,18 +754,3 @@ impl<T, L: ScopedRawMutex> Lock<T, L> {
         return self.inner.try_lock().ok().map(|mut guard| f(&mut guard));
     }
 }
-
-/// Declares a `const fn`, except under loom, whose mutex cannot be built in a
-/// constant.
-macro_rules! const_fn_unless_loom {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        #[cfg(not(awaitmap_loom))]
-        $(#[$attr])*
-        $vis const fn $name($($arg: $ty),*) -> $ret $body
-
-        #[cfg(awaitmap_loom)]
-        $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) -> $ret $body
-    };
-}
-pub(crate) use const_fn_unless_loom;

@@ -1,0 +1,1119 @@
+//! The map's state under the lock: the table of entries, the slab of
+//! overflow waiters, and the producer side's bookkeeping.
+//!
+//! Everything here runs with the lock held, so nothing here calls user code
+//! but a key's `Eq` (through the `eq` closures) and a value's `Clone`
+//! (through a waiter's mode). Those run before any change, so a panic in them
+//! leaves the state as it was. Keys, values and wakers that leave the map go
+//! out through [`After`], to be dropped after the lock is released; wakers
+//! that are due go out the same way, to be woken first.
+//!
+//! Invariants of an entry (besides those of `slab.rs`):
+//! - An entry exists while it has a value, a waiter (waiting or failed, in
+//!   the entry or in the slab) or a promise, and no longer.
+//! - `inline` is the entry's own waiter slot. A `get` may use it whenever it
+//!   is free; a `take` only while no other take waits (the takes are served
+//!   in the order they registered, so an inline take is always the first).
+//! - `slot` holds the value, or the inline waiter's waker, or nothing. The
+//!   inline waiter never needs a stored waker while there is a value (it
+//!   would resolve instead), so both share the space; storing a value takes
+//!   the inline waker out, to be woken.
+//! - `handoff`: the first take (the inline one if it is a take, else the
+//!   head of `takes`) was woken for the current value and will poll for
+//!   it; until it does (or leaves, passing it on), no other waiting take
+//!   takes the value. While there is a value and a take waits, `handoff` is
+//!   set.
+//! - While there is a value, every waiting `get` has been woken or is
+//!   queued; after `close`, every waiting future has been woken, is queued,
+//!   or (in an entry) is still ahead of `close`'s sweep.
+
+use core::mem;
+use core::task::Waker;
+
+use alloc::collections::VecDeque;
+
+use hashbrown::HashTable;
+
+use crate::after::After;
+use crate::slab::{BATCH, NIL, NodeState, Slab};
+use crate::waiter::{EntryRef, INLINE, Kind};
+
+/// The entry's own waiter slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Inline {
+    Free,
+    /// A waiting `get` (or `get_or_promise`).
+    Get,
+    /// A waiting `take`: the first in line.
+    Take,
+    /// Failed by `cancel`; its future learns it on its next poll.
+    Cancelled,
+    /// Failed by a promise dropped unfulfilled.
+    Abandoned,
+}
+
+/// What an entry stores in its one value-sized space.
+pub(crate) enum Slot<V> {
+    Empty,
+    /// The inline waiter's waker (it is waiting, and was not woken since it
+    /// stored it).
+    Waker(Waker),
+    Value(V),
+}
+
+/// One key: its value, its waiters and its promise.
+pub(crate) struct Entry<K, V> {
+    /// `S::hash_one` of the key, computed outside the lock. A resize rehashes
+    /// from it, so user `Hash` code never runs under the lock.
+    hash: u64,
+    /// Never reused: registered futures and promises find their entry by
+    /// `(hash, id)`, with no call to user `Eq`.
+    id: u64,
+    key: K,
+    slot: Slot<V>,
+    /// The waiting `get`s beyond the inline one: a circular list in the slab.
+    gets: u32,
+    /// The waiting `take`s beyond the inline one, in registration order.
+    takes: u32,
+    inline: Inline,
+    handoff: bool,
+    /// A `Promise` reserves the key: the entry lives until it is fulfilled or
+    /// dropped.
+    promised: bool,
+}
+
+impl<K, V> Entry<K, V> {
+    fn new(hash: u64, id: u64, key: K, slot: Slot<V>) -> Self {
+        Entry {
+            hash,
+            id,
+            key,
+            slot,
+            gets: NIL,
+            takes: NIL,
+            inline: Inline::Free,
+            handoff: false,
+            promised: false,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn has_value(&self) -> bool {
+        matches!(self.slot, Slot::Value(_))
+    }
+
+    #[inline]
+    pub(crate) fn value(&self) -> Option<&V> {
+        match &self.slot {
+            Slot::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Moves the value out, if there is one.
+    #[inline]
+    fn take_value(&mut self) -> Option<V> {
+        match mem::replace(&mut self.slot, Slot::Empty) {
+            Slot::Value(v) => Some(v),
+            other => {
+                self.slot = other;
+                None
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn promised(&self) -> bool {
+        self.promised
+    }
+
+    #[inline]
+    pub(crate) fn set_promised(&mut self, promised: bool) {
+        self.promised = promised;
+    }
+
+    #[inline]
+    pub(crate) fn handoff(&self) -> bool {
+        self.handoff
+    }
+
+    #[inline]
+    pub(crate) fn set_handoff(&mut self, handoff: bool) {
+        self.handoff = handoff;
+    }
+
+    /// How the inline waiter failed, if it did.
+    #[inline]
+    pub(crate) fn inline_failure(&self) -> Option<Failure> {
+        match self.inline {
+            Inline::Cancelled => Some(Failure::Cancelled),
+            Inline::Abandoned => Some(Failure::Abandoned),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        matches!(self.slot, Slot::Empty)
+            && self.inline == Inline::Free
+            && self.gets == NIL
+            && self.takes == NIL
+            && !self.promised
+    }
+
+    /// The first waiting take: the inline one, else the head of `takes`
+    /// (`NIL` if no take waits).
+    #[inline]
+    pub(crate) fn first_take(&self) -> u32 {
+        if self.inline == Inline::Take {
+            INLINE
+        } else {
+            self.takes
+        }
+    }
+
+    /// Whether the key has waiters (waiting, not failed) and nobody serves
+    /// it: no value and no promise.
+    fn wanted(&self) -> bool {
+        !self.has_value()
+            && !self.promised
+            && (matches!(self.inline, Inline::Get | Inline::Take)
+                || self.gets != NIL
+                || self.takes != NIL)
+    }
+
+    fn entry_ref(&self, bucket: usize) -> EntryRef {
+        EntryRef::new(self.hash, self.id, bucket)
+    }
+}
+
+/// What the first poll of a `get` found.
+pub(crate) enum Hit<V> {
+    /// The key's value (a clone).
+    Value(V),
+    /// The map is closed and the key has no value.
+    Closed,
+    /// No value: the future registered on the key's entry (with no waker
+    /// yet), or the key has no entry.
+    Miss,
+}
+
+/// `close`'s sweep through the table, waking the waiters stored in entries
+/// (more of them may be due than one batch holds).
+#[derive(Clone, Copy)]
+struct Sweep {
+    /// The next bucket to look at; `usize::MAX` when there is no sweep.
+    next: usize,
+    /// `State::moves` when the sweep (re)started: if entries may have moved
+    /// since, it starts over (entries already woken are passed quickly).
+    moves: u32,
+}
+
+pub(crate) struct State<K, V> {
+    table: HashTable<Entry<K, V>>,
+    pub(crate) slab: Slab,
+    /// Entries with a value.
+    len: usize,
+    /// Inline waiters owned by futures (waiting or failed).
+    inline_live: usize,
+    next_id: u64,
+    closed: bool,
+    sweep: Sweep,
+    /// Counts the table operations that may move entries between buckets.
+    moves: u32,
+    /// `drained()` futures waiting for the last waiter to finish.
+    idle_watchers: usize,
+    /// Live `Demand` handles; while there are any, newly wanted keys are
+    /// queued in `wanted`.
+    demand_watchers: usize,
+    /// Announced keys: `(hash, entry id, key)`.
+    wanted: VecDeque<(u64, u64, K)>,
+}
+
+/// The hash hashbrown rehashes by: the stored one. One named function, so
+/// every call site shares one copy of hashbrown's resize code.
+fn entry_hash<K, V>(e: &Entry<K, V>) -> u64 {
+    e.hash
+}
+
+impl<K, V> State<K, V> {
+    pub(crate) const fn new() -> Self {
+        State {
+            table: HashTable::new(),
+            slab: Slab::new(),
+            len: 0,
+            inline_live: 0,
+            next_id: 0,
+            closed: false,
+            sweep: Sweep {
+                next: usize::MAX,
+                moves: 0,
+            },
+            moves: 0,
+            idle_watchers: 0,
+            demand_watchers: 0,
+            wanted: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        State {
+            table: HashTable::with_capacity(n),
+            ..Self::new()
+        }
+    }
+
+    // ===== sizes and counts =====
+
+    /// Room for `keys` more keys (with a value or with waiters) and
+    /// `waiters` more waiting futures, so that none of them allocates.
+    pub(crate) fn reserve(&mut self, keys: usize, waiters: usize) {
+        if keys > 0 {
+            self.moves = self.moves.wrapping_add(1);
+            self.table.reserve(keys, entry_hash);
+        }
+        // Waiters beyond one per key live in the slab; the first of each key
+        // is in its entry, which `keys` covers, but a waiter may also join a
+        // key whose entry has its slot taken: room for all of them.
+        self.slab.reserve(waiters);
+    }
+
+    /// Gives back the memory the table and the slab hold beyond what they
+    /// use now.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.moves = self.moves.wrapping_add(1);
+        self.table.shrink_to_fit(entry_hash);
+        self.slab.shrink_to_fit();
+        self.wanted.shrink_to_fit();
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The number of registered futures (see `AwaitMap::waiters`).
+    #[inline]
+    pub(crate) fn live(&self) -> usize {
+        self.inline_live + self.slab.live()
+    }
+
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether the last waiter is gone and a `drained()` future waits for
+    /// that.
+    #[inline]
+    pub(crate) fn idle_now(&self) -> bool {
+        self.idle_watchers > 0 && self.live() == 0
+    }
+
+    /// A `drained()` future starts or stops watching; returns whether the
+    /// map is idle now (then it does not watch).
+    pub(crate) fn watch_idle(&mut self, watching: bool) -> bool {
+        let idle = self.live() == 0;
+        match (watching, idle) {
+            (false, false) => self.idle_watchers += 1,
+            (true, true) => self.idle_watchers -= 1,
+            _ => {}
+        }
+        idle
+    }
+
+    /// A watching `drained()` future is dropped.
+    pub(crate) fn unwatch_idle(&mut self) {
+        self.idle_watchers -= 1;
+    }
+
+    // ===== finding entries =====
+
+    /// The bucket of the entry `r` names, found without user code: at its
+    /// bucket hint if it is still there, else by its hash and id. The entry
+    /// of a registered future or a live promise always exists.
+    #[inline]
+    pub(crate) fn bucket_of(&self, r: &mut EntryRef) -> usize {
+        let hint = r.bucket();
+        if self.table.get_bucket(hint).is_some_and(|e| e.id == r.id()) {
+            return hint;
+        }
+        let (hash, id) = (r.hash(), r.id());
+        let found = self
+            .table
+            .find_bucket_index(hash, |e| e.hash == hash && e.id == id)
+            .expect("awaitmap: a waiting future's entry is missing (internal invariant broken)");
+        r.set_bucket(found);
+        found
+    }
+
+    #[inline]
+    pub(crate) fn at(&mut self, bucket: usize) -> &mut Entry<K, V> {
+        self.table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)")
+    }
+
+    /// Removes the entry at `bucket` if nothing keeps it any more; its key
+    /// leaves through `after`.
+    #[inline]
+    pub(crate) fn remove_if_empty(&mut self, bucket: usize, after: &mut After<K>) {
+        if self.at(bucket).is_empty() {
+            self.remove_at(bucket, after);
+        }
+    }
+
+    #[cold]
+    fn remove_at(&mut self, bucket: usize, after: &mut After<K>) {
+        let Ok(occ) = self.table.get_bucket_entry(bucket) else {
+            unreachable!("the entry was just seen");
+        };
+        after.key = Some(occ.remove().0.key);
+        if self.table.is_empty() && self.table.capacity() < full_capacity(self.table.num_buckets())
+        {
+            // Removals left tombstones, and the table is empty: clearing it
+            // (no allocation) restores its whole capacity, so keys that come
+            // and go in rounds never make it grow after their first round.
+            self.table.clear();
+        }
+    }
+
+    /// The bucket of the key's entry, if it has one.
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<usize> {
+        self.table.find_bucket_index(hash, |e| eq(&e.key))
+    }
+
+    /// Where the entry at `bucket` is, for a future or a promise to find it
+    /// again.
+    #[inline]
+    pub(crate) fn entry_ref(&self, bucket: usize) -> EntryRef {
+        let e = self
+            .table
+            .get_bucket(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        e.entry_ref(bucket)
+    }
+
+    // ===== waiters: where they are stored =====
+
+    /// Registers a waiter of `kind` on the entry at `bucket` (which has no
+    /// value), holding `waker` (`None`: its poll stores one next). It takes
+    /// the entry's inline slot if that is free (and, for a take, if no other
+    /// take waits, so the inline take is always the first), else a slab node
+    /// at the back of its list. Returns its slot.
+    pub(crate) fn register(&mut self, bucket: usize, kind: Kind, waker: Option<Waker>) -> u32 {
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        debug_assert!(
+            !e.has_value(),
+            "a waiter registers only on a key with no value"
+        );
+        let inline = match kind {
+            Kind::Get => Inline::Get,
+            Kind::Take => Inline::Take,
+        };
+        if e.inline == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
+            e.inline = inline;
+            if let Some(w) = waker {
+                e.slot = Slot::Waker(w);
+            }
+            self.inline_live += 1;
+            return INLINE;
+        }
+        let list = match kind {
+            Kind::Get => &mut e.gets,
+            Kind::Take => &mut e.takes,
+        };
+        self.slab.push(list, waker)
+    }
+
+    /// A new entry for `key` with one waiter, inline, holding `waker`.
+    pub(crate) fn create_waiting(
+        &mut self,
+        hash: u64,
+        key: K,
+        kind: Kind,
+        waker: Waker,
+    ) -> EntryRef {
+        let r = self.create(hash, key, Slot::Waker(waker), false);
+        let bucket = r.bucket();
+        self.at(bucket).inline = match kind {
+            Kind::Get => Inline::Get,
+            Kind::Take => Inline::Take,
+        };
+        self.inline_live += 1;
+        r
+    }
+
+    /// A new entry for `key`, promised to the caller.
+    pub(crate) fn create_promised(&mut self, hash: u64, key: K) -> EntryRef {
+        self.create(hash, key, Slot::Empty, true)
+    }
+
+    /// How the slab node `slot` failed, if it did.
+    #[inline]
+    pub(crate) fn node_failure(&self, slot: u32) -> Option<Failure> {
+        match self.slab.state(slot) {
+            NodeState::Cancelled => Some(Failure::Cancelled),
+            NodeState::Abandoned => Some(Failure::Abandoned),
+            _ => None,
+        }
+    }
+
+    /// Frees a failed slab node (in no list); returns its waker.
+    #[inline]
+    pub(crate) fn free_node(&mut self, slot: u32) -> Option<Waker> {
+        self.slab.free(slot)
+    }
+
+    /// Frees the waiter at `slot` of the entry at `bucket` (waiting, or a
+    /// failed inline one); returns its waker, to drop unlocked.
+    pub(crate) fn free_waiter(&mut self, bucket: usize, slot: u32, kind: Kind) -> Option<Waker> {
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        if slot == INLINE {
+            debug_assert!(e.inline != Inline::Free, "the inline waiter is registered");
+            e.inline = Inline::Free;
+            self.inline_live -= 1;
+            return match mem::replace(&mut e.slot, Slot::Empty) {
+                Slot::Waker(w) => Some(w),
+                other => {
+                    e.slot = other;
+                    None
+                }
+            };
+        }
+        let list = match kind {
+            Kind::Get => &mut e.gets,
+            Kind::Take => &mut e.takes,
+        };
+        self.slab.remove(list, slot)
+    }
+
+    /// The first take left while it held the hand-off: the next take gets
+    /// it, and its wake-up, if the value is still there.
+    pub(crate) fn pass_handoff(&mut self, bucket: usize) {
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        e.handoff = false;
+        if e.has_value() {
+            let next = e.first_take();
+            if next != NIL {
+                e.handoff = true;
+                // An inline take is always the first: the next one is listed.
+                debug_assert!(next != INLINE);
+                self.slab.enqueue(next);
+            }
+        }
+    }
+
+    /// Whether the waiter at `slot` holds a waker that `waker` would wake
+    /// anyway (`Waker::will_wake` compares pointers only: no user code).
+    #[inline]
+    pub(crate) fn will_wake(&self, bucket: usize, slot: u32, waker: &Waker) -> bool {
+        if slot == INLINE {
+            let e = self
+                .table
+                .get_bucket(bucket)
+                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+            matches!(&e.slot, Slot::Waker(w) if w.will_wake(waker))
+        } else {
+            self.slab.will_wake(slot, waker)
+        }
+    }
+
+    /// Stores a waiting waiter's newest waker; returns the one it replaced.
+    pub(crate) fn store_waker(&mut self, bucket: usize, slot: u32, waker: Waker) -> Option<Waker> {
+        if slot != INLINE {
+            return self.slab.replace_waker(slot, waker);
+        }
+        let e = self.at(bucket);
+        debug_assert!(
+            !e.has_value(),
+            "an inline waiter waits only while there is no value"
+        );
+        match &mut e.slot {
+            Slot::Waker(old) => Some(mem::replace(old, waker)),
+            slot => {
+                *slot = Slot::Waker(waker);
+                None
+            }
+        }
+    }
+
+    /// Moves the entry's value out for a `take`.
+    #[inline]
+    pub(crate) fn take_value(&mut self, bucket: usize) -> Option<V> {
+        let v = self.at(bucket).take_value()?;
+        self.len -= 1;
+        Some(v)
+    }
+
+    /// Notes that the next call may insert into the table, and so, if it is
+    /// full, move every entry (hashbrown grows or rehashes in place).
+    #[inline]
+    fn may_move(&mut self) {
+        if self.table.len() == self.table.capacity() {
+            self.moves = self.moves.wrapping_add(1);
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ===== the producer side =====
+
+    /// A clone of the key's value (`try_get`).
+    #[inline]
+    pub(crate) fn get_cloned(
+        &self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        clone: impl FnOnce(&V) -> V,
+    ) -> Option<V> {
+        self.table
+            .find(hash, |e| eq(&e.key))
+            .and_then(Entry::value)
+            .map(clone)
+    }
+
+    /// Whether the key has a value.
+    pub(crate) fn contains(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> bool {
+        self.table
+            .find(hash, |e| eq(&e.key))
+            .is_some_and(Entry::has_value)
+    }
+
+    /// Stores `value` if `allowed(the key has a value)`, then queues the
+    /// wake-ups it is due (see [`store`]). `Some(replaced value)` if it
+    /// stored; `None` (key and value left in their options) if not. The key
+    /// is kept by a new entry; with an existing entry it stays in `key`. Key
+    /// and value are taken from their options only after the last `eq`
+    /// call, so a panicking `Eq` drops neither under the lock.
+    pub(crate) fn insert_if(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        mut eq: impl FnMut(&K, &K) -> bool,
+        allowed: impl FnOnce(bool) -> bool,
+        after: &mut After<K>,
+    ) -> Option<Option<V>> {
+        let probe = key.as_ref().expect("insert without a key");
+        if let Some(bucket) = self.table.find_bucket_index(hash, |e| eq(probe, &e.key)) {
+            if !allowed(self.at(bucket).has_value()) {
+                return None;
+            }
+            let value = value.take().expect("insert without a value");
+            return Some(self.store(bucket, value, after));
+        }
+        if !allowed(false) {
+            return None;
+        }
+        let id = self.fresh_id();
+        let key = key.take().expect("insert without a key");
+        let value = value.take().expect("insert without a value");
+        self.may_move();
+        self.table.insert_unique(
+            hash,
+            Entry::new(hash, id, key, Slot::Value(value)),
+            entry_hash,
+        );
+        self.len += 1;
+        Some(None)
+    }
+
+    /// `insert`, unless the key has no value and `len >= limit`: then
+    /// `None`, with key and value left in their options. A closed map takes
+    /// every value.
+    pub(crate) fn insert_within(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        limit: usize,
+        eq: impl FnMut(&K, &K) -> bool,
+        after: &mut After<K>,
+    ) -> Option<Option<V>> {
+        let room = self.len < limit || self.closed;
+        self.insert_if(hash, key, value, eq, |has_value| room || has_value, after)
+    }
+
+    /// Stores `value` in the entry at `bucket`, then queues the wake-ups it
+    /// is due: every waiting `get` and, unless it holds the hand-off
+    /// already, the first waiting `take`. The inline waiter's waker (it is
+    /// one of those) goes straight to `after`. Returns the replaced value.
+    #[inline]
+    fn store(&mut self, bucket: usize, value: V, after: &mut After<K>) -> Option<V> {
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        let old = match mem::replace(&mut e.slot, Slot::Value(value)) {
+            Slot::Value(old) => Some(old),
+            Slot::Waker(w) => {
+                after.wake(w);
+                None
+            }
+            Slot::Empty => None,
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        if e.gets != NIL {
+            self.slab.enqueue_list(e.gets);
+        }
+        if !e.handoff {
+            let first = e.first_take();
+            if first != NIL {
+                e.handoff = true;
+                if first != INLINE {
+                    self.slab.enqueue(first);
+                }
+            }
+        }
+        old
+    }
+
+    /// Takes the value out (`remove`); waiting futures keep waiting.
+    pub(crate) fn remove(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        after: &mut After<K>,
+    ) -> Option<V> {
+        let bucket = self.table.find_bucket_index(hash, |e| eq(&e.key))?;
+        let value = self.at(bucket).take_value()?;
+        self.len -= 1;
+        after.freed = 1;
+        self.remove_if_empty(bucket, after);
+        Some(value)
+    }
+
+    /// Fails the futures waiting on the key that would not resolve if polled
+    /// now; returns how many.
+    pub(crate) fn cancel(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        after: &mut After<K>,
+    ) -> usize {
+        match self.table.find_bucket_index(hash, |e| eq(&e.key)) {
+            Some(bucket) => self.fail_waiters(bucket, Failure::Cancelled, after),
+            None => 0,
+        }
+    }
+
+    /// Fails (with `how`) the futures waiting on the entry at `bucket` that
+    /// would not resolve if polled now, queues their wake-ups, and removes
+    /// the entry if that leaves it empty. With a value, every waiting `get`
+    /// resolves when polled, and so does the take holding the hand-off:
+    /// those are left alone. Returns how many failed.
+    fn fail_waiters(&mut self, bucket: usize, how: Failure, after: &mut After<K>) -> usize {
+        let (slab, inline_how) = match how {
+            Failure::Cancelled => (NodeState::Cancelled, Inline::Cancelled),
+            Failure::Abandoned => (NodeState::Abandoned, Inline::Abandoned),
+        };
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        let has_value = e.has_value();
+        let keep = if has_value && e.handoff {
+            e.first_take()
+        } else {
+            NIL
+        };
+        let mut count = 0;
+        let inline_fails = match e.inline {
+            Inline::Get => !has_value,
+            Inline::Take => keep != INLINE,
+            _ => false,
+        };
+        if inline_fails {
+            e.inline = inline_how;
+            if let Slot::Waker(w) = mem::replace(&mut e.slot, Slot::Empty) {
+                after.wake(w);
+            }
+            count += 1;
+        }
+        if !has_value {
+            count += self.slab.fail_all(&mut e.gets, slab, NIL);
+        }
+        count += self.slab.fail_all(&mut e.takes, slab, keep);
+        e.handoff = keep != NIL;
+        self.remove_if_empty(bucket, after);
+        count
+    }
+
+    /// Closes the map and starts waking every waiting future; each resolves
+    /// `Err(Closed)` on its next poll unless its key has a value for it.
+    pub(crate) fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.slab.enqueue_all();
+            self.sweep = Sweep {
+                next: 0,
+                moves: self.moves,
+            };
+        }
+    }
+
+    /// Stores `value` unless the key has one (a `take` putting back a value
+    /// it could not return); otherwise key and value stay in their options.
+    pub(crate) fn insert_absent(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        eq: impl FnMut(&K, &K) -> bool,
+        after: &mut After<K>,
+    ) {
+        self.insert_if(hash, key, value, eq, |has_value| !has_value, after);
+    }
+
+    /// Reserves an absent key for a promise: the entry is created (taking
+    /// `key`) or marked promised. `None` if the key has a value or a
+    /// promise, or the map is closed. The key is taken only after the last
+    /// `eq` call.
+    pub(crate) fn promise(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        mut eq: impl FnMut(&K, &K) -> bool,
+    ) -> Option<EntryRef> {
+        if self.closed {
+            return None;
+        }
+        let probe = key.as_ref().expect("promise without a key");
+        if let Some(bucket) = self.table.find_bucket_index(hash, |e| eq(probe, &e.key)) {
+            let e = self.at(bucket);
+            if e.has_value() || e.promised {
+                return None;
+            }
+            e.promised = true;
+            return Some(e.entry_ref(bucket));
+        }
+        let key = key.take().expect("promise without a key");
+        Some(self.create(hash, key, Slot::Empty, true))
+    }
+
+    /// A new entry for `key`, with no waiter yet; returns where it is.
+    fn create(&mut self, hash: u64, key: K, slot: Slot<V>, promised: bool) -> EntryRef {
+        let id = self.fresh_id();
+        let mut e = Entry::new(hash, id, key, slot);
+        e.promised = promised;
+        self.may_move();
+        let bucket = self.table.insert_unique(hash, e, entry_hash).bucket_index();
+        EntryRef::new(hash, id, bucket)
+    }
+
+    /// Fulfils a promise: stores the value (as `insert` does) and releases
+    /// the reservation. Returns the value it replaced (a plain `insert` may
+    /// have stored one meanwhile).
+    pub(crate) fn fulfil(&mut self, mut r: EntryRef, value: V, after: &mut After<K>) -> Option<V> {
+        let bucket = self.bucket_of(&mut r);
+        self.at(bucket).promised = false;
+        self.store(bucket, value, after)
+    }
+
+    /// A promise dropped unfulfilled: releases the reservation and fails,
+    /// with `Abandoned`, the futures on the key that would not resolve if
+    /// polled now. Returns how many.
+    pub(crate) fn abandon(&mut self, mut r: EntryRef, after: &mut After<K>) -> usize {
+        let bucket = self.bucket_of(&mut r);
+        self.at(bucket).promised = false;
+        self.fail_waiters(bucket, Failure::Abandoned, after)
+    }
+
+    // ===== demand =====
+
+    /// A `Demand` handle starts watching.
+    pub(crate) fn watch_demand(&mut self) {
+        self.demand_watchers += 1;
+    }
+
+    /// A `Demand` handle is gone; with the last one, the queued keys leave
+    /// (to be dropped unlocked).
+    pub(crate) fn unwatch_demand(&mut self) -> VecDeque<(u64, u64, K)> {
+        self.demand_watchers -= 1;
+        if self.demand_watchers == 0 {
+            mem::take(&mut self.wanted)
+        } else {
+            VecDeque::new()
+        }
+    }
+
+    #[inline]
+    pub(crate) fn watches_demand(&self) -> bool {
+        self.demand_watchers > 0
+    }
+
+    /// The next announced key and whether it is still wanted (a key that
+    /// stopped being wanted before it was handed out is skipped by the
+    /// caller).
+    pub(crate) fn next_wanted(&mut self) -> Option<(bool, K)> {
+        let (hash, id, key) = self.wanted.pop_front()?;
+        let still = self
+            .table
+            .find(hash, |e| e.hash == hash && e.id == id)
+            .is_some_and(Entry::wanted);
+        Some((still, key))
+    }
+
+    /// Queues an announced key for the `Demand` handles, if any is left
+    /// (else `key` stays in its option). When the queue has grown well past
+    /// the number of entries (waiters came and went while nobody called
+    /// `next`), the keys no longer wanted are moved out, to be dropped by the
+    /// caller after the lock is released: the queue stays proportional to
+    /// the keys actually wanted.
+    pub(crate) fn queue_wanted(
+        &mut self,
+        r: EntryRef,
+        key: &mut Option<K>,
+    ) -> VecDeque<(u64, u64, K)> {
+        if self.demand_watchers == 0 {
+            return VecDeque::new();
+        }
+        if let Some(key) = key.take() {
+            self.wanted.push_back((r.hash(), r.id(), key));
+        }
+        if self.wanted.len() <= 2 * self.table.len() + 16 {
+            return VecDeque::new();
+        }
+        let mut stale = VecDeque::new();
+        let mut kept = VecDeque::with_capacity(self.table.len());
+        for item in self.wanted.drain(..) {
+            let (hash, id) = (item.0, item.1);
+            let wanted = self
+                .table
+                .find(hash, |e| e.hash == hash && e.id == id)
+                .is_some_and(Entry::wanted);
+            if wanted {
+                kept.push_back(item);
+            } else {
+                stale.push_back(item);
+            }
+        }
+        self.wanted = kept;
+        stale
+    }
+
+    // ===== wake-ups =====
+
+    /// Whether wake-ups are still due: queued nodes, or `close`'s sweep.
+    #[inline]
+    pub(crate) fn has_due(&self) -> bool {
+        self.slab.has_queued() || self.sweep.next != usize::MAX
+    }
+
+    /// Moves the next due waker out.
+    #[inline]
+    pub(crate) fn pop_due(&mut self) -> Option<Waker> {
+        match self.slab.pop() {
+            Some(w) => Some(w),
+            None if self.sweep.next != usize::MAX => self.sweep_one(),
+            None => None,
+        }
+    }
+
+    /// Moves up to a batch of due wakers into `batch`.
+    pub(crate) fn pop_batch(&mut self, batch: &mut [Option<Waker>; BATCH]) -> usize {
+        let mut n = 0;
+        while n < BATCH {
+            match self.pop_due() {
+                Some(w) => {
+                    batch[n] = Some(w);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+
+    /// The next waker `close`'s sweep finds in an entry.
+    fn sweep_one(&mut self) -> Option<Waker> {
+        loop {
+            if self.sweep.moves != self.moves {
+                self.sweep = Sweep {
+                    next: 0,
+                    moves: self.moves,
+                };
+            }
+            let at = self.sweep.next;
+            if at >= self.table.num_buckets() {
+                self.sweep.next = usize::MAX;
+                return None;
+            }
+            self.sweep.next = at + 1;
+            if let Some(e) = self.table.get_bucket_mut(at) {
+                if let Slot::Waker(_) = e.slot {
+                    if let Slot::Waker(w) = mem::replace(&mut e.slot, Slot::Empty) {
+                        return Some(w);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a waiter failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Failure {
+    Cancelled,
+    Abandoned,
+}
+
+/// hashbrown's usable capacity for `buckets` buckets.
+fn full_capacity(buckets: usize) -> usize {
+    if buckets < 8 {
+        buckets.saturating_sub(1)
+    } else {
+        buckets / 8 * 7
+    }
+}
+
+// ===== invariant checks (tests and debugging) =====
+
+impl<K, V> State<K, V> {
+    /// Verifies every invariant that the entries (top of this file) and the
+    /// slab (top of `slab.rs`) document; calls no user code. `Err` says
+    /// which one broke.
+    pub(crate) fn check_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let queued = self.slab.check()?;
+        let slots = self.slab.slots();
+        let mut listed = alloc::vec![false; slots];
+        let mut ids = alloc::vec::Vec::with_capacity(self.table.len());
+        let (mut values, mut inline_live) = (0, 0);
+        // A waiter that is due a wake-up: woken already (no waker), queued,
+        // or, after `close`, an inline one still ahead of the sweep.
+        let listed_due = |slot: u32| {
+            let (_, armed) = self.slab.peek(slot);
+            !armed || queued[slot as usize]
+        };
+        for bucket in self.table.iter_buckets() {
+            let Some(e) = self.table.get_bucket(bucket) else {
+                continue;
+            };
+            let id = e.id;
+            if e.is_empty() {
+                return Err(format!("entry {id} has no value, waiter or promise"));
+            }
+            if id >= self.next_id {
+                return Err(format!("entry id {id} was never handed out"));
+            }
+            ids.push(id);
+            let has_value = e.has_value();
+            values += usize::from(has_value);
+            let inline_armed = matches!(e.slot, Slot::Waker(_));
+            match e.inline {
+                Inline::Free => {
+                    if inline_armed {
+                        return Err(format!("entry {id} holds a waker but no inline waiter"));
+                    }
+                }
+                Inline::Get | Inline::Take => inline_live += 1,
+                Inline::Cancelled | Inline::Abandoned => {
+                    inline_live += 1;
+                    if inline_armed {
+                        return Err(format!("entry {id}'s failed inline waiter was never woken"));
+                    }
+                }
+            }
+            let sweep_ahead = self.sweep.next != usize::MAX && bucket >= self.sweep.next;
+            if self.closed && inline_armed && !sweep_ahead && self.sweep.moves == self.moves {
+                return Err(format!("entry {id}'s inline waiter missed the close"));
+            }
+            for (kind, list) in [(Kind::Get, e.gets), (Kind::Take, e.takes)] {
+                for slot in self.slab.check_list(list)? {
+                    let (state, _) = self.slab.peek(slot);
+                    if state != NodeState::Waiting {
+                        return Err(format!(
+                            "{kind:?} list of entry {id} holds a {state:?} node"
+                        ));
+                    }
+                    if mem::replace(&mut listed[slot as usize], true) {
+                        return Err(format!("slot {slot} is in two lists"));
+                    }
+                    if (kind == Kind::Get && has_value || self.closed) && !listed_due(slot) {
+                        return Err(format!(
+                            "{kind:?} slot {slot} of entry {id} missed its wake-up"
+                        ));
+                    }
+                }
+            }
+            let first = e.first_take();
+            if e.handoff {
+                if first == NIL {
+                    return Err(format!("entry {id} holds a hand-off but no take waits"));
+                }
+                if first != INLINE && !listed_due(first) {
+                    return Err(format!(
+                        "the take holding entry {id}'s hand-off was never woken"
+                    ));
+                }
+                if first == INLINE && inline_armed {
+                    return Err(format!(
+                        "the inline take holding entry {id}'s hand-off was never woken"
+                    ));
+                }
+            } else if has_value && first != NIL {
+                return Err(format!(
+                    "entry {id} has a value and a waiting take but no hand-off"
+                ));
+            }
+        }
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two entries share an id".into());
+        }
+        if values != self.len {
+            return Err(format!(
+                "len is {} but {values} entries hold a value",
+                self.len
+            ));
+        }
+        if inline_live != self.inline_live {
+            return Err(format!(
+                "{} inline waiters counted, {inline_live} found",
+                self.inline_live
+            ));
+        }
+        for slot in 0..slots as u32 {
+            let (state, armed) = self.slab.peek(slot);
+            match state {
+                NodeState::Waiting if !listed[slot as usize] => {
+                    return Err(format!("waiting slot {slot} is in no list"));
+                }
+                NodeState::Cancelled | NodeState::Abandoned if armed && !queued[slot as usize] => {
+                    return Err(format!("{state:?} slot {slot} was never woken to learn it"));
+                }
+                _ => {}
+            }
+        }
+        if self.demand_watchers == 0 && !self.wanted.is_empty() {
+            return Err(format!(
+                "{} keys are queued for a demand nobody watches",
+                self.wanted.len()
+            ));
+        }
+        if let Some(&(_, id, _)) = self.wanted.iter().find(|w| w.1 >= self.next_id) {
+            return Err(format!(
+                "the demand queue names entry {id}, never handed out"
+            ));
+        }
+        Ok(())
+    }
+}
