@@ -14,14 +14,16 @@ mod common;
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, RawWaker, RawWakerVTable, Wake, Waker};
 
-use awaitmap::{AwaitMap, GetOwned, WaitError};
-use common::{Tracked, counting_waker, live, live_counter, poll_once};
+use awaitmap::{AwaitMap, Drained, GetOwned, InsertAsync, WaitError};
+use common::{CountingWaker, Tracked, counting_waker, live, live_counter, poll_once};
 
 type Map = AwaitMap<u64, u64>;
 
@@ -1404,5 +1406,1153 @@ fn producer_side_drops_keys_and_values_outside_the_lock() {
         );
         drop((stays, queued));
         drop((k4, k5, k6));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Panics outside the lock: nothing lost, no wake-up or notification skipped.
+//
+// The contract: after a panic in user code (a waker's clone, wake or drop, a
+// key's `Hash` or `Drop`, a value's `Drop`, `Eq`), caught by the caller, no
+// value is destroyed unless that very call was replacing or removing it,
+// every waiter due a wake-up is woken, every map-wide condition that became
+// true (`drained()`, room under a limit, `closed()`, demand) is told, and the
+// map stays usable. A waker that calls back into the map (allowed) opens the
+// windows these tests use: a future polled from another waker's `wake`,
+// before its own turn in the wake-up queue, still has its waker stored.
+// ---------------------------------------------------------------------------
+
+/// A second key, for futures that must not be woken by inserts of [`KEY`].
+const OTHER: u64 = 2;
+
+/// A future shared with a hook: hooks are `'static`, so the futures they poll
+/// or drop live behind one of these.
+type Slot<F> = Arc<Mutex<Option<F>>>;
+
+fn slot<F>(fut: F) -> Slot<F> {
+    Arc::new(Mutex::new(Some(fut)))
+}
+
+/// Polls the future in `slot` (which must be there) once.
+fn poll_slot<F: Future + Unpin>(slot: &Slot<F>, w: &Waker) -> Poll<F::Output> {
+    let mut fut = slot.lock().unwrap();
+    poll_once(fut.as_mut().expect("the future is in its slot"), w)
+}
+
+/// Polls `fut` once, catching a panic: `Err` holds its message.
+fn try_poll<F: Future + Unpin>(fut: &mut F, w: &Waker) -> Result<Poll<F::Output>, String> {
+    panic::catch_unwind(AssertUnwindSafe(|| poll_once(fut, w))).map_err(common::panic_message)
+}
+
+/// Hooks whose handles panic on the first drop after the returned flag is
+/// set (so registering, which drops the registration handle, stays quiet).
+fn drop_bomb(map: &Arc<Map>) -> (Arc<Hooks>, Arc<AtomicBool>) {
+    let armed = Arc::new(AtomicBool::new(false));
+    let hooks = {
+        let armed = Arc::clone(&armed);
+        Hooks::new(map, move |_, ev| {
+            if ev == Event::Drop && armed.swap(false, SeqCst) {
+                panic!("hostile waker: drop panics");
+            }
+            false
+        })
+    };
+    (hooks, armed)
+}
+
+/// Hooks whose `wake` runs `f` (once per wake-up).
+fn on_wake(map: &Arc<Map>, f: impl Fn(&Arc<Map>) + Send + Sync + 'static) -> Arc<Hooks> {
+    Hooks::new(map, move |m, ev| {
+        let due = matches!(ev, Event::Wake | Event::WakeByRef);
+        if due {
+            f(m);
+        }
+        due
+    })
+}
+
+/// A key whose value fills a map limited to one value.
+const FILL: u64 = 3;
+
+/// A take of [`KEY`] resolving while the waker it stored panics when the map
+/// drops it. The take is polled from the `wake` of a get of the same key:
+/// `insert` queues the gets before the take, so the get's `wake` runs while
+/// the take's waker is still stored. That `wake` polls the take, catching
+/// its panic; with `get_first`, it polls the get itself before (so the take
+/// is the last waiter). The map is limited to one value and full
+/// ([`FILL`]), and a producer waits in `insert_async` for room.
+struct TakeInWake<'a> {
+    /// What polling the take gave, or the message it panicked with.
+    outcome: Result<Poll<Result<u64, WaitError>>, String>,
+    /// Whether the take's stored waker was dropped (its drop panicked).
+    dropped: bool,
+    /// The producer waiting for room.
+    producer: InsertAsync<'a, u64, u64>,
+    producer_wakes: Arc<CountingWaker>,
+    producer_waker: Waker,
+    /// A `drained()` future polled while both futures waited.
+    drained: Drained<'a, u64, u64>,
+    drained_wakes: Arc<CountingWaker>,
+    hooks: Vec<Arc<Hooks>>,
+}
+
+fn take_resolved_in_a_wake(map: &Arc<Map>, get_first: bool) -> TakeInWake<'_> {
+    assert_eq!(map.limit(), Some(1));
+    map.insert(FILL, 0);
+    let (producer_wakes, producer_waker) = counting_waker();
+    let mut producer = map.insert_async(OTHER, 50);
+    assert!(poll_once(&mut producer, &producer_waker).is_pending());
+
+    let (bomb, armed) = drop_bomb(map);
+    let take = slot(map.take_owned(&KEY));
+    assert!(poll_slot(&take, &bomb.waker()).is_pending());
+    armed.store(true, SeqCst);
+    let outcome = Arc::new(Mutex::new(None));
+    let get = slot(map.get_owned(&KEY));
+    let runs = {
+        let (get, take, outcome) = (Arc::clone(&get), Arc::clone(&take), Arc::clone(&outcome));
+        on_wake(map, move |_| {
+            let (_, w) = counting_waker();
+            if get_first {
+                assert_eq!(poll_slot(&get, &w), Poll::Ready(Ok(7)));
+            }
+            let mut t = take.lock().unwrap();
+            let r = try_poll(t.as_mut().expect("the take is in its slot"), &w);
+            *outcome.lock().unwrap() = Some(r);
+        })
+    };
+    assert!(poll_slot(&get, &runs.waker()).is_pending());
+
+    let mut drained = map.drained();
+    let (drained_wakes, dw) = counting_waker();
+    assert!(poll_once(&mut drained, &dw).is_pending());
+    assert_eq!(map.insert(KEY, 7), None);
+    assert_eq!(runs.acted(), 1, "the get's wake did not run");
+    let outcome = outcome.lock().unwrap().take().expect("the take was polled");
+    // Break the cycles through the hooks (the futures hold the map); a get
+    // that did not complete deregisters.
+    drop(get.lock().unwrap().take());
+    drop(take.lock().unwrap().take());
+    TakeInWake {
+        outcome,
+        dropped: !armed.load(SeqCst),
+        producer,
+        producer_wakes,
+        producer_waker,
+        drained,
+        drained_wakes,
+        hooks: vec![bomb, runs],
+    }
+}
+
+/// The value the take returned, if it returned one.
+fn returned(outcome: &Result<Poll<Result<u64, WaitError>>, String>) -> Option<u64> {
+    match outcome {
+        Ok(Poll::Ready(Ok(v))) => Some(*v),
+        Ok(Poll::Pending) | Err(_) => None,
+        Ok(Poll::Ready(Err(e))) => panic!("the take failed: {e:?}"),
+    }
+}
+
+/// A fresh take of `key`: the value if the map holds it, `None` if it waits.
+fn take_now(map: &Map, key: u64) -> Option<u64> {
+    let (_, w) = counting_waker();
+    match poll_once(&mut map.take(&key), &w) {
+        Poll::Ready(Ok(v)) => Some(v),
+        Poll::Pending => None,
+        Poll::Ready(Err(e)) => panic!("a fresh take failed: {e:?}"),
+    }
+}
+
+// Semantic 11, regression: a take resolved while the waker it had stored
+// panicked on drop; the poll unwound with the value it had moved out, which
+// was destroyed: neither returned nor left in the map. Nor was the producer
+// waiting for room under the limit told that the value had left.
+#[test]
+fn take_resolving_while_its_stored_waker_panics_on_drop_loses_no_value() {
+    no_hang("take resolves, stored waker panics", || {
+        let map = Arc::new(Map::new().with_limit(1));
+        let scene = take_resolved_in_a_wake(&map, false);
+        assert!(
+            scene.dropped,
+            "the take's stored waker was not dropped: the test no longer covers \
+             a take resolving while its waker is stored"
+        );
+        let returned = returned(&scene.outcome);
+        let in_map = map.contains_key(&KEY);
+        let told = scene.producer_wakes.wakes() > 0;
+        let kept = if in_map { take_now(&map, KEY) } else { None };
+        match (returned, kept) {
+            (Some(7), None) | (None, Some(7)) => {}
+            (None, None) => panic!(
+                "the value was destroyed: the take's poll gave {:?} and the map no \
+                 longer holds it",
+                scene.outcome
+            ),
+            other => panic!("the value went astray (returned, kept): {other:?}"),
+        }
+        assert!(
+            in_map || told,
+            "the value left the full map, but the producer waiting for room was \
+             never woken"
+        );
+        assert!(
+            scene.producer_wakes.wakes() > 0,
+            "the producer waiting for room was never woken"
+        );
+        assert_eq!(map.len(), 1, "only the filler is left");
+        assert_eq!(map.waiters(), 0);
+        assert_clean(&scene.hooks);
+    });
+}
+
+// Semantic 11, regression: the same take, polled after the get that ran its
+// poll had completed, was the last waiter; its poll unwound before it told
+// the `drained()` futures (or the producers waiting for room), and they were
+// never woken. (Where polling the get already woke the take, it resolves
+// plainly; the checks hold either way.)
+#[test]
+fn take_resolving_while_its_stored_waker_panics_on_drop_still_tells_drained_and_producers() {
+    no_hang("take resolves, conditions told", || {
+        let map = Arc::new(Map::new().with_limit(1));
+        let mut scene = take_resolved_in_a_wake(&map, true);
+        // Checked before anything else touches the map.
+        if map.waiters() == 0 {
+            assert!(
+                scene.drained_wakes.wakes() > 0,
+                "no waiter is left, but the drained() future was never woken"
+            );
+        }
+        if !map.contains_key(&KEY) {
+            assert!(
+                scene.producer_wakes.wakes() > 0,
+                "the value left the full map, but the producer waiting for room \
+                 was never woken"
+            );
+        }
+        // However the take ended, the value is somewhere; once it has left
+        // the map, the producer is told and the map is drained.
+        if returned(&scene.outcome).is_none() {
+            assert_eq!(take_now(&map, KEY), Some(7), "the value was destroyed");
+        }
+        assert_eq!(map.waiters(), 0);
+        assert!(scene.drained_wakes.wakes() > 0, "drained() was never woken");
+        assert_eq!(
+            poll_once(&mut scene.drained, &scene.producer_waker),
+            Poll::Ready(())
+        );
+        assert!(
+            scene.producer_wakes.wakes() > 0,
+            "the producer waiting for room was never woken"
+        );
+        // Still usable: with the filler gone too, the producer gets in.
+        assert_eq!(map.remove(&FILL), Some(0));
+        assert_eq!(
+            poll_once(&mut scene.producer, &scene.producer_waker),
+            Poll::Ready(None)
+        );
+        assert_eq!(map.try_get(&OTHER), Some(50));
+        assert_eq!(map.len(), 1);
+        assert_clean(&scene.hooks);
+    });
+}
+
+// Semantic 11, regression: a take that held the hand-off of a value was
+// dropped while its stored waker panicked on drop; the hand-off passed to
+// the next take, but that take's waker, popped for waking, was dropped
+// un-woken by the unwinding drop. It waited forever with the value present,
+// and no later insert woke it (it counted as woken).
+#[test]
+fn dropping_a_woken_take_whose_stored_waker_panics_on_drop_wakes_the_next_take() {
+    no_hang("baton pass, stored waker panics", || {
+        let map = Arc::new(Map::new());
+        let (bomb, armed) = drop_bomb(&map);
+        let first = slot(map.take_owned(&KEY));
+        assert!(poll_slot(&first, &bomb.waker()).is_pending());
+        armed.store(true, SeqCst);
+        let (c2, w2) = counting_waker();
+        let mut second = map.take(&KEY);
+        assert!(poll_once(&mut second, &w2).is_pending());
+        // Woken first by the insert, while the first take's waker is still
+        // stored: drops the first take, which holds the hand-off.
+        let panicked = Arc::new(Mutex::new(None));
+        let dropper = {
+            let (first, panicked) = (Arc::clone(&first), Arc::clone(&panicked));
+            on_wake(&map, move |_| {
+                let t = first.lock().unwrap().take();
+                let r = panic::catch_unwind(AssertUnwindSafe(|| drop(t)));
+                *panicked.lock().unwrap() = Some(r.is_err());
+            })
+        };
+        let mut get = map.get(&KEY);
+        register(&mut get, &dropper);
+
+        assert_eq!(map.insert(KEY, 5), None);
+        assert!(
+            panicked.lock().unwrap().is_some(),
+            "the first take was not dropped"
+        );
+        assert!(
+            !armed.load(SeqCst),
+            "the first take's stored waker was not dropped: the test no longer \
+             covers it"
+        );
+        assert_eq!(
+            c2.wakes(),
+            1,
+            "the hand-off passed to the second take, but its waker was never \
+             woken: it would wait forever with the value present"
+        );
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(5)));
+        assert_eq!(poll_once(&mut second, &w), Poll::Ready(Ok(5)));
+        assert!(map.is_empty());
+        assert_eq!(map.waiters(), 0);
+        drop((second, get));
+        assert_clean(&[bomb, dropper]);
+    });
+}
+
+// Semantic 11, regression: a get was dropped (from another waker's `wake`,
+// with wake-ups still queued) while its stored waker panicked on drop; the
+// waker its drop had popped for another key's take was dropped un-woken, so
+// that take never learnt that its value had arrived.
+#[test]
+fn dropping_a_get_whose_stored_waker_panics_on_drop_loses_no_other_wake_up() {
+    no_hang("get dropped, stored waker panics", || {
+        let map = Arc::new(Map::new());
+        let (bomb, armed) = drop_bomb(&map);
+        let doomed = slot(map.get_owned(&OTHER));
+        assert!(poll_slot(&doomed, &bomb.waker()).is_pending());
+        armed.store(true, SeqCst);
+        let panicked = Arc::new(Mutex::new(None));
+        let dropper = {
+            let (doomed, panicked) = (Arc::clone(&doomed), Arc::clone(&panicked));
+            on_wake(&map, move |_| {
+                let g = doomed.lock().unwrap().take();
+                let r = panic::catch_unwind(AssertUnwindSafe(|| drop(g)));
+                *panicked.lock().unwrap() = Some(r.is_err());
+            })
+        };
+        let mut get = map.get(&KEY);
+        register(&mut get, &dropper);
+        let (ct, wt) = counting_waker();
+        let mut take = map.take(&KEY);
+        assert!(poll_once(&mut take, &wt).is_pending());
+
+        assert_eq!(map.insert(KEY, 5), None);
+        assert!(
+            panicked.lock().unwrap().is_some(),
+            "the get was not dropped"
+        );
+        assert!(
+            !armed.load(SeqCst),
+            "the get's stored waker was not dropped"
+        );
+        assert_eq!(
+            ct.wakes(),
+            1,
+            "the take was due a wake-up for the value, but was never woken"
+        );
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(5)));
+        assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(5)));
+        assert_eq!(map.waiters(), 0);
+        assert!(map.is_empty());
+        drop((get, take));
+        assert_clean(&[bomb, dropper]);
+    });
+}
+
+thread_local! {
+    /// A key id whose next drop panics (then the bomb is spent).
+    static KEY_BOMB: Cell<Option<u64>> = const { Cell::new(None) };
+    static HASH_PANICS: Cell<bool> = const { Cell::new(false) };
+    /// A value id whose next drop panics (then the bomb is spent).
+    static VAL_BOMB: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// A key whose `Hash` is the same for every key, so every lookup runs `Eq`
+/// against the other keys, and whose `Eq` panics while `EQ_PANICS` is set.
+#[derive(Clone, Debug)]
+struct CollidingKey(u64);
+
+impl PartialEq for CollidingKey {
+    fn eq(&self, other: &Self) -> bool {
+        if EQ_PANICS.get() {
+            panic!("hostile key: Eq panics");
+        }
+        self.0 == other.0
+    }
+}
+
+impl Eq for CollidingKey {}
+
+impl Hash for CollidingKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        0_u64.hash(state);
+    }
+}
+
+// Semantic 11, regression: a get_or_promise whose producer abandoned frees
+// its node and starts over; when the fresh lookup's `Eq` panicked, the poll
+// unwound before it told the `drained()` futures that the last waiter had
+// gone, and they were never woken.
+#[test]
+fn get_or_promise_restarting_with_a_panicking_eq_still_tells_drained() {
+    no_hang("get_or_promise restart, Eq panics", || {
+        let map: AwaitMap<CollidingKey, u64> = AwaitMap::new();
+        let (k1, k2) = (CollidingKey(1), CollidingKey(2));
+        map.insert(k2.clone(), 20); // shares the hash: the probe compares it
+        let promise = map.promise(k1.clone()).expect("key 1 is free");
+        let (cg, wg) = counting_waker();
+        let mut waiting = map.get_or_promise(&k1);
+        assert!(poll_once(&mut waiting, &wg).is_pending());
+        let (dc, dw) = counting_waker();
+        let mut drained = map.drained();
+        assert!(poll_once(&mut drained, &dw).is_pending());
+
+        drop(promise);
+        assert_eq!(cg.wakes(), 1, "the waiting caller was not told");
+        EQ_PANICS.set(true);
+        expect_panic(&map, "the restart's lookup", || {
+            poll_once(&mut waiting, &wg)
+        });
+        EQ_PANICS.set(false);
+        assert_eq!(map.waiters(), 0);
+        assert!(
+            dc.wakes() > 0,
+            "the last waiter is gone, but the drained() future was never woken"
+        );
+        assert_eq!(poll_once(&mut drained, &dw), Poll::Ready(()));
+
+        // The caller starts over and becomes the producer.
+        match poll_once(&mut waiting, &wg) {
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+                assert_eq!(p.fulfil(10), None);
+            }
+            other => panic!("the restarted caller should produce key 1: {other:?}"),
+        }
+        assert_eq!(map.try_get(&k1), Some(10));
+        assert_eq!(map.try_get(&k2), Some(20));
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+/// A key that panics when dropped while `KEY_BOMB` names its id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct BombKey(u64);
+
+impl Drop for BombKey {
+    fn drop(&mut self) {
+        if KEY_BOMB.get() == Some(self.0) {
+            KEY_BOMB.set(None);
+            panic!("hostile key: Drop panics");
+        }
+    }
+}
+
+type BombKeyMap = AwaitMap<BombKey, u64>;
+
+/// Runs `op`, which must panic from the drop of key `id` (armed here), and
+/// checks the bomb went off and the lock is free.
+fn key_drop_panics<R>(map: &BombKeyMap, id: u64, what: &str, op: impl FnOnce() -> R) {
+    KEY_BOMB.set(Some(id));
+    expect_panic(map, what, op);
+    let unspent = KEY_BOMB.replace(None).is_some();
+    assert!(!unspent, "{what}: no key was dropped");
+}
+
+// Semantic 11, regression: `insert` of a key that had an entry (a waiting
+// get) dropped the spare key before it woke the get; a panicking `K::drop`
+// left the value stored but the get's waker, popped for waking, dropped
+// un-woken: the get never learnt of the value.
+#[test]
+fn insert_whose_spare_key_panics_on_drop_still_wakes_the_waiters() {
+    no_hang("spare key panics on drop", || {
+        let map = BombKeyMap::new();
+        let k = BombKey(1);
+        let (cg, wg) = counting_waker();
+        let (ct, wt) = counting_waker();
+        let mut get = map.get(&k);
+        let mut take = map.take(&k);
+        assert!(poll_once(&mut get, &wg).is_pending());
+        assert!(poll_once(&mut take, &wt).is_pending());
+
+        key_drop_panics(&map, 1, "insert over waiters", || map.insert(BombKey(1), 7));
+        assert_eq!(map.try_get(&k), Some(7), "the value was not stored");
+        assert_eq!(cg.wakes(), 1, "the waiting get was never woken");
+        assert_eq!(ct.wakes(), 1, "the waiting take was never woken");
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(7)));
+        assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(7)));
+        assert_eq!(map.waiters(), 0);
+        assert!(map.is_empty());
+        // Usable: the key comes and goes as usual.
+        assert_eq!(map.insert(BombKey(1), 8), None);
+        assert_eq!(map.remove(&k), Some(8));
+    });
+}
+
+static CLONE_PANICS_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(clone_panics, ignore_waker, ignore_waker, ignore_waker);
+
+unsafe fn clone_panics(_: *const ()) -> RawWaker {
+    panic!("hostile waker: clone panics");
+}
+
+unsafe fn ignore_waker(_: *const ()) {}
+
+/// A waker whose `clone` panics; waking or dropping it does nothing.
+fn clone_panicking_waker() -> Waker {
+    // SAFETY: the data pointer is never read; `clone` never returns, and
+    // `wake`, `wake_by_ref` and `drop` do nothing, which is sound for any
+    // pointer and from any thread.
+    unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &CLONE_PANICS_VTABLE)) }
+}
+
+// Semantic 11, regression: a take woken for a value that a fresh take got
+// first was polled again with a waker whose `clone` panicked; its node stayed
+// marked as woken, so the next insert handed it the value without waking
+// anyone, and the take behind it starved with the value present.
+#[test]
+fn take_whose_new_waker_panics_on_clone_does_not_starve_the_next_take() {
+    no_hang("waker clone panics", || {
+        let map = Map::new();
+        let (c1, w1) = counting_waker();
+        let (c2, w2) = counting_waker();
+        let mut first = map.take(&KEY);
+        let mut second = map.take(&KEY);
+        assert!(poll_once(&mut first, &w1).is_pending());
+        assert!(poll_once(&mut second, &w2).is_pending());
+        assert_eq!(map.insert(KEY, 5), None);
+        assert_eq!((c1.wakes(), c2.wakes()), (1, 0));
+        // A newer take gets the value first.
+        assert_eq!(take_now(&map, KEY), Some(5));
+        expect_panic(&map, "a poll with a waker whose clone panics", || {
+            poll_once(&mut first, &clone_panicking_waker())
+        });
+
+        assert_eq!(map.insert(KEY, 6), None);
+        assert_eq!(
+            c2.wakes(),
+            1,
+            "the second take was never woken for the new value"
+        );
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut second, &w), Poll::Ready(Ok(6)));
+        assert!(map.is_empty());
+        // The first take, polled again, waits for a later value.
+        let again = poll_once(&mut first, &w1);
+        assert!(again.is_pending(), "no value is left for it: {again:?}");
+        assert_eq!(map.insert(KEY, 7), None);
+        assert_eq!(poll_once(&mut first, &w), Poll::Ready(Ok(7)));
+        assert_eq!(map.waiters(), 0);
+        assert!(map.is_empty());
+    });
+}
+
+// ----- Neighbours: the same contract elsewhere. -----
+
+// Semantic 11: a get resolving while its stored waker panics on drop (polled
+// from another waker's `wake`, after that waker's own get completed) was the
+// last waiter: `drained()` is told. (Where completing the first get already
+// woke the second, it resolves plainly; the checks hold either way.)
+#[test]
+fn get_resolving_while_its_stored_waker_panics_on_drop_still_tells_drained() {
+    no_hang("get resolves, stored waker panics", || {
+        let map = Arc::new(Map::new());
+        let (bomb, armed) = drop_bomb(&map);
+        let doomed = slot(map.get_owned(&KEY));
+        let outcome = Arc::new(Mutex::new(None));
+        let get = slot(map.get_owned(&KEY));
+        // Registered first, so woken first: gets are queued in order.
+        let runs = {
+            let (get, doomed, outcome) =
+                (Arc::clone(&get), Arc::clone(&doomed), Arc::clone(&outcome));
+            on_wake(&map, move |_| {
+                let (_, w) = counting_waker();
+                assert_eq!(poll_slot(&get, &w), Poll::Ready(Ok(7)));
+                let mut g = doomed.lock().unwrap();
+                *outcome.lock().unwrap() = Some(try_poll(g.as_mut().unwrap(), &w));
+            })
+        };
+        assert!(poll_slot(&get, &runs.waker()).is_pending());
+        assert!(poll_slot(&doomed, &bomb.waker()).is_pending());
+        armed.store(true, SeqCst);
+        let (dc, dw) = counting_waker();
+        let mut drained = map.drained();
+        assert!(poll_once(&mut drained, &dw).is_pending());
+
+        assert_eq!(map.insert(KEY, 7), None);
+        assert!(outcome.lock().unwrap().is_some());
+        if map.waiters() == 0 {
+            assert!(
+                dc.wakes() > 0,
+                "no waiter is left, but the drained() future was never woken"
+            );
+        }
+        // A get that panicked starts over; one that resolved is done.
+        let mut g = doomed.lock().unwrap().take().unwrap();
+        if !matches!(*outcome.lock().unwrap(), Some(Ok(Poll::Ready(_)))) {
+            let (_, w) = counting_waker();
+            assert_eq!(poll_once(&mut g, &w), Poll::Ready(Ok(7)));
+        }
+        drop(g);
+        drop(get.lock().unwrap().take());
+        assert_eq!(map.waiters(), 0);
+        assert!(dc.wakes() > 0, "drained() was never woken");
+        assert_eq!(poll_once(&mut drained, &dw), Poll::Ready(()));
+        assert_eq!(map.try_get(&KEY), Some(7));
+        assert_clean(&[bomb, runs]);
+    });
+}
+
+// Semantic 11: a get_or_promise that takes the work over (woken for a value
+// another future took first, and polled from another waker's `wake` while
+// its own waker is still stored) while its stored waker panics on drop: the
+// promise it was given is not lost, so the key is not reserved for ever for
+// a producer nobody holds. (Where the take already woke the caller, it takes
+// over plainly; the check holds either way.)
+#[test]
+fn get_or_promise_taking_over_while_its_stored_waker_panics_on_drop_leaves_no_orphan_reservation() {
+    no_hang("get_or_promise takes over, stored waker panics", || {
+        let map = Arc::new(Map::new());
+        let promise = map.promise(KEY).expect("the key is free");
+        let outcome = Arc::new(Mutex::new(None));
+        let got: Slot<Pin<Box<dyn Future<Output = &'static str> + Send>>> = slot({
+            let (map, outcome) = (Arc::clone(&map), Arc::clone(&outcome));
+            Box::pin(async move {
+                let r = map.get_or_promise(&KEY).await;
+                *outcome.lock().unwrap() = Some(format!("{r:?}"));
+                match r {
+                    Ok(awaitmap::ValueOrPromise::Promise(p)) => {
+                        p.fulfil(40);
+                        "promise"
+                    }
+                    Ok(awaitmap::ValueOrPromise::Value(_)) => "value",
+                    Err(_) => "error",
+                }
+            })
+        });
+        let (bomb, armed) = drop_bomb(&map);
+        // Woken first (gets are queued in registration order, and this one
+        // registers before the caller): takes the value, then polls the
+        // caller while its waker is still stored.
+        let taker = {
+            let got = Arc::clone(&got);
+            on_wake(&map, move |m| {
+                let (_, w) = counting_waker();
+                // The value goes before the caller sees it ...
+                assert_eq!(poll_once(&mut m.take(&KEY), &w), Poll::Ready(Ok(5)));
+                // ... so the caller takes the work over.
+                let mut g = got.lock().unwrap();
+                let _ = try_poll(g.as_mut().unwrap(), &w);
+            })
+        };
+        let mut get = map.get(&KEY);
+        register(&mut get, &taker);
+        assert!(poll_slot(&got, &bomb.waker()).is_pending());
+        armed.store(true, SeqCst);
+
+        assert_eq!(promise.fulfil(5), None);
+        assert_eq!(taker.acted(), 1);
+        drop(got.lock().unwrap().take());
+        // Whatever the caller saw, the key is not left reserved.
+        let (_, w) = counting_waker();
+        let mut fresh = map.get_or_promise(&KEY);
+        match poll_once(&mut fresh, &w) {
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => assert_eq!(v, 40),
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+                assert_eq!(p.fulfil(41), None);
+            }
+            Poll::Ready(Err(e)) => panic!("a fresh caller failed: {e:?}"),
+            Poll::Pending => panic!(
+                "the key is reserved for a producer nobody holds (the caller saw \
+                 {:?}): every caller would wait for ever",
+                outcome.lock().unwrap()
+            ),
+        }
+        assert!(matches!(poll_once(&mut get, &w), Poll::Ready(Ok(40 | 41))));
+        assert_eq!(map.waiters(), 0);
+        drop(get);
+        assert_clean(&[bomb, taker]);
+    });
+}
+
+// Semantic 11: a get_or_promise that becomes the producer of an absent key
+// while the waker clone it had made to register (not needed after all)
+// panics when dropped: the promise it was given is abandoned on the way
+// out, not lost, so the key is free again.
+#[test]
+fn get_or_promise_becoming_the_producer_while_its_spare_waker_panics_on_drop_frees_the_key() {
+    no_hang("get_or_promise, spare waker panics", || {
+        let map = Arc::new(Map::new());
+        let (bomb, armed) = drop_bomb(&map);
+        let w = bomb.waker();
+        armed.store(true, SeqCst);
+        let mut first = map.get_or_promise(&KEY);
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            poll_once(&mut first, &w).map(|r| r.map(|_| ()))
+        }));
+        assert!(!is_locked(&*map));
+        assert!(
+            !armed.load(SeqCst),
+            "no waker clone was dropped: the test no longer covers it"
+        );
+        assert!(r.is_err(), "the waker's panic did not reach the caller");
+        drop(first);
+        assert_eq!(map.waiters(), 0);
+        let promise = map.promise(KEY);
+        assert!(
+            promise.is_some(),
+            "the key is reserved for a promise nobody holds"
+        );
+        drop(promise);
+        drop(w);
+        assert_clean(&[bomb]);
+    });
+}
+
+thread_local! {
+    /// Key clones allowed before the next one panics (then unarmed).
+    static CLONES_LEFT: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// A key whose `Clone` panics once `CLONES_LEFT` runs out.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CloneBombKey(u64);
+
+impl Clone for CloneBombKey {
+    fn clone(&self) -> Self {
+        match CLONES_LEFT.get() {
+            Some(0) => {
+                CLONES_LEFT.set(None);
+                panic!("hostile key: Clone panics");
+            }
+            Some(n) => CLONES_LEFT.set(Some(n - 1)),
+            None => {}
+        }
+        CloneBombKey(self.0)
+    }
+}
+
+// Semantic 11: a get that makes its key wanted while a demand is watched
+// copies the key for the demand after registering; if that `Clone` panics,
+// the demand still learns of the key, or the get is not left waiting (it
+// starts over when polled again): a producer never misses a wanted key.
+#[test]
+fn key_clone_panicking_when_a_wanted_key_is_announced_loses_no_demand() {
+    no_hang("announce, key Clone panics", || {
+        let map: AwaitMap<CloneBombKey, u64> = AwaitMap::new();
+        let demand = map.demand();
+        let k = CloneBombKey(1);
+        let (_, w) = counting_waker();
+        let mut get = map.get(&k);
+        // The registration's own copy of the key is made; the next panics.
+        CLONES_LEFT.set(Some(1));
+        expect_panic(&map, "registering a wanted key", || poll_once(&mut get, &w));
+        let unspent = CLONES_LEFT.replace(None).is_some();
+        assert!(
+            !unspent,
+            "no key copy panicked: the test no longer covers it"
+        );
+        if map.waiters() == 0 {
+            // Deregistered: polled again, it registers and is announced.
+            assert!(poll_once(&mut get, &w).is_pending());
+        }
+        assert_eq!(map.waiters(), 1);
+        let mut next = demand.next();
+        assert_eq!(
+            poll_once(&mut next, &w),
+            Poll::Ready(Some(CloneBombKey(1))),
+            "the get waits on a key the demand never heard of"
+        );
+        map.insert(CloneBombKey(1), 10);
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(10)));
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+// Semantic 11: a waker that panics in `wake` during `close`: with `std`
+// every other waiter is woken once, the panic reaches the caller, and the
+// map-wide conditions are all told: `closed()`, the producers waiting for
+// room (a closed map takes their values) and the demand.
+#[test]
+fn waker_panicking_in_wake_during_close_still_tells_everyone() {
+    no_hang("close, panicking waker", || {
+        let map = Map::new().with_limit(1);
+        map.insert(SIDE, 0); // fills the map
+        let boom = Waker::from(Arc::new(Boom));
+        let mut bad = map.get(&KEY);
+        assert!(poll_once(&mut bad, &boom).is_pending());
+        let counters: Vec<_> = (0..20).map(|_| counting_waker()).collect();
+        let mut gets: Vec<_> = (0..10).map(|_| map.get(&KEY)).collect();
+        let mut takes: Vec<_> = (0..10).map(|_| map.take(&OTHER)).collect();
+        for (g, (_, w)) in gets.iter_mut().zip(&counters[..10]) {
+            assert!(poll_once(g, w).is_pending());
+        }
+        for (t, (_, w)) in takes.iter_mut().zip(&counters[10..]) {
+            assert!(poll_once(t, w).is_pending());
+        }
+        let (cc, cw) = counting_waker();
+        let mut closed = map.closed();
+        assert!(poll_once(&mut closed, &cw).is_pending());
+        let (pc, pw) = counting_waker();
+        let mut producer = map.insert_async(3, 30);
+        assert!(poll_once(&mut producer, &pw).is_pending());
+        let demand = map.demand();
+        let (dc, dw) = counting_waker();
+        let mut next = demand.next();
+        assert!(poll_once(&mut next, &dw).is_pending());
+
+        expect_panic(&map, "close", || map.close());
+        for (c, _) in &counters {
+            assert_woken_despite_panic(c.wakes());
+        }
+        assert!(cc.wakes() > 0, "the closed() future was never woken");
+        assert!(
+            pc.wakes() > 0,
+            "the producer waiting for room was never woken"
+        );
+        assert!(dc.wakes() > 0, "the demand's next() was never woken");
+        assert_eq!(poll_once(&mut closed, &cw), Poll::Ready(()));
+        assert_eq!(poll_once(&mut producer, &pw), Poll::Ready(None));
+        assert_eq!(poll_once(&mut next, &dw), Poll::Ready(None));
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut bad, &w), Poll::Ready(Err(WaitError::Closed)));
+        for f in &mut gets {
+            assert_eq!(poll_once(f, &w), Poll::Ready(Err(WaitError::Closed)));
+        }
+        for f in &mut takes {
+            assert_eq!(poll_once(f, &w), Poll::Ready(Err(WaitError::Closed)));
+        }
+        assert_eq!(map.waiters(), 0);
+        // Still usable: a closed map stores and hands out values.
+        assert_eq!(map.insert(KEY, 1), None);
+        assert_eq!(poll_once(&mut map.take(&KEY), &w), Poll::Ready(Ok(1)));
+        assert_eq!(map.try_get(&3), Some(30));
+        drop((bad, gets, takes, next, demand));
+    });
+}
+
+// Semantic 11: a waker that panics in `wake` during `cancel`: every other
+// waiter of the key is woken once and fails, the panic reaches the caller,
+// and the key can be waited on again.
+#[test]
+fn waker_panicking_in_wake_during_cancel_still_wakes_every_other_waiter() {
+    no_hang("cancel, panicking waker", || {
+        let map = Map::new();
+        let boom = Waker::from(Arc::new(Boom));
+        let counters: Vec<_> = (0..30).map(|_| counting_waker()).collect();
+        let mut gets: Vec<_> = (0..20).map(|_| map.get(&KEY)).collect();
+        let mut bad = map.take(&KEY);
+        let mut takes: Vec<_> = (0..10).map(|_| map.take(&KEY)).collect();
+        for (g, (_, w)) in gets.iter_mut().zip(&counters[..20]) {
+            assert!(poll_once(g, w).is_pending());
+        }
+        assert!(poll_once(&mut bad, &boom).is_pending());
+        for (t, (_, w)) in takes.iter_mut().zip(&counters[20..]) {
+            assert!(poll_once(t, w).is_pending());
+        }
+        let (dc, dw) = counting_waker();
+        let mut drained = map.drained();
+        assert!(poll_once(&mut drained, &dw).is_pending());
+
+        expect_panic(&map, "cancel", || map.cancel(&KEY));
+        for (c, _) in &counters {
+            assert_woken_despite_panic(c.wakes());
+        }
+        let (_, w) = counting_waker();
+        for f in &mut gets {
+            assert_eq!(poll_once(f, &w), Poll::Ready(Err(WaitError::Cancelled)));
+        }
+        for f in takes.iter_mut().chain([&mut bad]) {
+            assert_eq!(poll_once(f, &w), Poll::Ready(Err(WaitError::Cancelled)));
+        }
+        assert_eq!(map.waiters(), 0);
+        assert!(dc.wakes() > 0, "drained() was never woken");
+        assert_eq!(poll_once(&mut drained, &dw), Poll::Ready(()));
+        let mut again = map.take(&KEY);
+        assert!(poll_once(&mut again, &w).is_pending());
+        assert_eq!(map.insert(KEY, 3), None);
+        assert_eq!(poll_once(&mut again, &w), Poll::Ready(Ok(3)));
+        assert!(map.is_empty());
+        drop((gets, bad, takes, again));
+    });
+}
+
+// Semantic 11: `cancel` and an abandoned promise that leave an entry empty
+// drop its key; if that `K::drop` panics, the failed waiters are still woken
+// to learn it, and the panic reaches the caller.
+#[test]
+fn cancel_and_abandon_whose_entry_key_panics_on_drop_still_wake_the_failed_waiters() {
+    no_hang("entry key panics on drop, failed waiters", || {
+        let map = BombKeyMap::new();
+        for (id, how) in [(1, WaitError::Cancelled), (2, WaitError::Abandoned)] {
+            let k = BombKey(id);
+            let promise = (how == WaitError::Abandoned)
+                .then(|| map.promise(BombKey(id)).expect("the key is free"));
+            let counters: Vec<_> = (0..20).map(|_| counting_waker()).collect();
+            let mut gets: Vec<_> = (0..17).map(|_| map.get(&k)).collect();
+            let mut takes: Vec<_> = (0..3).map(|_| map.take(&k)).collect();
+            for (g, (_, w)) in gets.iter_mut().zip(&counters[..17]) {
+                assert!(poll_once(g, w).is_pending());
+            }
+            for (t, (_, w)) in takes.iter_mut().zip(&counters[17..]) {
+                assert!(poll_once(t, w).is_pending());
+            }
+            key_drop_panics(&map, id, "failing the waiters", || match promise {
+                Some(p) => drop(p),
+                None => drop(map.cancel(&k)),
+            });
+            for (i, (c, _)) in counters.iter().enumerate() {
+                assert_eq!(c.wakes(), 1, "{how:?}: waiter {i} was never woken");
+            }
+            let (_, w) = counting_waker();
+            for f in &mut gets {
+                assert_eq!(poll_once(f, &w), Poll::Ready(Err(how)));
+            }
+            for f in &mut takes {
+                assert_eq!(poll_once(f, &w), Poll::Ready(Err(how)));
+            }
+            assert_eq!(map.waiters(), 0);
+            assert!(map.is_empty());
+            drop((gets, takes));
+            // The key can be waited on and produced again.
+            let mut again = map.get(&k);
+            assert!(poll_once(&mut again, &w).is_pending());
+            assert_eq!(map.insert(BombKey(id), 9), None);
+            assert_eq!(poll_once(&mut again, &w), Poll::Ready(Ok(9)));
+            assert_eq!(map.remove(&k), Some(9));
+        }
+    });
+}
+
+// Semantic 11: `remove` that empties an entry drops its key; if that
+// `K::drop` panics (the removed value may go with the panic: that call was
+// removing it), a producer waiting for room under the limit is still let in.
+#[test]
+fn remove_whose_entry_key_panics_on_drop_still_lets_a_producer_in() {
+    no_hang("remove, entry key panics on drop", || {
+        let map = BombKeyMap::new().with_limit(1);
+        let k = BombKey(1);
+        map.insert(BombKey(1), 10);
+        let (pc, pw) = counting_waker();
+        let mut producer = map.insert_async(BombKey(2), 20);
+        assert!(poll_once(&mut producer, &pw).is_pending());
+
+        key_drop_panics(&map, 1, "remove", || map.remove(&k));
+        assert!(!map.contains_key(&k));
+        assert!(
+            pc.wakes() > 0,
+            "a value left the full map, but the producer waiting for room was \
+             never woken"
+        );
+        assert_eq!(poll_once(&mut producer, &pw), Poll::Ready(None));
+        assert_eq!(map.try_get(&BombKey(2)), Some(20));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+// Semantic 11: a take of a present key empties its entry and drops its key;
+// if that `K::drop` panics, the value is not destroyed with the unwinding
+// poll: it is returned or stays in the map; and once it has left, a producer
+// waiting for room is let in.
+#[test]
+fn take_whose_entry_key_panics_on_drop_loses_no_value() {
+    no_hang("take, entry key panics on drop", || {
+        let map = BombKeyMap::new().with_limit(1);
+        let k = BombKey(1);
+        map.insert(BombKey(1), 10);
+        let (pc, pw) = counting_waker();
+        let mut producer = map.insert_async(BombKey(2), 20);
+        assert!(poll_once(&mut producer, &pw).is_pending());
+
+        let (_, w) = counting_waker();
+        let mut take = map.take(&k);
+        KEY_BOMB.set(Some(1));
+        let outcome = try_poll(&mut take, &w);
+        assert!(!is_locked(&map));
+        let unspent = KEY_BOMB.replace(None).is_some();
+        assert!(!unspent, "no key was dropped: the test no longer covers it");
+        let returned = match outcome {
+            Ok(Poll::Ready(Ok(v))) => Some(v),
+            Ok(Poll::Ready(Err(e))) => panic!("the take failed: {e:?}"),
+            Ok(Poll::Pending) | Err(_) => None,
+        };
+        let kept = map.remove(&k);
+        match (returned, kept) {
+            (Some(10), None) | (None, Some(10)) => {}
+            (None, None) => panic!("the value was destroyed: neither returned nor kept"),
+            other => panic!("the value went astray (returned, kept): {other:?}"),
+        }
+        assert!(
+            pc.wakes() > 0,
+            "the producer waiting for room was never woken"
+        );
+        assert_eq!(poll_once(&mut producer, &pw), Poll::Ready(None));
+        assert_eq!(map.try_get(&BombKey(2)), Some(20));
+        drop(take);
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+/// A key whose `Hash` panics while `HASH_PANICS` is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PanicHashKey(u64);
+
+impl Hash for PanicHashKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if HASH_PANICS.get() {
+            panic!("hostile key: Hash panics");
+        }
+        self.0.hash(state);
+    }
+}
+
+// Semantic 11: a `Hash` that panics (it runs before the lock is taken) in
+// every operation that hashes: the panic reaches the caller, the map is left
+// as it was, nobody is woken, and the futures whose first poll panicked
+// start over.
+#[test]
+fn hash_panicking_changes_nothing_and_the_futures_start_over() {
+    no_hang("panicking Hash", || {
+        let map: AwaitMap<PanicHashKey, u64> = AwaitMap::new();
+        let (k1, k2, k3) = (PanicHashKey(1), PanicHashKey(2), PanicHashKey(3));
+        map.insert(k1.clone(), 10);
+        let (cg, wg) = counting_waker();
+        let mut waiting = map.get(&k2);
+        assert!(poll_once(&mut waiting, &wg).is_pending());
+        let (_, w) = counting_waker();
+        let mut get = map.get(&k1);
+        let mut take = map.take(&k1);
+        let mut coalesced = map.get_or_promise(&k3);
+
+        HASH_PANICS.set(true);
+        expect_panic(&map, "insert over a value", || map.insert(k1.clone(), 11));
+        expect_panic(&map, "insert over waiters", || map.insert(k2.clone(), 20));
+        expect_panic(&map, "try_insert", || map.try_insert(k3.clone(), 30));
+        expect_panic(&map, "promise", || map.promise(k3.clone()).map(|_| ()));
+        expect_panic(&map, "try_get", || map.try_get(&k1));
+        expect_panic(&map, "contains_key", || map.contains_key(&k1));
+        expect_panic(&map, "remove", || map.remove(&k1));
+        expect_panic(&map, "cancel", || map.cancel(&k2));
+        expect_panic(&map, "get, first poll", || poll_once(&mut get, &w));
+        expect_panic(&map, "take, first poll", || poll_once(&mut take, &w));
+        expect_panic(&map, "get_or_promise, first poll", || {
+            poll_once(&mut coalesced, &w).map(|r| r.is_ok())
+        });
+        HASH_PANICS.set(false);
+
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.try_get(&k1), Some(10));
+        assert_eq!(map.waiters(), 1);
+        assert_eq!(cg.wakes(), 0);
+        assert!(map.promise(k3.clone()).is_some(), "key 3 was left reserved");
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(10)));
+        assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(10)));
+        match poll_once(&mut coalesced, &w) {
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+                assert_eq!(p.fulfil(30), None);
+            }
+            other => panic!("the first caller on key 3 produces it: {other:?}"),
+        }
+        assert_eq!(map.insert(k2.clone(), 20), None);
+        assert_eq!(cg.wakes(), 1);
+        assert_eq!(poll_once(&mut waiting, &wg), Poll::Ready(Ok(20)));
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(map.len(), 2);
+    });
+}
+
+/// A value that panics when dropped while `VAL_BOMB` names its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BombVal(u64);
+
+impl Drop for BombVal {
+    fn drop(&mut self) {
+        if VAL_BOMB.get() == Some(self.0) {
+            VAL_BOMB.set(None);
+            panic!("hostile value: Drop panics");
+        }
+    }
+}
+
+/// Runs `op` with the drop of value `id` armed: the map must not drop it (or
+/// a clone of it) itself, but hand it back. Disarms before returning.
+fn handed_back<R>(id: u64, what: &str, op: impl FnOnce() -> R) -> R {
+    VAL_BOMB.set(Some(id));
+    let r = panic::catch_unwind(AssertUnwindSafe(op));
+    let spent = VAL_BOMB.replace(None).is_none();
+    match r {
+        Ok(r) if !spent => r,
+        _ => panic!("{what}: the map dropped value {id} itself"),
+    }
+}
+
+// Semantic 11 and `V::drop`: the map never drops a value (or a clone) of its
+// own accord while it works: replaced, removed, taken, refused and cloned
+// values all come back to the caller, so a value whose `Drop` panics can
+// only panic in the caller's hands. `extend` drops the values it replaces:
+// there the panic reaches the caller, after the new value is stored and its
+// waiters woken.
+#[test]
+fn value_drop_panicking_never_runs_inside_the_map() {
+    no_hang("panicking V::drop", || {
+        let map: AwaitMap<u64, BombVal> = AwaitMap::new().with_limit(2);
+        let (_, w) = counting_waker();
+        handed_back(10, "insert of a new key", || map.insert(1, BombVal(10)));
+        let old = handed_back(10, "insert over a value", || map.insert(1, BombVal(11)));
+        assert_eq!(old, Some(BombVal(10)));
+        let got = handed_back(11, "get of a present key", || {
+            poll_once(&mut map.get(&1), &w)
+        });
+        assert_eq!(got, Poll::Ready(Ok(BombVal(11))));
+        let mut waiting = map.get(&2);
+        assert!(poll_once(&mut waiting, &w).is_pending());
+        handed_back(20, "insert waking a get", || map.insert(2, BombVal(20)));
+        let got = handed_back(20, "woken get", || poll_once(&mut waiting, &w));
+        assert_eq!(got, Poll::Ready(Ok(BombVal(20))));
+        let refused = handed_back(30, "try_insert over the limit", || {
+            map.try_insert(3, BombVal(30))
+        });
+        assert_eq!(refused, Err((3, BombVal(30))));
+        let removed = handed_back(11, "remove", || map.remove(&1));
+        assert_eq!(removed, Some(BombVal(11)));
+        let taken = handed_back(20, "take of a present key", || {
+            poll_once(&mut map.take(&2), &w)
+        });
+        assert_eq!(taken, Poll::Ready(Ok(BombVal(20))));
+        let mut take = map.take(&5);
+        assert!(poll_once(&mut take, &w).is_pending());
+        handed_back(50, "insert waking a take", || map.insert(5, BombVal(50)));
+        let taken = handed_back(50, "woken take", || poll_once(&mut take, &w));
+        assert_eq!(taken, Poll::Ready(Ok(BombVal(50))));
+        let promise = map.promise(4).expect("key 4 is free");
+        map.insert(4, BombVal(40));
+        let old = handed_back(40, "fulfil over a plain insert", || {
+            promise.fulfil(BombVal(41))
+        });
+        assert_eq!(old, Some(BombVal(40)));
+        drop((got, taken, removed, refused, waiting, take));
+        assert_eq!(map.try_get(&4), Some(BombVal(41)));
+
+        let mut map = map;
+        VAL_BOMB.set(Some(41));
+        let r = panic::catch_unwind(AssertUnwindSafe(|| map.extend([(4, BombVal(42))])));
+        assert!(
+            r.is_err(),
+            "the replaced value's panic did not reach the caller"
+        );
+        assert_eq!(VAL_BOMB.get(), None);
+        assert!(!is_locked(&map));
+        assert_eq!(map.try_get(&4), Some(BombVal(42)));
+        assert_eq!(map.len(), 1);
+        let mut get = map.get(&6);
+        assert!(poll_once(&mut get, &w).is_pending());
+        map.insert(6, BombVal(60));
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(BombVal(60))));
     });
 }
