@@ -20,9 +20,10 @@ use crate::table::State;
 /// What an operation leaves to do once the lock is released. Filled under
 /// the lock, carried out by [`AwaitMap::finish`].
 pub(crate) struct After<K> {
-    /// Due wakers the operation took out itself (from an entry).
+    /// Due wakers the operation took out itself (from an entry): `first`
+    /// before the queued ones, `last` after them.
     first: Option<Waker>,
-    second: Option<Waker>,
+    last: Option<Waker>,
     /// More due wakers wait in the map's queue.
     more: bool,
     /// The last waiter left while a `drained()` future watches.
@@ -44,7 +45,7 @@ impl<K> After<K> {
     pub(crate) const fn new() -> Self {
         After {
             first: None,
-            second: None,
+            last: None,
             more: false,
             idle: false,
             freed: 0,
@@ -55,14 +56,20 @@ impl<K> After<K> {
         }
     }
 
-    /// A waker that is due: woken first thing after the lock is released.
+    /// A waker that is due, to be woken first thing after the lock is
+    /// released (an operation touches one entry, whose inline waiter is the
+    /// only one it takes out itself).
     #[inline]
     pub(crate) fn wake(&mut self, w: Waker) {
-        if self.first.is_none() {
-            self.first = Some(w);
-        } else {
-            self.second = Some(w);
-        }
+        debug_assert!(self.first.is_none() && self.last.is_none());
+        self.first = Some(w);
+    }
+
+    /// A waker that is due, to be woken after those queued.
+    #[inline]
+    pub(crate) fn wake_last(&mut self, w: Waker) {
+        debug_assert!(self.first.is_none() && self.last.is_none());
+        self.last = Some(w);
     }
 
     /// A waker that left the map without being due (replaced, or its waiter
@@ -91,6 +98,7 @@ impl<K> After<K> {
     #[inline]
     pub(crate) fn is_quiet(&self) -> bool {
         self.first.is_none()
+            && self.last.is_none()
             && !self.more
             && !self.idle
             && self.freed == 0
@@ -134,7 +142,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     pub(crate) fn finish_caught(&self, after: After<K>) -> Option<Panic> {
         let After {
             first,
-            second,
+            last,
             more,
             idle,
             freed,
@@ -144,11 +152,14 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
             spare_waker,
         } = after;
         let mut panic = None;
-        for w in [first, second].into_iter().flatten() {
+        if let Some(w) = first {
             caught(|| w.wake(), &mut panic);
         }
         if more {
             self.drain(&mut panic);
+        }
+        if let Some(w) = last {
+            caught(|| w.wake(), &mut panic);
         }
         if idle {
             caught(|| self.events.idle(), &mut panic);

@@ -38,8 +38,13 @@ use crate::after::After;
 use crate::slab::{BATCH, NIL, NodeState, Slab};
 use crate::waiter::{EntryRef, INLINE, Kind};
 
+// The producer side's bookkeeping: only where the producer side exists.
+#[cfg(target_has_atomic = "ptr")]
+mod producer;
+
 /// The entry's own waiter slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub(crate) enum Inline {
     Free,
     /// A waiting `get` (or `get_or_promise`).
@@ -66,35 +71,81 @@ pub(crate) struct Entry<K, V> {
     /// `S::hash_one` of the key, computed outside the lock. A resize rehashes
     /// from it, so user `Hash` code never runs under the lock.
     hash: u64,
-    /// Never reused: registered futures and promises find their entry by
-    /// `(hash, id)`, with no call to user `Eq`.
-    id: u64,
-    key: K,
+    /// The entry's id in the high 56 bits, never reused (registered futures
+    /// and promises find their entry by `(hash, id)`, with no call to user
+    /// `Eq`), and in the low byte: the inline waiter's state (`Inline`),
+    /// `HANDOFF` and `PROMISED` (a `Promise` reserves the key: the entry
+    /// lives until it is fulfilled or dropped). Packed, so an entry of `u64`
+    /// keys and values takes 64 bytes.
+    meta: u64,
+    /// `None` once the entry is a ghost: `cancel` or an abandoned promise
+    /// failed its only waiter, the inline one, whose future has yet to learn
+    /// it. The key leaves with the failure, as if the entry had gone; the
+    /// ghost stays only for that future, and no lookup by key finds it.
+    key: Option<K>,
     slot: Slot<V>,
     /// The waiting `get`s beyond the inline one: a circular list in the slab.
     gets: u32,
     /// The waiting `take`s beyond the inline one, in registration order.
     takes: u32,
-    inline: Inline,
-    handoff: bool,
-    /// A `Promise` reserves the key: the entry lives until it is fulfilled or
-    /// dropped.
-    promised: bool,
 }
+
+const INLINE_BITS: u64 = 0b111;
+const HANDOFF: u64 = 1 << 3;
+const PROMISED: u64 = 1 << 4;
+const ID_SHIFT: u32 = 8;
 
 impl<K, V> Entry<K, V> {
     fn new(hash: u64, id: u64, key: K, slot: Slot<V>) -> Self {
         Entry {
             hash,
-            id,
-            key,
+            meta: id << ID_SHIFT,
+            key: Some(key),
             slot,
             gets: NIL,
             takes: NIL,
-            inline: Inline::Free,
-            handoff: false,
-            promised: false,
         }
+    }
+
+    #[inline]
+    fn id(&self) -> u64 {
+        self.meta >> ID_SHIFT
+    }
+
+    #[inline]
+    fn flag(&self, bit: u64) -> bool {
+        self.meta & bit != 0
+    }
+
+    #[inline]
+    fn set_flag(&mut self, bit: u64, on: bool) {
+        if on {
+            self.meta |= bit;
+        } else {
+            self.meta &= !bit;
+        }
+    }
+
+    #[inline]
+    pub(crate) fn inline(&self) -> Inline {
+        match self.meta & INLINE_BITS {
+            0 => Inline::Free,
+            1 => Inline::Get,
+            2 => Inline::Take,
+            3 => Inline::Cancelled,
+            _ => Inline::Abandoned,
+        }
+    }
+
+    #[inline]
+    fn set_inline(&mut self, inline: Inline) {
+        self.meta = (self.meta & !INLINE_BITS) | inline as u64;
+    }
+
+    /// Whether the entry's key is `eq` (a ghost's never is).
+    #[inline]
+    fn is(&self, eq: impl FnOnce(&K) -> bool) -> bool {
+        self.key.as_ref().is_some_and(eq)
     }
 
     #[inline]
@@ -124,28 +175,28 @@ impl<K, V> Entry<K, V> {
 
     #[inline]
     pub(crate) fn promised(&self) -> bool {
-        self.promised
+        self.flag(PROMISED)
     }
 
     #[inline]
     pub(crate) fn set_promised(&mut self, promised: bool) {
-        self.promised = promised;
+        self.set_flag(PROMISED, promised);
     }
 
     #[inline]
     pub(crate) fn handoff(&self) -> bool {
-        self.handoff
+        self.flag(HANDOFF)
     }
 
     #[inline]
     pub(crate) fn set_handoff(&mut self, handoff: bool) {
-        self.handoff = handoff;
+        self.set_flag(HANDOFF, handoff);
     }
 
     /// How the inline waiter failed, if it did.
     #[inline]
     pub(crate) fn inline_failure(&self) -> Option<Failure> {
-        match self.inline {
+        match self.inline() {
             Inline::Cancelled => Some(Failure::Cancelled),
             Inline::Abandoned => Some(Failure::Abandoned),
             _ => None,
@@ -155,17 +206,17 @@ impl<K, V> Entry<K, V> {
     #[inline]
     fn is_empty(&self) -> bool {
         matches!(self.slot, Slot::Empty)
-            && self.inline == Inline::Free
+            && self.inline() == Inline::Free
             && self.gets == NIL
             && self.takes == NIL
-            && !self.promised
+            && !self.promised()
     }
 
     /// The first waiting take: the inline one, else the head of `takes`
     /// (`NIL` if no take waits).
     #[inline]
     pub(crate) fn first_take(&self) -> u32 {
-        if self.inline == Inline::Take {
+        if self.inline() == Inline::Take {
             INLINE
         } else {
             self.takes
@@ -176,14 +227,14 @@ impl<K, V> Entry<K, V> {
     /// it: no value and no promise.
     fn wanted(&self) -> bool {
         !self.has_value()
-            && !self.promised
-            && (matches!(self.inline, Inline::Get | Inline::Take)
+            && !self.promised()
+            && (matches!(self.inline(), Inline::Get | Inline::Take)
                 || self.gets != NIL
                 || self.takes != NIL)
     }
 
     fn entry_ref(&self, bucket: usize) -> EntryRef {
-        EntryRef::new(self.hash, self.id, bucket)
+        EntryRef::new(self.hash, self.id(), bucket)
     }
 }
 
@@ -310,23 +361,6 @@ impl<K, V> State<K, V> {
         self.idle_watchers > 0 && self.live() == 0
     }
 
-    /// A `drained()` future starts or stops watching; returns whether the
-    /// map is idle now (then it does not watch).
-    pub(crate) fn watch_idle(&mut self, watching: bool) -> bool {
-        let idle = self.live() == 0;
-        match (watching, idle) {
-            (false, false) => self.idle_watchers += 1,
-            (true, true) => self.idle_watchers -= 1,
-            _ => {}
-        }
-        idle
-    }
-
-    /// A watching `drained()` future is dropped.
-    pub(crate) fn unwatch_idle(&mut self) {
-        self.idle_watchers -= 1;
-    }
-
     // ===== finding entries =====
 
     /// The bucket of the entry `r` names, found without user code: at its
@@ -335,13 +369,17 @@ impl<K, V> State<K, V> {
     #[inline]
     pub(crate) fn bucket_of(&self, r: &mut EntryRef) -> usize {
         let hint = r.bucket();
-        if self.table.get_bucket(hint).is_some_and(|e| e.id == r.id()) {
+        if self
+            .table
+            .get_bucket(hint)
+            .is_some_and(|e| e.id() == r.id())
+        {
             return hint;
         }
         let (hash, id) = (r.hash(), r.id());
         let found = self
             .table
-            .find_bucket_index(hash, |e| e.hash == hash && e.id == id)
+            .find_bucket_index(hash, |e| e.hash == hash && e.id() == id)
             .expect("awaitmap: a waiting future's entry is missing (internal invariant broken)");
         r.set_bucket(found);
         found
@@ -368,7 +406,7 @@ impl<K, V> State<K, V> {
         let Ok(occ) = self.table.get_bucket_entry(bucket) else {
             unreachable!("the entry was just seen");
         };
-        after.key = Some(occ.remove().0.key);
+        after.key = occ.remove().0.key;
         if self.table.is_empty() && self.table.capacity() < full_capacity(self.table.num_buckets())
         {
             // Removals left tombstones, and the table is empty: clearing it
@@ -381,7 +419,7 @@ impl<K, V> State<K, V> {
     /// The bucket of the key's entry, if it has one.
     #[inline]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<usize> {
-        self.table.find_bucket_index(hash, |e| eq(&e.key))
+        self.table.find_bucket_index(hash, |e| e.is(&mut eq))
     }
 
     /// Where the entry at `bucket` is, for a future or a promise to find it
@@ -415,8 +453,8 @@ impl<K, V> State<K, V> {
             Kind::Get => Inline::Get,
             Kind::Take => Inline::Take,
         };
-        if e.inline == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
-            e.inline = inline;
+        if e.inline() == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
+            e.set_inline(inline);
             if let Some(w) = waker {
                 e.slot = Slot::Waker(w);
             }
@@ -440,10 +478,10 @@ impl<K, V> State<K, V> {
     ) -> EntryRef {
         let r = self.create(hash, key, Slot::Waker(waker), false);
         let bucket = r.bucket();
-        self.at(bucket).inline = match kind {
+        self.at(bucket).set_inline(match kind {
             Kind::Get => Inline::Get,
             Kind::Take => Inline::Take,
-        };
+        });
         self.inline_live += 1;
         r
     }
@@ -477,8 +515,11 @@ impl<K, V> State<K, V> {
             .get_bucket_mut(bucket)
             .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
         if slot == INLINE {
-            debug_assert!(e.inline != Inline::Free, "the inline waiter is registered");
-            e.inline = Inline::Free;
+            debug_assert!(
+                e.inline() != Inline::Free,
+                "the inline waiter is registered"
+            );
+            e.set_inline(Inline::Free);
             self.inline_live -= 1;
             return match mem::replace(&mut e.slot, Slot::Empty) {
                 Slot::Waker(w) => Some(w),
@@ -502,11 +543,11 @@ impl<K, V> State<K, V> {
             .table
             .get_bucket_mut(bucket)
             .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        e.handoff = false;
+        e.set_handoff(false);
         if e.has_value() {
             let next = e.first_take();
             if next != NIL {
-                e.handoff = true;
+                e.set_handoff(true);
                 // An inline take is always the first: the next one is listed.
                 debug_assert!(next != INLINE);
                 self.slab.enqueue(next);
@@ -582,7 +623,7 @@ impl<K, V> State<K, V> {
         clone: impl FnOnce(&V) -> V,
     ) -> Option<V> {
         self.table
-            .find(hash, |e| eq(&e.key))
+            .find(hash, |e| e.is(&mut eq))
             .and_then(Entry::value)
             .map(clone)
     }
@@ -590,7 +631,7 @@ impl<K, V> State<K, V> {
     /// Whether the key has a value.
     pub(crate) fn contains(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> bool {
         self.table
-            .find(hash, |e| eq(&e.key))
+            .find(hash, |e| e.is(&mut eq))
             .is_some_and(Entry::has_value)
     }
 
@@ -610,7 +651,10 @@ impl<K, V> State<K, V> {
         after: &mut After<K>,
     ) -> Option<Option<V>> {
         let probe = key.as_ref().expect("insert without a key");
-        if let Some(bucket) = self.table.find_bucket_index(hash, |e| eq(probe, &e.key)) {
+        if let Some(bucket) = self
+            .table
+            .find_bucket_index(hash, |e| e.is(|k| eq(probe, k)))
+        {
             if !allowed(self.at(bucket).has_value()) {
                 return None;
             }
@@ -633,22 +677,6 @@ impl<K, V> State<K, V> {
         Some(None)
     }
 
-    /// `insert`, unless the key has no value and `len >= limit`: then
-    /// `None`, with key and value left in their options. A closed map takes
-    /// every value.
-    pub(crate) fn insert_within(
-        &mut self,
-        hash: u64,
-        key: &mut Option<K>,
-        value: &mut Option<V>,
-        limit: usize,
-        eq: impl FnMut(&K, &K) -> bool,
-        after: &mut After<K>,
-    ) -> Option<Option<V>> {
-        let room = self.len < limit || self.closed;
-        self.insert_if(hash, key, value, eq, |has_value| room || has_value, after)
-    }
-
     /// Stores `value` in the entry at `bucket`, then queues the wake-ups it
     /// is due: every waiting `get` and, unless it holds the hand-off
     /// already, the first waiting `take`. The inline waiter's waker (it is
@@ -661,8 +689,13 @@ impl<K, V> State<K, V> {
             .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
         let old = match mem::replace(&mut e.slot, Slot::Value(value)) {
             Slot::Value(old) => Some(old),
-            Slot::Waker(w) => {
+            // The gets first, in the order they registered, then the take.
+            Slot::Waker(w) if e.inline() == Inline::Get => {
                 after.wake(w);
+                None
+            }
+            Slot::Waker(w) => {
+                after.wake_last(w);
                 None
             }
             Slot::Empty => None,
@@ -673,10 +706,10 @@ impl<K, V> State<K, V> {
         if e.gets != NIL {
             self.slab.enqueue_list(e.gets);
         }
-        if !e.handoff {
+        if !e.handoff() {
             let first = e.first_take();
             if first != NIL {
-                e.handoff = true;
+                e.set_handoff(true);
                 if first != INLINE {
                     self.slab.enqueue(first);
                 }
@@ -692,7 +725,7 @@ impl<K, V> State<K, V> {
         mut eq: impl FnMut(&K) -> bool,
         after: &mut After<K>,
     ) -> Option<V> {
-        let bucket = self.table.find_bucket_index(hash, |e| eq(&e.key))?;
+        let bucket = self.table.find_bucket_index(hash, |e| e.is(&mut eq))?;
         let value = self.at(bucket).take_value()?;
         self.len -= 1;
         after.freed = 1;
@@ -708,7 +741,7 @@ impl<K, V> State<K, V> {
         mut eq: impl FnMut(&K) -> bool,
         after: &mut After<K>,
     ) -> usize {
-        match self.table.find_bucket_index(hash, |e| eq(&e.key)) {
+        match self.table.find_bucket_index(hash, |e| e.is(&mut eq)) {
             Some(bucket) => self.fail_waiters(bucket, Failure::Cancelled, after),
             None => 0,
         }
@@ -729,21 +762,28 @@ impl<K, V> State<K, V> {
             .get_bucket_mut(bucket)
             .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
         let has_value = e.has_value();
-        let keep = if has_value && e.handoff {
+        let keep = if has_value && e.handoff() {
             e.first_take()
         } else {
             NIL
         };
         let mut count = 0;
-        let inline_fails = match e.inline {
+        let inline_fails = match e.inline() {
             Inline::Get => !has_value,
             Inline::Take => keep != INLINE,
             _ => false,
         };
         if inline_fails {
-            e.inline = inline_how;
+            let was_take = e.inline() == Inline::Take;
+            e.set_inline(inline_how);
             if let Slot::Waker(w) = mem::replace(&mut e.slot, Slot::Empty) {
-                after.wake(w);
+                // The gets first, in the order they registered, then the
+                // takes.
+                if was_take {
+                    after.wake_last(w);
+                } else {
+                    after.wake(w);
+                }
             }
             count += 1;
         }
@@ -751,7 +791,12 @@ impl<K, V> State<K, V> {
             count += self.slab.fail_all(&mut e.gets, slab, NIL);
         }
         count += self.slab.fail_all(&mut e.takes, slab, keep);
-        e.handoff = keep != NIL;
+        e.set_handoff(keep != NIL);
+        if inline_fails && e.gets == NIL && e.takes == NIL && !has_value && !e.promised() {
+            // Only the failed inline waiter keeps the entry: it becomes a
+            // ghost, and the key leaves now, as it would with the entry.
+            after.key = e.key.take();
+        }
         self.remove_if_empty(bucket, after);
         count
     }
@@ -796,12 +841,15 @@ impl<K, V> State<K, V> {
             return None;
         }
         let probe = key.as_ref().expect("promise without a key");
-        if let Some(bucket) = self.table.find_bucket_index(hash, |e| eq(probe, &e.key)) {
+        if let Some(bucket) = self
+            .table
+            .find_bucket_index(hash, |e| e.is(|k| eq(probe, k)))
+        {
             let e = self.at(bucket);
-            if e.has_value() || e.promised {
+            if e.has_value() || e.promised() {
                 return None;
             }
-            e.promised = true;
+            e.set_promised(true);
             return Some(e.entry_ref(bucket));
         }
         let key = key.take().expect("promise without a key");
@@ -812,7 +860,7 @@ impl<K, V> State<K, V> {
     fn create(&mut self, hash: u64, key: K, slot: Slot<V>, promised: bool) -> EntryRef {
         let id = self.fresh_id();
         let mut e = Entry::new(hash, id, key, slot);
-        e.promised = promised;
+        e.set_promised(promised);
         self.may_move();
         let bucket = self.table.insert_unique(hash, e, entry_hash).bucket_index();
         EntryRef::new(hash, id, bucket)
@@ -823,7 +871,7 @@ impl<K, V> State<K, V> {
     /// have stored one meanwhile).
     pub(crate) fn fulfil(&mut self, mut r: EntryRef, value: V, after: &mut After<K>) -> Option<V> {
         let bucket = self.bucket_of(&mut r);
-        self.at(bucket).promised = false;
+        self.at(bucket).set_promised(false);
         self.store(bucket, value, after)
     }
 
@@ -832,43 +880,15 @@ impl<K, V> State<K, V> {
     /// polled now. Returns how many.
     pub(crate) fn abandon(&mut self, mut r: EntryRef, after: &mut After<K>) -> usize {
         let bucket = self.bucket_of(&mut r);
-        self.at(bucket).promised = false;
+        self.at(bucket).set_promised(false);
         self.fail_waiters(bucket, Failure::Abandoned, after)
     }
 
     // ===== demand =====
 
-    /// A `Demand` handle starts watching.
-    pub(crate) fn watch_demand(&mut self) {
-        self.demand_watchers += 1;
-    }
-
-    /// A `Demand` handle is gone; with the last one, the queued keys leave
-    /// (to be dropped unlocked).
-    pub(crate) fn unwatch_demand(&mut self) -> VecDeque<(u64, u64, K)> {
-        self.demand_watchers -= 1;
-        if self.demand_watchers == 0 {
-            mem::take(&mut self.wanted)
-        } else {
-            VecDeque::new()
-        }
-    }
-
     #[inline]
     pub(crate) fn watches_demand(&self) -> bool {
         self.demand_watchers > 0
-    }
-
-    /// The next announced key and whether it is still wanted (a key that
-    /// stopped being wanted before it was handed out is skipped by the
-    /// caller).
-    pub(crate) fn next_wanted(&mut self) -> Option<(bool, K)> {
-        let (hash, id, key) = self.wanted.pop_front()?;
-        let still = self
-            .table
-            .find(hash, |e| e.hash == hash && e.id == id)
-            .is_some_and(Entry::wanted);
-        Some((still, key))
     }
 
     /// Queues an announced key for the `Demand` handles, if any is left
@@ -897,7 +917,7 @@ impl<K, V> State<K, V> {
             let (hash, id) = (item.0, item.1);
             let wanted = self
                 .table
-                .find(hash, |e| e.hash == hash && e.id == id)
+                .find(hash, |e| e.hash == hash && e.id() == id)
                 .is_some_and(Entry::wanted);
             if wanted {
                 kept.push_back(item);
@@ -1007,9 +1027,20 @@ impl<K, V> State<K, V> {
             let Some(e) = self.table.get_bucket(bucket) else {
                 continue;
             };
-            let id = e.id;
+            let id = e.id();
             if e.is_empty() {
                 return Err(format!("entry {id} has no value, waiter or promise"));
+            }
+            if e.key.is_none()
+                && (e.inline_failure().is_none()
+                    || e.has_value()
+                    || e.gets != NIL
+                    || e.takes != NIL
+                    || e.promised())
+            {
+                return Err(format!(
+                    "ghost entry {id} holds more than a failed inline waiter"
+                ));
             }
             if id >= self.next_id {
                 return Err(format!("entry id {id} was never handed out"));
@@ -1018,7 +1049,7 @@ impl<K, V> State<K, V> {
             let has_value = e.has_value();
             values += usize::from(has_value);
             let inline_armed = matches!(e.slot, Slot::Waker(_));
-            match e.inline {
+            match e.inline() {
                 Inline::Free => {
                     if inline_armed {
                         return Err(format!("entry {id} holds a waker but no inline waiter"));
@@ -1055,7 +1086,7 @@ impl<K, V> State<K, V> {
                 }
             }
             let first = e.first_take();
-            if e.handoff {
+            if e.handoff() {
                 if first == NIL {
                     return Err(format!("entry {id} holds a hand-off but no take waits"));
                 }
@@ -1115,5 +1146,17 @@ impl<K, V> State<K, V> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The sizes the README's memory figures come from.
+    #[test]
+    #[cfg_attr(not(target_pointer_width = "64"), ignore = "64-bit sizes")]
+    fn an_entry_of_u64_keys_and_values_takes_64_bytes() {
+        assert_eq!(size_of::<Entry<u64, u64>>(), 64);
     }
 }

@@ -1,0 +1,71 @@
+//! The state the producer side keeps under the lock (targets with atomic
+//! pointers): `drained()` and `Demand` watchers, and the limit.
+
+use alloc::collections::VecDeque;
+use core::mem;
+
+use super::{Entry, State};
+use crate::after::After;
+
+impl<K, V> State<K, V> {
+    /// A `drained()` future starts or stops watching; returns whether the
+    /// map is idle now (then it does not watch).
+    pub(crate) fn watch_idle(&mut self, watching: bool) -> bool {
+        let idle = self.live() == 0;
+        match (watching, idle) {
+            (false, false) => self.idle_watchers += 1,
+            (true, true) => self.idle_watchers -= 1,
+            _ => {}
+        }
+        idle
+    }
+
+    /// A watching `drained()` future is dropped.
+    pub(crate) fn unwatch_idle(&mut self) {
+        self.idle_watchers -= 1;
+    }
+
+    /// `insert`, unless the key has no value and `len >= limit`: then
+    /// `None`, with key and value left in their options. A closed map takes
+    /// every value.
+    pub(crate) fn insert_within(
+        &mut self,
+        hash: u64,
+        key: &mut Option<K>,
+        value: &mut Option<V>,
+        limit: usize,
+        eq: impl FnMut(&K, &K) -> bool,
+        after: &mut After<K>,
+    ) -> Option<Option<V>> {
+        let room = self.len < limit || self.closed;
+        self.insert_if(hash, key, value, eq, |has_value| room || has_value, after)
+    }
+
+    /// A `Demand` handle starts watching.
+    pub(crate) fn watch_demand(&mut self) {
+        self.demand_watchers += 1;
+    }
+
+    /// A `Demand` handle is gone; with the last one, the queued keys leave
+    /// (to be dropped unlocked).
+    pub(crate) fn unwatch_demand(&mut self) -> VecDeque<(u64, u64, K)> {
+        self.demand_watchers -= 1;
+        if self.demand_watchers == 0 {
+            mem::take(&mut self.wanted)
+        } else {
+            VecDeque::new()
+        }
+    }
+
+    /// The next announced key and whether it is still wanted (a key that
+    /// stopped being wanted before it was handed out is skipped by the
+    /// caller).
+    pub(crate) fn next_wanted(&mut self) -> Option<(bool, K)> {
+        let (hash, id, key) = self.wanted.pop_front()?;
+        let still = self
+            .table
+            .find(hash, |e| e.hash == hash && e.id() == id)
+            .is_some_and(Entry::wanted);
+        Some((still, key))
+    }
+}
