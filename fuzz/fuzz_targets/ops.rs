@@ -1,6 +1,6 @@
-//! Decodes the fuzzer's bytes into a sequence of map operations and runs it
-//! through the interpreter and reference model of `tests/model/mod.rs`, the
-//! same ones `tests/model.rs` drives with proptest.
+//! Decodes the fuzzer's bytes into a map limit and a sequence of map
+//! operations, and runs them through the interpreter and reference model of
+//! `tests/model/mod.rs`, the same ones `tests/model.rs` drives with proptest.
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
@@ -11,7 +11,7 @@ mod common;
 #[path = "../../tests/model/mod.rs"]
 mod model;
 
-use model::{KEYS, Op, SLOTS, WakerChoice};
+use model::{DEMANDS, KEYS, Op, SLOTS, WakerChoice};
 
 /// Longest sequence decoded from one input.
 const MAX_OPS: usize = 256;
@@ -24,8 +24,20 @@ fn slot(u: &mut Unstructured<'_>) -> Result<u8> {
     u.int_in_range(0..=SLOTS - 1)
 }
 
+fn handle(u: &mut Unstructured<'_>) -> Result<u8> {
+    u.int_in_range(0..=DEMANDS - 1)
+}
+
+/// The map's limit: none, or 0 to 3 values.
+fn limit(u: &mut Unstructured<'_>) -> Result<Option<usize>> {
+    Ok(match u.int_in_range(0..=4_u8)? {
+        0 => None,
+        n => Some(usize::from(n - 1)),
+    })
+}
+
 fn op(u: &mut Unstructured<'_>) -> Result<Op> {
-    Ok(match u.int_in_range(0..=8_u8)? {
+    Ok(match u.int_in_range(0..=21_u8)? {
         0 => Op::CreateGet {
             key: key(u)?,
             slot: slot(u)?,
@@ -47,12 +59,40 @@ fn op(u: &mut Unstructured<'_>) -> Result<Op> {
         5 => Op::Remove { key: key(u)? },
         6 => Op::TryGet { key: key(u)? },
         7 => Op::Cancel { key: key(u)? },
-        _ => Op::Close,
+        8 => Op::Close,
+        9 => Op::CreateGetOrPromise {
+            key: key(u)?,
+            slot: slot(u)?,
+        },
+        10 => Op::CreateInsertAsync {
+            key: key(u)?,
+            slot: slot(u)?,
+        },
+        11 => Op::CreateClosed { slot: slot(u)? },
+        12 => Op::CreateDrained { slot: slot(u)? },
+        13 => Op::CreateNext {
+            handle: handle(u)?,
+            slot: slot(u)?,
+        },
+        14 => Op::PollWoken,
+        15 => Op::TryInsert { key: key(u)? },
+        16 => Op::Promise {
+            key: key(u)?,
+            owned: u.arbitrary()?,
+        },
+        17 => Op::Fulfil { key: key(u)? },
+        18 => Op::Abandon { key: key(u)? },
+        19 => Op::DropPromise { key: key(u)? },
+        20 => Op::NewDemand { handle: handle(u)? },
+        _ => Op::DropDemand { handle: handle(u)? },
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
+    let Ok(limit) = limit(&mut u) else {
+        return;
+    };
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < MAX_OPS {
         match op(&mut u) {
@@ -60,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => break,
         }
     }
-    if let Err(failure) = model::run(&ops) {
-        panic!("{failure}\nops: {ops:?}");
+    if let Err(failure) = model::run_with(limit, &ops) {
+        panic!("{failure}\nlimit: {limit:?}\nops: {ops:?}");
     }
 });
