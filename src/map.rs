@@ -387,7 +387,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
             st.close();
             after.collect(st);
         });
-        let mut panic = self.finish_caught(after);
+        let mut panic = self.finish_caught(&mut after);
         // Producers: `closed()` resolves, and those waiting for room store
         // their values regardless of the limit.
         self.events.closed(&mut panic);
@@ -441,7 +441,7 @@ where
         self.locked(|st, after| {
             let old = st.insert_if(hash, &mut key, &mut value, |a, b| a == b, |_| true, after);
             // The key the entry already had stays; this one is dropped.
-            after.key = key.take();
+            after.drop_key(key.take());
             old.expect("a plain insert always stores")
         })
     }
@@ -601,7 +601,13 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        self.locked(|st, after| st.remove(hash, |k| key.equivalent(k), after))
+        self.locked(|st, after| {
+            let removed = st.remove(hash, |k| key.equivalent(k), after);
+            if removed.is_some() {
+                self.note_freed(after);
+            }
+            removed
+        })
     }
 
     /// Fails the futures waiting on `key` right now with

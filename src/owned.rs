@@ -251,11 +251,11 @@ where
     /// assert_eq!(map.try_get("k"), Some(1));
     /// ```
     pub fn promise_owned(self: &Arc<Self>, key: K) -> Option<OwnedPromise<K, V, S, L>> {
-        let promise = self.promise(key)?;
-        let entry = promise.into_entry();
+        let mut promise = self.promise(key)?;
+        let entry = promise.entry.take();
         Some(OwnedPromise {
             map: Arc::clone(self),
-            entry: Some(entry),
+            entry,
         })
     }
 }

@@ -183,7 +183,7 @@ where
             let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b, after);
             if old.is_some() {
                 // Stored: the key the entry already had stays.
-                after.key = key.take();
+                after.drop_key(key.take());
             }
             old
         });

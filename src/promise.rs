@@ -17,7 +17,7 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
 use crate::sync::DefaultLock;
-use crate::waiter::{EntryRef, Kind, Mode, Outcome, Waiter};
+use crate::waiter::{EntryRef, Kind, Outcome, Waiter};
 use crate::{AwaitMap, WaitError};
 
 /// A reservation of one absent key by its producer, from
@@ -61,8 +61,9 @@ use crate::{AwaitMap, WaitError};
 #[must_use = "dropping a promise abandons it: its key's waiters fail with `Abandoned`"]
 pub struct Promise<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
-    /// The promised entry; `None` once fulfilled or abandoned.
-    entry: Option<EntryRef>,
+    /// The promised entry; `None` once fulfilled or abandoned (or handed
+    /// over to an `OwnedPromise`).
+    pub(crate) entry: Option<EntryRef>,
 }
 
 impl<'a, K, V, S, L: ScopedRawMutex> Promise<'a, K, V, S, L> {
@@ -110,11 +111,6 @@ impl<'a, K, V, S, L: ScopedRawMutex> Promise<'a, K, V, S, L> {
     /// ```
     pub fn abandon(mut self) -> usize {
         self.release()
-    }
-
-    /// The reservation, handed over to an owned guard.
-    pub(crate) fn into_entry(mut self) -> EntryRef {
-        self.entry.take().expect("an unfulfilled promise")
     }
 
     fn release(&mut self) -> usize {
@@ -223,17 +219,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let map = this.map;
-        let outcome = map.poll_waiter(
-            Mode::GetOrPromise(V::clone),
-            &mut this.waiter,
-            this.key,
-            cx,
-            false,
-            "get_or_promise",
-        );
+        let outcome = map.poll_or_promise(&mut this.waiter, this.key, cx);
+        let waiter = &this.waiter;
         outcome.map(|outcome| match outcome {
             Outcome::Value(v) => Ok(ValueOrPromise::Value(v)),
-            Outcome::Promise(r) => Ok(ValueOrPromise::Promise(Promise::from_ref(map, r))),
+            Outcome::Promise => Ok(ValueOrPromise::Promise(Promise::from_ref(
+                map,
+                waiter.entry(),
+            ))),
             Outcome::Failed(err) => Err(err),
         })
     }

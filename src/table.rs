@@ -204,12 +204,31 @@ impl<K, V> Entry<K, V> {
     }
 
     #[inline]
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         matches!(self.slot, Slot::Empty)
             && self.inline() == Inline::Free
             && self.gets == NIL
             && self.takes == NIL
             && !self.promised()
+    }
+
+    /// What should become of the entry after a change: kept, removed (it
+    /// is empty), or made a ghost (only a failed inline waiter keeps it, and
+    /// its key should go now).
+    #[inline]
+    fn leftover(&self) -> Leftover {
+        if !matches!(self.slot, Slot::Empty)
+            || self.gets != NIL
+            || self.takes != NIL
+            || self.promised()
+        {
+            return Leftover::Keep;
+        }
+        match self.inline() {
+            Inline::Free => Leftover::Remove,
+            Inline::Cancelled | Inline::Abandoned if self.key.is_some() => Leftover::Ghost,
+            _ => Leftover::Keep,
+        }
     }
 
     /// The first waiting take: the inline one, else the head of `takes`
@@ -238,6 +257,14 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// See [`Entry::leftover`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leftover {
+    Keep,
+    Remove,
+    Ghost,
+}
+
 /// What the first poll of a `get` found.
 pub(crate) enum Hit<V> {
     /// The key's value (a clone).
@@ -247,6 +274,134 @@ pub(crate) enum Hit<V> {
     /// No value: the future registered on the key's entry (with no waker
     /// yet), or the key has no entry.
     Miss,
+}
+
+/// An entry found under the lock, with what its waiters live in: the one
+/// borrow through which a waiter's life changes the entry.
+pub(crate) struct Spot<'a, K, V> {
+    pub(crate) e: &'a mut Entry<K, V>,
+    slab: &'a mut Slab,
+    len: &'a mut usize,
+    inline_live: &'a mut usize,
+}
+
+impl<K, V> Spot<'_, K, V> {
+    /// Registers a waiter of `kind` on the entry (which has no value),
+    /// holding `waker` (`None`: its poll stores one next). It takes the
+    /// entry's inline slot if that is free (and, for a take, if no other
+    /// take waits, so the inline take is always the first), else a slab node
+    /// at the back of its list. Returns its slot.
+    #[inline]
+    pub(crate) fn register(&mut self, kind: Kind, waker: Option<Waker>) -> u32 {
+        let e = &mut *self.e;
+        debug_assert!(
+            !e.has_value(),
+            "a waiter registers only on a key with no value"
+        );
+        if e.inline() == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
+            e.set_inline(match kind {
+                Kind::Get => Inline::Get,
+                Kind::Take => Inline::Take,
+            });
+            if let Some(w) = waker {
+                e.slot = Slot::Waker(w);
+            }
+            *self.inline_live += 1;
+            return INLINE;
+        }
+        let list = match kind {
+            Kind::Get => &mut e.gets,
+            Kind::Take => &mut e.takes,
+        };
+        self.slab.push(list, waker)
+    }
+
+    /// Moves the value out for a `take`.
+    #[inline]
+    pub(crate) fn take_value(&mut self) -> Option<V> {
+        let v = self.e.take_value()?;
+        *self.len -= 1;
+        Some(v)
+    }
+
+    /// Frees the waiter at `slot` (waiting, or a failed inline one); returns
+    /// its waker, to drop unlocked.
+    #[inline(always)]
+    pub(crate) fn free_waiter(&mut self, slot: u32, kind: Kind) -> Option<Waker> {
+        let e = &mut *self.e;
+        if slot == INLINE {
+            debug_assert!(
+                e.inline() != Inline::Free,
+                "the inline waiter is registered"
+            );
+            e.set_inline(Inline::Free);
+            *self.inline_live -= 1;
+            return match &e.slot {
+                Slot::Waker(_) => match mem::replace(&mut e.slot, Slot::Empty) {
+                    Slot::Waker(w) => Some(w),
+                    _ => None,
+                },
+                _ => None,
+            };
+        }
+        let list = match kind {
+            Kind::Get => &mut e.gets,
+            Kind::Take => &mut e.takes,
+        };
+        self.slab.remove(list, slot)
+    }
+
+    /// The first take left while it held the hand-off: the next take gets
+    /// it, and its wake-up, if the value is still there.
+    pub(crate) fn pass_handoff(&mut self) {
+        let e = &mut *self.e;
+        e.set_handoff(false);
+        if e.has_value() {
+            let next = e.first_take();
+            if next != NIL {
+                e.set_handoff(true);
+                // An inline take is always the first: the next one is listed.
+                debug_assert!(next != INLINE);
+                self.slab.enqueue(next);
+            }
+        }
+    }
+
+    /// Whether the waiter at `slot` holds a waker that `waker` would wake
+    /// anyway (`Waker::will_wake` compares pointers only: no user code).
+    #[inline]
+    pub(crate) fn will_wake(&self, slot: u32, waker: &Waker) -> bool {
+        if slot == INLINE {
+            matches!(&self.e.slot, Slot::Waker(w) if w.will_wake(waker))
+        } else {
+            self.slab.will_wake(slot, waker)
+        }
+    }
+
+    /// Stores a waiting waiter's newest waker; returns the one it replaced.
+    pub(crate) fn store_waker(&mut self, slot: u32, waker: Waker) -> Option<Waker> {
+        if slot != INLINE {
+            return self.slab.replace_waker(slot, waker);
+        }
+        debug_assert!(
+            !self.e.has_value(),
+            "an inline waiter waits only while there is no value"
+        );
+        match &mut self.e.slot {
+            Slot::Waker(old) => Some(mem::replace(old, waker)),
+            slot => {
+                *slot = Slot::Waker(waker);
+                None
+            }
+        }
+    }
+
+    /// Whether the entry must be removed or made a ghost (see
+    /// [`State::settle`]).
+    #[inline]
+    pub(crate) fn unsettled(&self) -> bool {
+        self.e.leftover() != Leftover::Keep
+    }
 }
 
 /// `close`'s sweep through the table, waking the waiters stored in entries
@@ -394,19 +549,25 @@ impl<K, V> State<K, V> {
 
     /// Removes the entry at `bucket` if nothing keeps it any more; its key
     /// leaves through `after`.
+    /// After a change to the entry at `bucket`: removes it if nothing keeps
+    /// it any more; makes it a ghost if only a failed inline waiter does
+    /// (the key goes now, as it would with the entry, and no lookup by key
+    /// finds the entry again). Its key leaves through `after`.
     #[inline]
-    pub(crate) fn remove_if_empty(&mut self, bucket: usize, after: &mut After<K>) {
-        if self.at(bucket).is_empty() {
-            self.remove_at(bucket, after);
+    pub(crate) fn settle(&mut self, bucket: usize, after: &mut After<K>) {
+        match self.at(bucket).leftover() {
+            Leftover::Keep => {}
+            Leftover::Remove => self.remove_at(bucket, after),
+            Leftover::Ghost => after.drop_key(self.at(bucket).key.take()),
         }
     }
 
-    #[cold]
-    fn remove_at(&mut self, bucket: usize, after: &mut After<K>) {
+    #[inline(never)]
+    pub(crate) fn remove_at(&mut self, bucket: usize, after: &mut After<K>) {
         let Ok(occ) = self.table.get_bucket_entry(bucket) else {
             unreachable!("the entry was just seen");
         };
-        after.key = occ.remove().0.key;
+        after.drop_key(occ.remove().0.key);
         if self.table.is_empty() && self.table.capacity() < full_capacity(self.table.num_buckets())
         {
             // Removals left tombstones, and the table is empty: clearing it
@@ -422,6 +583,26 @@ impl<K, V> State<K, V> {
         self.table.find_bucket_index(hash, |e| e.is(&mut eq))
     }
 
+    /// The entry at `bucket`, with what its waiters live in.
+    #[inline]
+    pub(crate) fn spot(&mut self, bucket: usize) -> Spot<'_, K, V> {
+        let State {
+            table,
+            slab,
+            len,
+            inline_live,
+            ..
+        } = self;
+        Spot {
+            e: table
+                .get_bucket_mut(bucket)
+                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)"),
+            slab,
+            len,
+            inline_live,
+        }
+    }
+
     /// Where the entry at `bucket` is, for a future or a promise to find it
     /// again.
     #[inline]
@@ -434,39 +615,6 @@ impl<K, V> State<K, V> {
     }
 
     // ===== waiters: where they are stored =====
-
-    /// Registers a waiter of `kind` on the entry at `bucket` (which has no
-    /// value), holding `waker` (`None`: its poll stores one next). It takes
-    /// the entry's inline slot if that is free (and, for a take, if no other
-    /// take waits, so the inline take is always the first), else a slab node
-    /// at the back of its list. Returns its slot.
-    pub(crate) fn register(&mut self, bucket: usize, kind: Kind, waker: Option<Waker>) -> u32 {
-        let e = self
-            .table
-            .get_bucket_mut(bucket)
-            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        debug_assert!(
-            !e.has_value(),
-            "a waiter registers only on a key with no value"
-        );
-        let inline = match kind {
-            Kind::Get => Inline::Get,
-            Kind::Take => Inline::Take,
-        };
-        if e.inline() == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
-            e.set_inline(inline);
-            if let Some(w) = waker {
-                e.slot = Slot::Waker(w);
-            }
-            self.inline_live += 1;
-            return INLINE;
-        }
-        let list = match kind {
-            Kind::Get => &mut e.gets,
-            Kind::Take => &mut e.takes,
-        };
-        self.slab.push(list, waker)
-    }
 
     /// A new entry for `key` with one waiter, inline, holding `waker`.
     pub(crate) fn create_waiting(
@@ -505,96 +653,6 @@ impl<K, V> State<K, V> {
     #[inline]
     pub(crate) fn free_node(&mut self, slot: u32) -> Option<Waker> {
         self.slab.free(slot)
-    }
-
-    /// Frees the waiter at `slot` of the entry at `bucket` (waiting, or a
-    /// failed inline one); returns its waker, to drop unlocked.
-    pub(crate) fn free_waiter(&mut self, bucket: usize, slot: u32, kind: Kind) -> Option<Waker> {
-        let e = self
-            .table
-            .get_bucket_mut(bucket)
-            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        if slot == INLINE {
-            debug_assert!(
-                e.inline() != Inline::Free,
-                "the inline waiter is registered"
-            );
-            e.set_inline(Inline::Free);
-            self.inline_live -= 1;
-            return match mem::replace(&mut e.slot, Slot::Empty) {
-                Slot::Waker(w) => Some(w),
-                other => {
-                    e.slot = other;
-                    None
-                }
-            };
-        }
-        let list = match kind {
-            Kind::Get => &mut e.gets,
-            Kind::Take => &mut e.takes,
-        };
-        self.slab.remove(list, slot)
-    }
-
-    /// The first take left while it held the hand-off: the next take gets
-    /// it, and its wake-up, if the value is still there.
-    pub(crate) fn pass_handoff(&mut self, bucket: usize) {
-        let e = self
-            .table
-            .get_bucket_mut(bucket)
-            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        e.set_handoff(false);
-        if e.has_value() {
-            let next = e.first_take();
-            if next != NIL {
-                e.set_handoff(true);
-                // An inline take is always the first: the next one is listed.
-                debug_assert!(next != INLINE);
-                self.slab.enqueue(next);
-            }
-        }
-    }
-
-    /// Whether the waiter at `slot` holds a waker that `waker` would wake
-    /// anyway (`Waker::will_wake` compares pointers only: no user code).
-    #[inline]
-    pub(crate) fn will_wake(&self, bucket: usize, slot: u32, waker: &Waker) -> bool {
-        if slot == INLINE {
-            let e = self
-                .table
-                .get_bucket(bucket)
-                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-            matches!(&e.slot, Slot::Waker(w) if w.will_wake(waker))
-        } else {
-            self.slab.will_wake(slot, waker)
-        }
-    }
-
-    /// Stores a waiting waiter's newest waker; returns the one it replaced.
-    pub(crate) fn store_waker(&mut self, bucket: usize, slot: u32, waker: Waker) -> Option<Waker> {
-        if slot != INLINE {
-            return self.slab.replace_waker(slot, waker);
-        }
-        let e = self.at(bucket);
-        debug_assert!(
-            !e.has_value(),
-            "an inline waiter waits only while there is no value"
-        );
-        match &mut e.slot {
-            Slot::Waker(old) => Some(mem::replace(old, waker)),
-            slot => {
-                *slot = Slot::Waker(waker);
-                None
-            }
-        }
-    }
-
-    /// Moves the entry's value out for a `take`.
-    #[inline]
-    pub(crate) fn take_value(&mut self, bucket: usize) -> Option<V> {
-        let v = self.at(bucket).take_value()?;
-        self.len -= 1;
-        Some(v)
     }
 
     /// Notes that the next call may insert into the table, and so, if it is
@@ -641,6 +699,7 @@ impl<K, V> State<K, V> {
     /// is kept by a new entry; with an existing entry it stays in `key`. Key
     /// and value are taken from their options only after the last `eq`
     /// call, so a panicking `Eq` drops neither under the lock.
+    #[inline(always)]
     pub(crate) fn insert_if(
         &mut self,
         hash: u64,
@@ -681,7 +740,7 @@ impl<K, V> State<K, V> {
     /// is due: every waiting `get` and, unless it holds the hand-off
     /// already, the first waiting `take`. The inline waiter's waker (it is
     /// one of those) goes straight to `after`. Returns the replaced value.
-    #[inline]
+    #[inline(always)]
     fn store(&mut self, bucket: usize, value: V, after: &mut After<K>) -> Option<V> {
         let e = self
             .table
@@ -728,8 +787,7 @@ impl<K, V> State<K, V> {
         let bucket = self.table.find_bucket_index(hash, |e| e.is(&mut eq))?;
         let value = self.at(bucket).take_value()?;
         self.len -= 1;
-        after.freed = 1;
-        self.remove_if_empty(bucket, after);
+        self.settle(bucket, after);
         Some(value)
     }
 
@@ -792,12 +850,7 @@ impl<K, V> State<K, V> {
         }
         count += self.slab.fail_all(&mut e.takes, slab, keep);
         e.set_handoff(keep != NIL);
-        if inline_fails && e.gets == NIL && e.takes == NIL && !has_value && !e.promised() {
-            // Only the failed inline waiter keeps the entry: it becomes a
-            // ghost, and the key leaves now, as it would with the entry.
-            after.key = e.key.take();
-        }
-        self.remove_if_empty(bucket, after);
+        self.settle(bucket, after);
         count
     }
 
@@ -931,6 +984,14 @@ impl<K, V> State<K, V> {
 
     // ===== wake-ups =====
 
+    /// Whether an operation must look at the wake queue, `close`'s sweep or
+    /// the `drained()` watchers before it releases the lock (one test for
+    /// the common case where none of them has anything).
+    #[inline]
+    pub(crate) fn needs_collect(&self) -> bool {
+        self.slab.has_queued() | (self.sweep.next != usize::MAX) | (self.idle_watchers != 0)
+    }
+
     /// Whether wake-ups are still due: queued nodes, or `close`'s sweep.
     #[inline]
     pub(crate) fn has_due(&self) -> bool {
@@ -1030,6 +1091,11 @@ impl<K, V> State<K, V> {
             let id = e.id();
             if e.is_empty() {
                 return Err(format!("entry {id} has no value, waiter or promise"));
+            }
+            if e.leftover() == Leftover::Ghost {
+                return Err(format!(
+                    "entry {id} is kept by a failed inline waiter only: not made a ghost"
+                ));
             }
             if e.key.is_none()
                 && (e.inline_failure().is_none()

@@ -145,6 +145,12 @@ impl Waiter {
         self.slot == FRESH
     }
 
+    /// The entry a `get_or_promise` was promised.
+    #[inline]
+    pub(crate) fn entry(&self) -> EntryRef {
+        self.entry
+    }
+
     #[inline]
     pub(crate) fn is_registered(&self) -> bool {
         self.slot < DONE
@@ -157,11 +163,12 @@ impl Waiter {
     }
 }
 
-/// What a future resolves with.
+/// What a future resolves with. Small, so it comes back in registers.
 pub(crate) enum Outcome<V> {
     Value(V),
-    /// `get_or_promise`: the caller is now the key's producer.
-    Promise(EntryRef),
+    /// `get_or_promise`: the caller is now the key's producer, of the entry
+    /// its [`Waiter`] names.
+    Promise,
     Failed(WaitError),
 }
 
@@ -241,32 +248,16 @@ impl<K, V> State<K, V> {
             return Hit::Closed;
         }
         if let Some(bucket) = found {
-            let slot = self.register(bucket, Kind::Get, None);
+            let slot = self.spot(bucket).register(Kind::Get, None);
             w.registered(self.entry_ref(bucket), slot);
         }
         Hit::Miss
     }
 
-    /// One trip through the lock of a future's poll.
-    pub(crate) fn poll_waiter(
-        &mut self,
-        mode: &Mode<V>,
-        w: &mut Waiter,
-        eq: impl FnMut(&K) -> bool,
-        cx_waker: &Waker,
-        supplies: &mut Supplies<K>,
-        after: &mut After<K>,
-    ) -> Step<V> {
-        if w.is_fresh() {
-            self.first_poll(mode, w, eq, supplies, after)
-        } else {
-            self.repoll(mode, w, cx_waker, supplies, after)
-        }
-    }
-
     /// The first poll: resolve at once, or register (creating the key's
     /// entry if it has none).
-    fn first_poll(
+    #[inline(always)]
+    pub(crate) fn first_poll(
         &mut self,
         mode: &Mode<V>,
         w: &mut Waiter,
@@ -275,9 +266,10 @@ impl<K, V> State<K, V> {
         after: &mut After<K>,
     ) -> Step<V> {
         let hash = w.entry.hash;
+        let closed = self.is_closed();
         let Some(bucket) = self.find(hash, eq) else {
             // No entry: the key has no value, no waiter and no promise.
-            if self.is_closed() {
+            if closed {
                 w.slot = DONE;
                 return Step::Ready(Outcome::Failed(WaitError::Closed));
             }
@@ -285,12 +277,13 @@ impl<K, V> State<K, V> {
                 let Some(key) = supplies.key.take() else {
                     return Step::Make(Needs::KEY);
                 };
+                w.entry = self.create_promised(hash, key);
                 w.slot = DONE;
-                return Step::Ready(Outcome::Promise(self.create_promised(hash, key)));
+                return Step::Ready(Outcome::Promise);
             }
-            let (Some(_), Some(_)) = (&supplies.waker, &supplies.key) else {
+            if supplies.waker.is_none() || supplies.key.is_none() {
                 return Step::Make(Needs::WAKER_AND_KEY);
-            };
+            }
             let (Some(waker), Some(key)) = (supplies.waker.take(), supplies.key.take()) else {
                 unreachable!("both checked above");
             };
@@ -302,30 +295,33 @@ impl<K, V> State<K, V> {
                 Step::Pending
             };
         };
+        let mut spot = self.spot(bucket);
         // A present value is taken at once, even from under a take that
         // holds the hand-off (it will find the value gone and wait on).
         let outcome = match mode {
-            Mode::Get(clone) => self.at(bucket).value().map(|v| Outcome::Value(clone(v))),
-            Mode::Take => self.take_value(bucket).map(Outcome::Value),
-            Mode::GetOrPromise(clone) => {
-                let closed = self.is_closed();
-                let e = self.at(bucket);
-                match e.value() {
-                    Some(v) => Some(Outcome::Value(clone(v))),
-                    None if !e.promised() && !closed => {
-                        e.set_promised(true);
-                        Some(Outcome::Promise(self.entry_ref(bucket)))
-                    }
-                    None => None,
+            Mode::Get(clone) => spot.e.value().map(|v| Outcome::Value(clone(v))),
+            Mode::Take => spot.take_value().map(Outcome::Value),
+            Mode::GetOrPromise(clone) => match spot.e.value() {
+                Some(v) => Some(Outcome::Value(clone(v))),
+                None if !spot.e.promised() && !closed => {
+                    spot.e.set_promised(true);
+                    Some(Outcome::Promise)
                 }
-            }
+                None => None,
+            },
         };
         if let Some(outcome) = outcome {
+            let unsettled = spot.unsettled();
+            if let Outcome::Promise = outcome {
+                w.entry = self.entry_ref(bucket);
+            }
             w.slot = DONE;
-            self.remove_if_empty(bucket, after);
+            if unsettled {
+                self.settle(bucket, after);
+            }
             return Step::Ready(outcome);
         }
-        if self.is_closed() {
+        if closed {
             w.slot = DONE;
             return Step::Ready(Outcome::Failed(WaitError::Closed));
         }
@@ -333,18 +329,19 @@ impl<K, V> State<K, V> {
         // stores one in its next trip (an insert meanwhile sees a waiter
         // "woken already", which the next trip resolves).
         let waker = supplies.waker.take();
-        let needs = if waker.is_some() {
+        let step = if waker.is_some() {
             Step::Pending
         } else {
             Step::Make(Needs::WAKER)
         };
-        let slot = self.register(bucket, mode.kind(), waker);
+        let slot = spot.register(mode.kind(), waker);
         w.registered(self.entry_ref(bucket), slot);
-        needs
+        step
     }
 
     /// A registered future polled again.
-    fn repoll(
+    #[inline(always)]
+    pub(crate) fn repoll(
         &mut self,
         mode: &Mode<V>,
         w: &mut Waiter,
@@ -353,102 +350,78 @@ impl<K, V> State<K, V> {
         after: &mut After<K>,
     ) -> Step<V> {
         let slot = w.slot;
+        let kind = mode.kind();
         // A node failed by `cancel` or an abandoned promise learns it
         // without its entry, which may be gone.
         if slot != INLINE {
             if let Some(failure) = self.node_failure(slot) {
                 after.drop_waker(self.free_node(slot));
-                return self.failed(mode, w, failure);
-            }
-        }
-        let bucket = self.bucket_of(&mut w.entry);
-        if slot == INLINE {
-            if let Some(failure) = self.at(bucket).inline_failure() {
-                self.free_waiter(bucket, INLINE, mode.kind());
-                self.remove_if_empty(bucket, after);
-                return self.failed(mode, w, failure);
+                return failed(mode, w, failure);
             }
         }
         let closed = self.is_closed();
-        let e = self.at(bucket);
-        let first = mode.kind() == Kind::Take && e.first_take() == slot;
-        let outcome = match mode {
-            Mode::Get(clone) => e.value().map(|v| Outcome::Value(clone(v))),
-            Mode::Take => {
-                // The take holding the hand-off, or any take while nobody
-                // holds it.
-                if e.has_value() && (first || !e.handoff()) {
-                    if first {
-                        e.set_handoff(false);
-                    }
-                    self.take_value(bucket).map(Outcome::Value)
-                } else {
-                    None
+        let bucket = self.bucket_of(&mut w.entry);
+        let mut spot = self.spot(bucket);
+        if slot == INLINE {
+            if let Some(failure) = spot.e.inline_failure() {
+                spot.free_waiter(INLINE, kind);
+                if spot.unsettled() {
+                    self.settle(bucket, after);
                 }
+                return failed(mode, w, failure);
             }
-            Mode::GetOrPromise(clone) => match e.value() {
+        }
+        let first = kind == Kind::Take && spot.e.first_take() == slot;
+        let outcome = match mode {
+            Mode::Get(clone) => spot.e.value().map(|v| Outcome::Value(clone(v))),
+            // The take holding the hand-off, or any take while nobody holds
+            // it.
+            Mode::Take if spot.e.has_value() && (first || !spot.e.handoff()) => {
+                spot.take_value().map(Outcome::Value)
+            }
+            Mode::Take => None,
+            Mode::GetOrPromise(clone) => match spot.e.value() {
                 Some(v) => Some(Outcome::Value(clone(v))),
                 // Woken for a value that is gone again (taken or removed),
                 // and nobody produces the key any more: this caller takes
                 // the work, as a fresh call would.
-                None if !e.promised() && !closed => {
-                    e.set_promised(true);
-                    Some(Outcome::Promise(self.entry_ref(bucket)))
+                None if !spot.e.promised() && !closed => {
+                    spot.e.set_promised(true);
+                    Some(Outcome::Promise)
                 }
                 None => None,
             },
         };
         let outcome = match outcome {
-            Some(outcome) => Some(outcome),
             None if closed => Some(Outcome::Failed(WaitError::Closed)),
-            None => None,
+            outcome => outcome,
         };
         if let Some(outcome) = outcome {
-            let passes = first && self.at(bucket).handoff();
-            after.drop_waker(self.free_waiter(bucket, slot, mode.kind()));
+            let passes = first && spot.e.handoff();
+            after.drop_waker(spot.free_waiter(slot, kind));
             if passes {
-                self.pass_handoff(bucket);
+                spot.pass_handoff();
             }
-            self.remove_if_empty(bucket, after);
             w.slot = DONE;
+            if spot.unsettled() {
+                self.settle(bucket, after);
+            }
             return Step::Ready(outcome);
         }
-        if first && self.at(bucket).handoff() {
+        if first && spot.e.handoff() {
             // Woken for a value that is gone again: wait on, still first in
             // line, and let the next insert hand it over again.
-            self.at(bucket).set_handoff(false);
+            spot.e.set_handoff(false);
         }
-        if self.will_wake(bucket, slot, cx_waker) {
+        if spot.will_wake(slot, cx_waker) {
             return Step::Pending;
         }
         match supplies.waker.take() {
             Some(waker) => {
-                after.drop_waker(self.store_waker(bucket, slot, waker));
+                after.drop_waker(spot.store_waker(slot, waker));
                 Step::Pending
             }
             None => Step::Make(Needs::WAKER),
-        }
-    }
-
-    /// The outcome of a failed waiter, whose slot was freed.
-    fn failed(&mut self, mode: &Mode<V>, w: &mut Waiter, failure: Failure) -> Step<V> {
-        match (failure, mode) {
-            // Abandoned: a `get_or_promise` starts over, as a fresh call
-            // would, in a new trip through the lock (the slot freed here may
-            // have been the last waiter, and `drained()` must hear of it
-            // even if the `Eq` of the fresh probe panics).
-            (Failure::Abandoned, Mode::GetOrPromise(_)) => {
-                w.slot = FRESH;
-                Step::Restart
-            }
-            (Failure::Abandoned, _) => {
-                w.slot = DONE;
-                Step::Ready(Outcome::Failed(WaitError::Abandoned))
-            }
-            (Failure::Cancelled, _) => {
-                w.slot = DONE;
-                Step::Ready(Outcome::Failed(WaitError::Cancelled))
-            }
         }
     }
 
@@ -463,13 +436,37 @@ impl<K, V> State<K, V> {
             return;
         }
         let bucket = self.bucket_of(&mut w.entry);
-        let e = self.at(bucket);
-        let passes = kind == Kind::Take && e.handoff() && e.first_take() == slot;
-        after.drop_waker(self.free_waiter(bucket, slot, kind));
+        let mut spot = self.spot(bucket);
+        let passes = kind == Kind::Take && spot.e.handoff() && spot.e.first_take() == slot;
+        after.drop_waker(spot.free_waiter(slot, kind));
         if passes {
-            self.pass_handoff(bucket);
+            spot.pass_handoff();
         }
-        self.remove_if_empty(bucket, after);
+        if spot.unsettled() {
+            self.settle(bucket, after);
+        }
+    }
+}
+
+/// The outcome of a failed waiter, whose slot was freed.
+fn failed<V>(mode: &Mode<V>, w: &mut Waiter, failure: Failure) -> Step<V> {
+    match (failure, mode) {
+        // Abandoned: a `get_or_promise` starts over, as a fresh call would,
+        // in a new trip through the lock (the slot freed here may have been
+        // the last waiter, and `drained()` must hear of it even if the `Eq`
+        // of the fresh probe panics).
+        (Failure::Abandoned, Mode::GetOrPromise(_)) => {
+            w.slot = FRESH;
+            Step::Restart
+        }
+        (Failure::Abandoned, _) => {
+            w.slot = DONE;
+            Step::Ready(Outcome::Failed(WaitError::Abandoned))
+        }
+        (Failure::Cancelled, _) => {
+            w.slot = DONE;
+            Step::Ready(Outcome::Failed(WaitError::Cancelled))
+        }
     }
 }
 
@@ -511,9 +508,9 @@ where
         }
     }
 
-    /// Polls a waiting future: the slow path all futures share, a loop of
-    /// trips through the lock with what each trip asks for (a waker clone,
-    /// an owned key) made outside it.
+    /// Polls a waiting future further than its first trip: a loop of trips
+    /// through the lock, each with what the last one asked for (a waker
+    /// clone, an owned key) made outside it.
     ///
     /// A poll that panics in user code after its future registered leaves
     /// nothing behind that could hold up other futures: a waker whose clone
@@ -521,38 +518,18 @@ where
     /// future (it starts over if polled again), and a `take` that moved its
     /// value out puts it back (see [`finish_ready`](Self::finish_ready)).
     #[inline(never)]
-    pub(crate) fn poll_waiter<Q>(
+    pub(crate) fn poll_slow<Q>(
         &self,
         mode: Mode<V>,
         w: &mut Waiter,
         key: &Q,
         cx: &Context<'_>,
-        after_hit: bool,
-        what: &'static str,
+        mut needs: Needs,
     ) -> Poll<Outcome<V>>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        assert!(w.slot != DONE, "`{what}` polled after it returned `Ready`");
-        let mut needs = if after_hit {
-            // `poll_hit` looked already: it registered the future (a waker
-            // to store), or found no entry (a waker and a key to make one).
-            if w.is_registered() {
-                Needs::WAKER
-            } else {
-                Needs::WAKER_AND_KEY
-            }
-        } else if w.is_fresh() {
-            w.entry.hash = self.hasher.hash_one(key);
-            match mode {
-                // A take mostly waits: registering in one trip saves one.
-                Mode::Take => Needs::WAKER_AND_KEY,
-                _ => Needs::NOTHING,
-            }
-        } else {
-            Needs::NOTHING
-        };
         let mut supplies = Supplies {
             waker: None,
             key: None,
@@ -565,44 +542,63 @@ where
                 // Only a future that is not registered needs a key.
                 supplies.key = Some(key.to_owned().into());
             }
-            let mut after = After::new();
-            let step = self.state.with(|st| {
-                let step = st.poll_waiter(
-                    &mode,
-                    w,
-                    |k| key.equivalent(k),
-                    cx.waker(),
-                    &mut supplies,
-                    &mut after,
-                );
-                after.collect(st);
-                step
-            });
-            match step {
-                Step::Make(more) => {
-                    self.finish(after);
-                    needs = more;
-                }
-                Step::Restart => {
-                    self.finish(after);
-                    needs = Needs::NOTHING;
-                }
-                Step::Ready(outcome) => {
-                    after.spare_waker = supplies.waker.take();
-                    after.spare_key = supplies.key.take();
-                    return self.finish_ready(&mode, w, key, outcome, after);
-                }
-                Step::Pending => {
-                    after.spare_waker = supplies.waker.take();
-                    after.spare_key = supplies.key.take();
-                    self.finish(after);
-                    return Poll::Pending;
-                }
-                Step::Announce => {
-                    self.finish(after);
-                    self.announce_for(mode.kind(), w, key);
-                    return Poll::Pending;
-                }
+            match self.poll_trip(&mode, w, key, cx, &mut supplies) {
+                Trip::Done(polled) => return polled,
+                Trip::Make(more) => needs = more,
+            }
+        }
+    }
+
+    /// One trip of a poll through the lock, and what follows it with the
+    /// lock released: the one copy of the machine that every future's poll
+    /// goes through. `Trip::Make` asks for another trip.
+    #[inline(never)]
+    fn poll_trip<Q>(
+        &self,
+        mode: &Mode<V>,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+        supplies: &mut Supplies<K>,
+    ) -> Trip<V>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mut after = After::new();
+        let step = self.state.with(|st| {
+            let step = if w.is_fresh() {
+                st.first_poll(mode, w, |k| key.equivalent(k), supplies, &mut after)
+            } else {
+                st.repoll(mode, w, cx.waker(), supplies, &mut after)
+            };
+            after.collect(st);
+            step
+        });
+        match step {
+            Step::Ready(outcome) => {
+                after.drop_spare_waker(supplies.waker.take());
+                after.drop_spare_key(supplies.key.take());
+                Trip::Done(self.finish_ready(mode, w, key, outcome, &mut after))
+            }
+            Step::Pending => {
+                after.drop_spare_waker(supplies.waker.take());
+                after.drop_spare_key(supplies.key.take());
+                self.finish(&mut after);
+                Trip::Done(Poll::Pending)
+            }
+            Step::Announce => {
+                self.finish(&mut after);
+                self.announce_for(mode.kind(), w, key);
+                Trip::Done(Poll::Pending)
+            }
+            Step::Make(needs) => {
+                self.finish(&mut after);
+                Trip::Make(needs)
+            }
+            Step::Restart => {
+                self.finish(&mut after);
+                Trip::Make(Needs::NOTHING)
             }
         }
     }
@@ -612,21 +608,21 @@ where
     /// waker's destructor), the poll cannot return its outcome: a value a
     /// `take` moved out goes back into the map, so nothing is lost, and the
     /// future starts over if it is polled again.
-    #[inline]
+    #[inline(always)]
     fn finish_ready<Q>(
         &self,
         mode: &Mode<V>,
         w: &mut Waiter,
         key: &Q,
         outcome: Outcome<V>,
-        mut after: After<K>,
+        after: &mut After<K>,
     ) -> Poll<Outcome<V>>
     where
         Q: ?Sized + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
         if let (Mode::Take, Outcome::Value(_)) = (mode, &outcome) {
-            after.freed = 1;
+            self.note_freed(after);
         }
         if after.is_quiet() {
             return Poll::Ready(outcome);
@@ -640,7 +636,7 @@ where
                         self.put_back(w.entry.hash, key, v);
                     }
                     // Dropped on the way out: abandoned, not lost.
-                    Outcome::Promise(r) => drop(crate::promise::Promise::from_ref(self, r)),
+                    Outcome::Promise => drop(crate::promise::Promise::from_ref(self, w.entry)),
                     _ => {}
                 }
                 resume(Some(panic));
@@ -663,7 +659,7 @@ where
         let mut value = Some(value);
         self.locked(|st, after| {
             st.insert_absent(hash, &mut owned, &mut value, |a, b| a == b, after);
-            after.key = owned.take();
+            after.drop_key(owned.take());
         });
         drop(value);
     }
@@ -753,7 +749,7 @@ impl<V> Outcome<V> {
         match self {
             Outcome::Value(v) => Ok(v),
             Outcome::Failed(e) => Err(e),
-            Outcome::Promise(_) => unreachable!("only `get_or_promise` is handed a promise"),
+            Outcome::Promise => unreachable!("only `get_or_promise` is handed a promise"),
         }
     }
 }
@@ -778,14 +774,24 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        let after_hit = w.is_fresh();
-        if after_hit {
+        let mode = Mode::Get(V::clone);
+        let polled = if w.is_registered() {
+            self.poll_again(mode, w, key, cx)
+        } else {
+            assert_not_done(w, what);
             if let Some(r) = self.poll_hit(w, key, V::clone) {
                 return Poll::Ready(r);
             }
-        }
-        self.poll_waiter(Mode::Get(V::clone), w, key, cx, after_hit, what)
-            .map(Outcome::into_result)
+            // The look registered the future (a waker to store), or found
+            // no entry (a waker and a key to make one).
+            let needs = if w.is_registered() {
+                Needs::WAKER
+            } else {
+                Needs::WAKER_AND_KEY
+            };
+            self.poll_slow(mode, w, key, cx, needs)
+        };
+        polled.map(Outcome::into_result)
     }
 
     /// Polls a `take`.
@@ -801,7 +807,103 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        self.poll_waiter(Mode::Take, w, key, cx, false, what)
-            .map(Outcome::into_result)
+        let polled = if w.is_registered() {
+            self.poll_again(Mode::Take, w, key, cx)
+        } else {
+            assert_not_done(w, what);
+            self.poll_first_take(w, key, cx)
+        };
+        polled.map(Outcome::into_result)
     }
+
+    /// Polls a `get_or_promise`.
+    #[inline]
+    pub(crate) fn poll_or_promise<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Outcome<V>>
+    where
+        V: Clone,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mode = Mode::GetOrPromise(V::clone);
+        if w.is_registered() {
+            return self.poll_again(mode, w, key, cx);
+        }
+        assert_not_done(w, "get_or_promise");
+        w.entry.hash = self.hasher.hash_one(key);
+        self.poll_slow(mode, w, key, cx, Needs::NOTHING)
+    }
+
+    /// A registered future polled again: one trip through the lock, in
+    /// which the common outcomes (its value is there, or it still waits
+    /// with a waker the map holds) need nothing made outside the lock.
+    #[inline]
+    fn poll_again<Q>(
+        &self,
+        mode: Mode<V>,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Outcome<V>>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mut none = Supplies {
+            waker: None,
+            key: None,
+        };
+        match self.poll_trip(&mode, w, key, cx, &mut none) {
+            Trip::Done(polled) => polled,
+            Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs),
+        }
+    }
+
+    /// The first poll of a `take`: a take mostly waits (a response awaited
+    /// before it arrives), so it clones its waker and makes an owned key
+    /// before it takes the lock, and registers in one trip.
+    #[inline]
+    fn poll_first_take<Q>(&self, w: &mut Waiter, key: &Q, cx: &Context<'_>) -> Poll<Outcome<V>>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        w.entry.hash = self.hasher.hash_one(key);
+        // Not registered yet: a panic in either leaves nothing behind.
+        let mut supplies = Supplies {
+            waker: Some(cx.waker().clone()),
+            key: Some(key.to_owned().into()),
+        };
+        match self.poll_trip(&Mode::Take, w, key, cx, &mut supplies) {
+            Trip::Done(polled) => polled,
+            Trip::Make(_) => {
+                unreachable!("a take that brought a waker and a key needs nothing more")
+            }
+        }
+    }
+}
+
+/// What a poll's trip through the lock came to.
+pub(crate) enum Trip<V> {
+    Done(Poll<Outcome<V>>),
+    /// Make these outside the lock and take another trip.
+    Make(Needs),
+}
+
+/// Panics as `std` futures do when polled after they returned `Ready`.
+#[inline]
+fn assert_not_done(w: &Waiter, what: &'static str) {
+    if w.slot == DONE {
+        polled_after_ready(what);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_ready(what: &'static str) -> ! {
+    panic!("`{what}` polled after it returned `Ready`")
 }
