@@ -15,8 +15,8 @@ use mutex::ScopedRawMutex;
 
 use crate::AwaitMap;
 use crate::slab::BATCH;
+use crate::state::State;
 use crate::sync::{Panic, caught, resume};
-use crate::table::State;
 
 /// `After::todo` bits: what there is to do.
 const FIRST: u8 = 1;

@@ -15,8 +15,8 @@ use alloc::borrow::ToOwned;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
+use crate::state::waiter::{Kind, Waiter};
 use crate::sync::DefaultLock;
-use crate::waiter::{Kind, Waiter};
 use crate::{AwaitMap, WaitError};
 
 /// The future returned by [`AwaitMap::get`]: a clone of the key's value.

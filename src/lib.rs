@@ -187,9 +187,8 @@ mod owned;
 mod producer;
 mod promise;
 mod slab;
+mod state;
 mod sync;
-mod table;
-mod waiter;
 
 pub use error::WaitError;
 pub use future::{Get, Take};

@@ -8,10 +8,10 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 
 use crate::after::After;
 use crate::future::{Get, Take};
+use crate::state::State;
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
 use crate::sync::{DefaultLock, Events, Lock, const_fn_unless_loom, resume};
-use crate::table::State;
 use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -436,6 +436,21 @@ where
     /// ```
     pub fn insert(&self, key: K, value: V) -> Option<V> {
         let hash = self.hasher.hash_one(&key);
+        let value = match self
+            .state
+            .with(|st| st.insert_fast(hash, |k| *k == key, value))
+        {
+            Ok((old, waker)) => {
+                // Woken before the key is dropped: a panicking `K::drop`
+                // cannot cost the waiter its wake-up.
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                drop(key);
+                return old;
+            }
+            Err(value) => value,
+        };
         let mut key = Some(key);
         let mut value = Some(value);
         self.locked(|st, after| {

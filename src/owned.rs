@@ -14,8 +14,8 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
 use crate::future::debug_future;
+use crate::state::waiter::{EntryRef, Kind, Waiter};
 use crate::sync::DefaultLock;
-use crate::waiter::{EntryRef, Kind, Waiter};
 use crate::{AwaitMap, WaitError};
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L>

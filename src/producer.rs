@@ -18,8 +18,8 @@ use hashbrown::DefaultHashBuilder;
 use mutex::ScopedRawMutex;
 
 use crate::AwaitMap;
+use crate::state::State;
 use crate::sync::{DefaultLock, Event, EventListener};
-use crate::table::State;
 
 /// Polls `listener`, or starts one on `event` if there is none; `Ready`
 /// means "look at the condition again". A fresh listener is always followed

@@ -16,8 +16,8 @@ use alloc::borrow::ToOwned;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
+use crate::state::waiter::{EntryRef, Kind, Outcome, Waiter};
 use crate::sync::DefaultLock;
-use crate::waiter::{EntryRef, Kind, Outcome, Waiter};
 use crate::{AwaitMap, WaitError};
 
 /// A reservation of one absent key by its producer, from

@@ -33,14 +33,17 @@ use core::task::Waker;
 use alloc::collections::VecDeque;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::OccupiedEntry;
 
 use crate::after::After;
 use crate::slab::{BATCH, NIL, NodeState, Slab};
-use crate::waiter::{EntryRef, INLINE, Kind};
+use crate::state::waiter::{EntryRef, INLINE, Kind};
 
 // The producer side's bookkeeping: only where the producer side exists.
 #[cfg(target_has_atomic = "ptr")]
 mod producer;
+// The life of a waiting future, under the lock and around it.
+pub(crate) mod waiter;
 
 /// The entry's own waiter slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,13 +141,13 @@ impl<K, V> Entry<K, V> {
     }
 
     #[inline]
-    fn set_inline(&mut self, inline: Inline) {
+    pub(crate) fn set_inline(&mut self, inline: Inline) {
         self.meta = (self.meta & !INLINE_BITS) | inline as u64;
     }
 
     /// Whether the entry's key is `eq` (a ghost's never is).
     #[inline]
-    fn is(&self, eq: impl FnOnce(&K) -> bool) -> bool {
+    pub(crate) fn is(&self, eq: impl FnOnce(&K) -> bool) -> bool {
         self.key.as_ref().is_some_and(eq)
     }
 
@@ -163,7 +166,7 @@ impl<K, V> Entry<K, V> {
 
     /// Moves the value out, if there is one.
     #[inline]
-    fn take_value(&mut self) -> Option<V> {
+    pub(crate) fn take_value(&mut self) -> Option<V> {
         match mem::replace(&mut self.slot, Slot::Empty) {
             Slot::Value(v) => Some(v),
             other => {
@@ -231,6 +234,12 @@ impl<K, V> Entry<K, V> {
         }
     }
 
+    /// Where the entry is, at `bucket`.
+    #[inline]
+    pub(crate) fn entry_ref(&self, bucket: usize) -> EntryRef {
+        EntryRef::new(self.hash, self.id(), bucket)
+    }
+
     /// The first waiting take: the inline one, else the head of `takes`
     /// (`NIL` if no take waits).
     #[inline]
@@ -250,10 +259,6 @@ impl<K, V> Entry<K, V> {
             && (matches!(self.inline(), Inline::Get | Inline::Take)
                 || self.gets != NIL
                 || self.takes != NIL)
-    }
-
-    fn entry_ref(&self, bucket: usize) -> EntryRef {
-        EntryRef::new(self.hash, self.id(), bucket)
     }
 }
 
@@ -276,131 +281,172 @@ pub(crate) enum Hit<V> {
     Miss,
 }
 
-/// An entry found under the lock, with what its waiters live in: the one
-/// borrow through which a waiter's life changes the entry.
-pub(crate) struct Spot<'a, K, V> {
-    pub(crate) e: &'a mut Entry<K, V>,
-    slab: &'a mut Slab,
-    len: &'a mut usize,
-    inline_live: &'a mut usize,
+/// Stores `value` in `e`, then queues the wake-ups it is due: every
+/// waiting `get` and, unless it holds the hand-off already, the first
+/// waiting `take`. The inline waiter's waker (it is one of those) goes
+/// straight to `after`. Returns the replaced value.
+#[inline(always)]
+fn store<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    len: &mut usize,
+    value: V,
+    after: &mut After<K>,
+) -> Option<V> {
+    let old = match mem::replace(&mut e.slot, Slot::Value(value)) {
+        Slot::Value(old) => Some(old),
+        // The gets first, in the order they registered, then the take.
+        Slot::Waker(w) if e.inline() == Inline::Get => {
+            after.wake(w);
+            None
+        }
+        Slot::Waker(w) => {
+            after.wake_last(w);
+            None
+        }
+        Slot::Empty => None,
+    };
+    if old.is_none() {
+        *len += 1;
+    }
+    if e.gets != NIL {
+        slab.enqueue_list(e.gets);
+    }
+    if !e.handoff() {
+        let first = e.first_take();
+        if first != NIL {
+            e.set_handoff(true);
+            if first != INLINE {
+                slab.enqueue(first);
+            }
+        }
+    }
+    old
 }
 
-impl<K, V> Spot<'_, K, V> {
-    /// Registers a waiter of `kind` on the entry (which has no value),
-    /// holding `waker` (`None`: its poll stores one next). It takes the
-    /// entry's inline slot if that is free (and, for a take, if no other
-    /// take waits, so the inline take is always the first), else a slab node
-    /// at the back of its list. Returns its slot.
-    #[inline]
-    pub(crate) fn register(&mut self, kind: Kind, waker: Option<Waker>) -> u32 {
-        let e = &mut *self.e;
-        debug_assert!(
-            !e.has_value(),
-            "a waiter registers only on a key with no value"
-        );
-        if e.inline() == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
-            e.set_inline(match kind {
-                Kind::Get => Inline::Get,
-                Kind::Take => Inline::Take,
-            });
-            if let Some(w) = waker {
-                e.slot = Slot::Waker(w);
-            }
-            *self.inline_live += 1;
-            return INLINE;
+// ===== where a waiter is stored (used by `waiter.rs`) =====
+
+/// The inline state of a waiter of `kind`.
+#[inline]
+pub(crate) fn inline_of(kind: Kind) -> Inline {
+    match kind {
+        Kind::Get => Inline::Get,
+        Kind::Take => Inline::Take,
+    }
+}
+
+/// Registers a waiter of `kind` on `e` (which has no value), holding
+/// `waker` (`None`: its poll stores one next). It takes the entry's inline
+/// slot if that is free (and, for a take, if no other take waits, so the
+/// inline take is always the first), else a slab node at the back of its
+/// list. Returns its slot.
+#[inline]
+pub(crate) fn register<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    inline_live: &mut usize,
+    kind: Kind,
+    waker: Option<Waker>,
+) -> u32 {
+    debug_assert!(
+        !e.has_value(),
+        "a waiter registers only on a key with no value"
+    );
+    if e.inline() == Inline::Free && (kind == Kind::Get || e.takes == NIL) {
+        e.set_inline(inline_of(kind));
+        if let Some(w) = waker {
+            e.slot = Slot::Waker(w);
         }
-        let list = match kind {
-            Kind::Get => &mut e.gets,
-            Kind::Take => &mut e.takes,
-        };
-        self.slab.push(list, waker)
+        *inline_live += 1;
+        return INLINE;
     }
+    let list = match kind {
+        Kind::Get => &mut e.gets,
+        Kind::Take => &mut e.takes,
+    };
+    slab.push(list, waker)
+}
 
-    /// Moves the value out for a `take`.
-    #[inline]
-    pub(crate) fn take_value(&mut self) -> Option<V> {
-        let v = self.e.take_value()?;
-        *self.len -= 1;
-        Some(v)
-    }
-
-    /// Frees the waiter at `slot` (waiting, or a failed inline one); returns
-    /// its waker, to drop unlocked.
-    #[inline(always)]
-    pub(crate) fn free_waiter(&mut self, slot: u32, kind: Kind) -> Option<Waker> {
-        let e = &mut *self.e;
-        if slot == INLINE {
-            debug_assert!(
-                e.inline() != Inline::Free,
-                "the inline waiter is registered"
-            );
-            e.set_inline(Inline::Free);
-            *self.inline_live -= 1;
-            return match &e.slot {
-                Slot::Waker(_) => match mem::replace(&mut e.slot, Slot::Empty) {
-                    Slot::Waker(w) => Some(w),
-                    _ => None,
-                },
+/// Frees the waiter at `slot` of `e` (waiting, or a failed inline one);
+/// returns its waker, to drop unlocked.
+#[inline(always)]
+pub(crate) fn free_waiter<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    inline_live: &mut usize,
+    slot: u32,
+    kind: Kind,
+) -> Option<Waker> {
+    if slot == INLINE {
+        debug_assert!(
+            e.inline() != Inline::Free,
+            "the inline waiter is registered"
+        );
+        e.set_inline(Inline::Free);
+        *inline_live -= 1;
+        return match &e.slot {
+            Slot::Waker(_) => match mem::replace(&mut e.slot, Slot::Empty) {
+                Slot::Waker(w) => Some(w),
                 _ => None,
-            };
-        }
-        let list = match kind {
-            Kind::Get => &mut e.gets,
-            Kind::Take => &mut e.takes,
+            },
+            _ => None,
         };
-        self.slab.remove(list, slot)
     }
+    let list = match kind {
+        Kind::Get => &mut e.gets,
+        Kind::Take => &mut e.takes,
+    };
+    slab.remove(list, slot)
+}
 
-    /// The first take left while it held the hand-off: the next take gets
-    /// it, and its wake-up, if the value is still there.
-    pub(crate) fn pass_handoff(&mut self) {
-        let e = &mut *self.e;
-        e.set_handoff(false);
-        if e.has_value() {
-            let next = e.first_take();
-            if next != NIL {
-                e.set_handoff(true);
-                // An inline take is always the first: the next one is listed.
-                debug_assert!(next != INLINE);
-                self.slab.enqueue(next);
-            }
+/// The first take left while it held the hand-off: the next take gets it,
+/// and its wake-up, if the value is still there.
+pub(crate) fn pass_handoff<K, V>(e: &mut Entry<K, V>, slab: &mut Slab) {
+    e.set_handoff(false);
+    if e.has_value() {
+        let next = e.first_take();
+        if next != NIL {
+            e.set_handoff(true);
+            // An inline take is always the first: the next one is listed.
+            debug_assert!(next != INLINE);
+            slab.enqueue(next);
         }
     }
+}
 
-    /// Whether the waiter at `slot` holds a waker that `waker` would wake
-    /// anyway (`Waker::will_wake` compares pointers only: no user code).
-    #[inline]
-    pub(crate) fn will_wake(&self, slot: u32, waker: &Waker) -> bool {
-        if slot == INLINE {
-            matches!(&self.e.slot, Slot::Waker(w) if w.will_wake(waker))
-        } else {
-            self.slab.will_wake(slot, waker)
+/// Stores a waiting waiter's newest waker; returns the one it replaced.
+pub(crate) fn store_waker<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    slot: u32,
+    waker: Waker,
+) -> Option<Waker> {
+    if slot != INLINE {
+        return slab.replace_waker(slot, waker);
+    }
+    debug_assert!(
+        !e.has_value(),
+        "an inline waiter waits only while there is no value"
+    );
+    match &mut e.slot {
+        Slot::Waker(old) => Some(mem::replace(old, waker)),
+        slot => {
+            *slot = Slot::Waker(waker);
+            None
         }
     }
+}
 
-    /// Stores a waiting waiter's newest waker; returns the one it replaced.
-    pub(crate) fn store_waker(&mut self, slot: u32, waker: Waker) -> Option<Waker> {
-        if slot != INLINE {
-            return self.slab.replace_waker(slot, waker);
-        }
-        debug_assert!(
-            !self.e.has_value(),
-            "an inline waiter waits only while there is no value"
-        );
-        match &mut self.e.slot {
-            Slot::Waker(old) => Some(mem::replace(old, waker)),
-            slot => {
-                *slot = Slot::Waker(waker);
-                None
-            }
-        }
-    }
-
-    /// Whether the entry must be removed or made a ghost (see
-    /// [`State::settle`]).
-    #[inline]
-    pub(crate) fn unsettled(&self) -> bool {
-        self.e.leftover() != Leftover::Keep
+/// After a change to the entry `occ`: removes it if nothing keeps it any
+/// more; makes it a ghost if only a failed inline waiter does (the key goes
+/// now, as it would with the entry, and no lookup by key finds the entry
+/// again). Its key leaves through `after`.
+#[inline]
+pub(crate) fn settle<K, V>(mut occ: OccupiedEntry<'_, Entry<K, V>>, after: &mut After<K>) {
+    match occ.get().leftover() {
+        Leftover::Keep => {}
+        Leftover::Remove => after.drop_key(occ.remove().0.key),
+        Leftover::Ghost => after.drop_key(occ.get_mut().key.take()),
     }
 }
 
@@ -438,7 +484,7 @@ pub(crate) struct State<K, V> {
 
 /// The hash hashbrown rehashes by: the stored one. One named function, so
 /// every call site shares one copy of hashbrown's resize code.
-fn entry_hash<K, V>(e: &Entry<K, V>) -> u64 {
+pub(crate) fn entry_hash<K, V>(e: &Entry<K, V>) -> u64 {
     e.hash
 }
 
@@ -583,61 +629,7 @@ impl<K, V> State<K, V> {
         self.table.find_bucket_index(hash, |e| e.is(&mut eq))
     }
 
-    /// The entry at `bucket`, with what its waiters live in.
-    #[inline]
-    pub(crate) fn spot(&mut self, bucket: usize) -> Spot<'_, K, V> {
-        let State {
-            table,
-            slab,
-            len,
-            inline_live,
-            ..
-        } = self;
-        Spot {
-            e: table
-                .get_bucket_mut(bucket)
-                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)"),
-            slab,
-            len,
-            inline_live,
-        }
-    }
-
-    /// Where the entry at `bucket` is, for a future or a promise to find it
-    /// again.
-    #[inline]
-    pub(crate) fn entry_ref(&self, bucket: usize) -> EntryRef {
-        let e = self
-            .table
-            .get_bucket(bucket)
-            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        e.entry_ref(bucket)
-    }
-
     // ===== waiters: where they are stored =====
-
-    /// A new entry for `key` with one waiter, inline, holding `waker`.
-    pub(crate) fn create_waiting(
-        &mut self,
-        hash: u64,
-        key: K,
-        kind: Kind,
-        waker: Waker,
-    ) -> EntryRef {
-        let r = self.create(hash, key, Slot::Waker(waker), false);
-        let bucket = r.bucket();
-        self.at(bucket).set_inline(match kind {
-            Kind::Get => Inline::Get,
-            Kind::Take => Inline::Take,
-        });
-        self.inline_live += 1;
-        r
-    }
-
-    /// A new entry for `key`, promised to the caller.
-    pub(crate) fn create_promised(&mut self, hash: u64, key: K) -> EntryRef {
-        self.create(hash, key, Slot::Empty, true)
-    }
 
     /// How the slab node `slot` failed, if it did.
     #[inline]
@@ -693,6 +685,39 @@ impl<K, V> State<K, V> {
             .is_some_and(Entry::has_value)
     }
 
+    /// The fast path of an insert, for the common case: the key has an
+    /// entry whose only waiter, if any, is its inline one. Stores the value
+    /// and returns the value it replaced and the inline waiter's waker, due
+    /// now. Anything else hands the value back, with nothing changed, for
+    /// the general path.
+    #[inline(always)]
+    pub(crate) fn insert_fast(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        value: V,
+    ) -> Result<(Option<V>, Option<Waker>), V> {
+        let Some(e) = self.table.find_mut(hash, |e| e.is(&mut eq)) else {
+            return Err(value);
+        };
+        if e.gets != NIL || e.takes != NIL {
+            return Err(value);
+        }
+        let (old, waker) = match mem::replace(&mut e.slot, Slot::Value(value)) {
+            Slot::Value(old) => (Some(old), None),
+            Slot::Waker(w) => (None, Some(w)),
+            Slot::Empty => (None, None),
+        };
+        if old.is_none() {
+            self.len += 1;
+            if e.inline() == Inline::Take {
+                // The inline take is the first in line: the value is its.
+                e.set_handoff(true);
+            }
+        }
+        Ok((old, waker))
+    }
+
     /// Stores `value` if `allowed(the key has a value)`, then queues the
     /// wake-ups it is due (see [`store`]). `Some(replaced value)` if it
     /// stored; `None` (key and value left in their options) if not. The key
@@ -710,15 +735,12 @@ impl<K, V> State<K, V> {
         after: &mut After<K>,
     ) -> Option<Option<V>> {
         let probe = key.as_ref().expect("insert without a key");
-        if let Some(bucket) = self
-            .table
-            .find_bucket_index(hash, |e| e.is(|k| eq(probe, k)))
-        {
-            if !allowed(self.at(bucket).has_value()) {
+        if let Some(e) = self.table.find_mut(hash, |e| e.is(|k| eq(probe, k))) {
+            if !allowed(e.has_value()) {
                 return None;
             }
             let value = value.take().expect("insert without a value");
-            return Some(self.store(bucket, value, after));
+            return Some(store(e, &mut self.slab, &mut self.len, value, after));
         }
         if !allowed(false) {
             return None;
@@ -734,47 +756,6 @@ impl<K, V> State<K, V> {
         );
         self.len += 1;
         Some(None)
-    }
-
-    /// Stores `value` in the entry at `bucket`, then queues the wake-ups it
-    /// is due: every waiting `get` and, unless it holds the hand-off
-    /// already, the first waiting `take`. The inline waiter's waker (it is
-    /// one of those) goes straight to `after`. Returns the replaced value.
-    #[inline(always)]
-    fn store(&mut self, bucket: usize, value: V, after: &mut After<K>) -> Option<V> {
-        let e = self
-            .table
-            .get_bucket_mut(bucket)
-            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-        let old = match mem::replace(&mut e.slot, Slot::Value(value)) {
-            Slot::Value(old) => Some(old),
-            // The gets first, in the order they registered, then the take.
-            Slot::Waker(w) if e.inline() == Inline::Get => {
-                after.wake(w);
-                None
-            }
-            Slot::Waker(w) => {
-                after.wake_last(w);
-                None
-            }
-            Slot::Empty => None,
-        };
-        if old.is_none() {
-            self.len += 1;
-        }
-        if e.gets != NIL {
-            self.slab.enqueue_list(e.gets);
-        }
-        if !e.handoff() {
-            let first = e.first_take();
-            if first != NIL {
-                e.set_handoff(true);
-                if first != INLINE {
-                    self.slab.enqueue(first);
-                }
-            }
-        }
-        old
     }
 
     /// Takes the value out (`remove`); waiting futures keep waiting.
@@ -924,8 +905,12 @@ impl<K, V> State<K, V> {
     /// have stored one meanwhile).
     pub(crate) fn fulfil(&mut self, mut r: EntryRef, value: V, after: &mut After<K>) -> Option<V> {
         let bucket = self.bucket_of(&mut r);
-        self.at(bucket).set_promised(false);
-        self.store(bucket, value, after)
+        let e = self
+            .table
+            .get_bucket_mut(bucket)
+            .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+        e.set_promised(false);
+        store(e, &mut self.slab, &mut self.len, value, after)
     }
 
     /// A promise dropped unfulfilled: releases the reservation and fails,
@@ -938,11 +923,6 @@ impl<K, V> State<K, V> {
     }
 
     // ===== demand =====
-
-    #[inline]
-    pub(crate) fn watches_demand(&self) -> bool {
-        self.demand_watchers > 0
-    }
 
     /// Queues an announced key for the `Demand` handles, if any is left
     /// (else `key` stays in its option). When the queue has grown well past

@@ -39,7 +39,12 @@ use mutex::ScopedRawMutex;
 
 use crate::after::After;
 use crate::sync::{caught, resume};
-use crate::table::{Failure, Hit, State};
+use hashbrown::hash_table::Entry as TableEntry;
+
+use crate::state::{
+    Entry, Failure, Hit, Inline, NIL, Slot, State, entry_hash, free_waiter, inline_of,
+    pass_handoff, register, settle, store_waker,
+};
 use crate::{AwaitMap, WaitError};
 
 /// The slot of a waiter kept in its entry (any other is a slab node).
@@ -248,77 +253,108 @@ impl<K, V> State<K, V> {
             return Hit::Closed;
         }
         if let Some(bucket) = found {
-            let slot = self.spot(bucket).register(Kind::Get, None);
-            w.registered(self.entry_ref(bucket), slot);
+            let State {
+                table,
+                slab,
+                inline_live,
+                ..
+            } = self;
+            let e = table
+                .get_bucket_mut(bucket)
+                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
+            let slot = register(e, slab, inline_live, Kind::Get, None);
+            w.registered(e.entry_ref(bucket), slot);
         }
         Hit::Miss
     }
 
     /// The first poll: resolve at once, or register (creating the key's
-    /// entry if it has none).
+    /// entry if it has none). One probe of the table finds the entry or the
+    /// place for a new one.
     #[inline(always)]
     pub(crate) fn first_poll(
         &mut self,
         mode: &Mode<V>,
         w: &mut Waiter,
-        eq: impl FnMut(&K) -> bool,
+        mut eq: impl FnMut(&K) -> bool,
         supplies: &mut Supplies<K>,
         after: &mut After<K>,
     ) -> Step<V> {
         let hash = w.entry.hash;
-        let closed = self.is_closed();
-        let Some(bucket) = self.find(hash, eq) else {
-            // No entry: the key has no value, no waiter and no promise.
-            if closed {
-                w.slot = DONE;
-                return Step::Ready(Outcome::Failed(WaitError::Closed));
-            }
-            if let Mode::GetOrPromise(_) = mode {
-                let Some(key) = supplies.key.take() else {
-                    return Step::Make(Needs::KEY);
+        let closed = self.closed;
+        // A new entry may make hashbrown move every entry (`close`'s sweep
+        // must know).
+        if self.table.len() == self.table.capacity() {
+            self.moves = self.moves.wrapping_add(1);
+        }
+        let mut occ = match self.table.entry(hash, |e| e.is(&mut eq), entry_hash) {
+            TableEntry::Occupied(occ) => occ,
+            TableEntry::Vacant(vacant) => {
+                // No entry: the key has no value, no waiter and no promise.
+                if closed {
+                    w.slot = DONE;
+                    return Step::Ready(Outcome::Failed(WaitError::Closed));
+                }
+                let id = self.next_id;
+                let promise = matches!(mode, Mode::GetOrPromise(_));
+                let entry = if promise {
+                    let Some(key) = supplies.key.take() else {
+                        return Step::Make(Needs::KEY);
+                    };
+                    let mut e = Entry::new(hash, id, key, Slot::Empty);
+                    e.set_promised(true);
+                    e
+                } else {
+                    if supplies.waker.is_none() || supplies.key.is_none() {
+                        return Step::Make(Needs::WAKER_AND_KEY);
+                    }
+                    let (Some(waker), Some(key)) = (supplies.waker.take(), supplies.key.take())
+                    else {
+                        unreachable!("both checked above");
+                    };
+                    let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
+                    e.set_inline(inline_of(mode.kind()));
+                    e
                 };
-                w.entry = self.create_promised(hash, key);
-                w.slot = DONE;
-                return Step::Ready(Outcome::Promise);
+                self.next_id += 1;
+                let bucket = vacant.insert(entry).bucket_index();
+                w.entry = EntryRef::new(hash, id, bucket);
+                if promise {
+                    w.slot = DONE;
+                    return Step::Ready(Outcome::Promise);
+                }
+                w.slot = INLINE;
+                self.inline_live += 1;
+                return if self.demand_watchers > 0 {
+                    Step::Announce
+                } else {
+                    Step::Pending
+                };
             }
-            if supplies.waker.is_none() || supplies.key.is_none() {
-                return Step::Make(Needs::WAKER_AND_KEY);
-            }
-            let (Some(waker), Some(key)) = (supplies.waker.take(), supplies.key.take()) else {
-                unreachable!("both checked above");
-            };
-            let entry = self.create_waiting(hash, key, mode.kind(), waker);
-            w.registered(entry, INLINE);
-            return if self.watches_demand() {
-                Step::Announce
-            } else {
-                Step::Pending
-            };
         };
-        let mut spot = self.spot(bucket);
+        let bucket = occ.bucket_index();
+        let e = occ.get_mut();
         // A present value is taken at once, even from under a take that
         // holds the hand-off (it will find the value gone and wait on).
         let outcome = match mode {
-            Mode::Get(clone) => spot.e.value().map(|v| Outcome::Value(clone(v))),
-            Mode::Take => spot.take_value().map(Outcome::Value),
-            Mode::GetOrPromise(clone) => match spot.e.value() {
+            Mode::Get(clone) => e.value().map(|v| Outcome::Value(clone(v))),
+            Mode::Take => e.take_value().map(|v| {
+                self.len -= 1;
+                Outcome::Value(v)
+            }),
+            Mode::GetOrPromise(clone) => match e.value() {
                 Some(v) => Some(Outcome::Value(clone(v))),
-                None if !spot.e.promised() && !closed => {
-                    spot.e.set_promised(true);
+                None if !e.promised() && !closed => {
+                    e.set_promised(true);
+                    w.entry = e.entry_ref(bucket);
                     Some(Outcome::Promise)
                 }
                 None => None,
             },
         };
         if let Some(outcome) = outcome {
-            let unsettled = spot.unsettled();
-            if let Outcome::Promise = outcome {
-                w.entry = self.entry_ref(bucket);
-            }
             w.slot = DONE;
-            if unsettled {
-                self.settle(bucket, after);
-            }
+            settle(occ, after);
             return Step::Ready(outcome);
         }
         if closed {
@@ -334,8 +370,8 @@ impl<K, V> State<K, V> {
         } else {
             Step::Make(Needs::WAKER)
         };
-        let slot = spot.register(mode.kind(), waker);
-        w.registered(self.entry_ref(bucket), slot);
+        let slot = register(e, &mut self.slab, &mut self.inline_live, mode.kind(), waker);
+        w.registered(e.entry_ref(bucket), slot);
         step
     }
 
@@ -359,34 +395,37 @@ impl<K, V> State<K, V> {
                 return failed(mode, w, failure);
             }
         }
-        let closed = self.is_closed();
+        let closed = self.closed;
         let bucket = self.bucket_of(&mut w.entry);
-        let mut spot = self.spot(bucket);
+        let Ok(mut occ) = self.table.get_bucket_entry(bucket) else {
+            unreachable!("`bucket_of` found it");
+        };
+        let e = occ.get_mut();
         if slot == INLINE {
-            if let Some(failure) = spot.e.inline_failure() {
-                spot.free_waiter(INLINE, kind);
-                if spot.unsettled() {
-                    self.settle(bucket, after);
-                }
+            if let Some(failure) = e.inline_failure() {
+                e.set_inline(Inline::Free);
+                self.inline_live -= 1;
+                settle(occ, after);
                 return failed(mode, w, failure);
             }
         }
-        let first = kind == Kind::Take && spot.e.first_take() == slot;
+        let first = kind == Kind::Take && e.first_take() == slot;
         let outcome = match mode {
-            Mode::Get(clone) => spot.e.value().map(|v| Outcome::Value(clone(v))),
+            Mode::Get(clone) => e.value().map(|v| Outcome::Value(clone(v))),
             // The take holding the hand-off, or any take while nobody holds
             // it.
-            Mode::Take if spot.e.has_value() && (first || !spot.e.handoff()) => {
-                spot.take_value().map(Outcome::Value)
-            }
+            Mode::Take if first || !e.handoff() => e.take_value().map(|v| {
+                self.len -= 1;
+                Outcome::Value(v)
+            }),
             Mode::Take => None,
-            Mode::GetOrPromise(clone) => match spot.e.value() {
+            Mode::GetOrPromise(clone) => match e.value() {
                 Some(v) => Some(Outcome::Value(clone(v))),
                 // Woken for a value that is gone again (taken or removed),
                 // and nobody produces the key any more: this caller takes
                 // the work, as a fresh call would.
-                None if !spot.e.promised() && !closed => {
-                    spot.e.set_promised(true);
+                None if !e.promised() && !closed => {
+                    e.set_promised(true);
                     Some(Outcome::Promise)
                 }
                 None => None,
@@ -397,32 +436,124 @@ impl<K, V> State<K, V> {
             outcome => outcome,
         };
         if let Some(outcome) = outcome {
-            let passes = first && spot.e.handoff();
-            after.drop_waker(spot.free_waiter(slot, kind));
+            let passes = first && e.handoff();
+            after.drop_waker(free_waiter(
+                e,
+                &mut self.slab,
+                &mut self.inline_live,
+                slot,
+                kind,
+            ));
             if passes {
-                spot.pass_handoff();
+                pass_handoff(e, &mut self.slab);
             }
             w.slot = DONE;
-            if spot.unsettled() {
-                self.settle(bucket, after);
-            }
+            settle(occ, after);
             return Step::Ready(outcome);
         }
-        if first && spot.e.handoff() {
+        if first && e.handoff() {
             // Woken for a value that is gone again: wait on, still first in
             // line, and let the next insert hand it over again.
-            spot.e.set_handoff(false);
+            e.set_handoff(false);
         }
-        if spot.will_wake(slot, cx_waker) {
+        if slot == INLINE {
+            if matches!(&e.slot, Slot::Waker(old) if old.will_wake(cx_waker)) {
+                return Step::Pending;
+            }
+        } else if self.slab.will_wake(slot, cx_waker) {
             return Step::Pending;
         }
         match supplies.waker.take() {
             Some(waker) => {
-                after.drop_waker(spot.store_waker(slot, waker));
+                after.drop_waker(store_waker(e, &mut self.slab, slot, waker));
                 Step::Pending
             }
             None => Step::Make(Needs::WAKER),
         }
+    }
+
+    /// The fast path of a take's first poll, for the common case: the key
+    /// has no entry (a response is awaited before it arrives), so the take
+    /// creates it and waits in its inline slot. Anything else (the key has
+    /// an entry, the map is closed) hands `waker` and `key` back, with
+    /// nothing changed, for the general path. `Ok(true)`: registered, and
+    /// the key is to be announced to the demand.
+    #[inline(always)]
+    pub(crate) fn register_take_fast(
+        &mut self,
+        w: &mut Waiter,
+        mut eq: impl FnMut(&K) -> bool,
+        waker: Waker,
+        key: K,
+    ) -> Result<bool, (Waker, K)> {
+        if self.closed {
+            return Err((waker, key));
+        }
+        let hash = w.entry.hash;
+        if self.table.len() == self.table.capacity() {
+            self.moves = self.moves.wrapping_add(1);
+        }
+        match self.table.entry(hash, |e| e.is(&mut eq), entry_hash) {
+            TableEntry::Occupied(_) => Err((waker, key)),
+            TableEntry::Vacant(vacant) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
+                e.set_inline(Inline::Take);
+                let bucket = vacant.insert(e).bucket_index();
+                w.registered(EntryRef::new(hash, id, bucket), INLINE);
+                self.inline_live += 1;
+                Ok(self.demand_watchers > 0)
+            }
+        }
+    }
+
+    /// The fast path of a registered future polled again, for the common
+    /// case: it is its entry's inline waiter, its value is there and is its
+    /// own (it is a get, or the take first in line), no `drained()` future
+    /// watches, and nothing that leaves the entry needs dropping. It takes
+    /// (or clones) the value and leaves; the entry goes if nothing else
+    /// keeps it. Anything else returns `None` with nothing changed, for the
+    /// general path.
+    #[inline(always)]
+    pub(crate) fn resolve_fast(&mut self, mode: &Mode<V>, w: &mut Waiter) -> Option<V> {
+        if w.slot != INLINE || self.idle_watchers != 0 {
+            return None;
+        }
+        let Ok(mut occ) = self.table.get_bucket_entry(w.entry.bucket()) else {
+            return None;
+        };
+        let e = occ.get_mut();
+        if e.id() != w.entry.id() {
+            return None;
+        }
+        let v = match (mode, e.inline()) {
+            (Mode::Get(clone), Inline::Get) => clone(e.value()?),
+            (Mode::Take, Inline::Take) => {
+                // The inline take is the first in line: the value is its own.
+                let removes = e.gets == NIL && e.takes == NIL && !e.promised();
+                if removes && core::mem::needs_drop::<K>() {
+                    return None;
+                }
+                let v = e.take_value()?;
+                self.len -= 1;
+                e.set_handoff(false);
+                if removes {
+                    self.inline_live -= 1;
+                    w.slot = DONE;
+                    occ.remove();
+                    return Some(v);
+                }
+                v
+            }
+            _ => return None,
+        };
+        // The value was there, so the inline waiter's waker was taken when
+        // it was woken: nothing to drop.
+        e.set_inline(Inline::Free);
+        self.inline_live -= 1;
+        w.slot = DONE;
+        Some(v)
     }
 
     /// A registered future is dropped (or its poll panicked): it leaves its
@@ -436,15 +567,22 @@ impl<K, V> State<K, V> {
             return;
         }
         let bucket = self.bucket_of(&mut w.entry);
-        let mut spot = self.spot(bucket);
-        let passes = kind == Kind::Take && spot.e.handoff() && spot.e.first_take() == slot;
-        after.drop_waker(spot.free_waiter(slot, kind));
+        let Ok(mut occ) = self.table.get_bucket_entry(bucket) else {
+            unreachable!("`bucket_of` found it");
+        };
+        let e = occ.get_mut();
+        let passes = kind == Kind::Take && e.handoff() && e.first_take() == slot;
+        after.drop_waker(free_waiter(
+            e,
+            &mut self.slab,
+            &mut self.inline_live,
+            slot,
+            kind,
+        ));
         if passes {
-            spot.pass_handoff();
+            pass_handoff(e, &mut self.slab);
         }
-        if spot.unsettled() {
-            self.settle(bucket, after);
-        }
+        settle(occ, after);
     }
 }
 
@@ -853,6 +991,12 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
+        if self.limit == usize::MAX {
+            // Without a limit, a value that leaves tells nobody.
+            if let Some(v) = self.state.with(|st| st.resolve_fast(&mode, w)) {
+                return Poll::Ready(Outcome::Value(v));
+            }
+        }
         let mut none = Supplies {
             waker: None,
             key: None,
@@ -874,9 +1018,22 @@ where
     {
         w.entry.hash = self.hasher.hash_one(key);
         // Not registered yet: a panic in either leaves nothing behind.
+        let waker = cx.waker().clone();
+        let owned: K = key.to_owned().into();
+        let fast = self
+            .state
+            .with(|st| st.register_take_fast(w, |k| key.equivalent(k), waker, owned));
+        let (waker, owned) = match fast {
+            Ok(false) => return Poll::Pending,
+            Ok(true) => {
+                self.announce_for(Kind::Take, w, key);
+                return Poll::Pending;
+            }
+            Err(back) => back,
+        };
         let mut supplies = Supplies {
-            waker: Some(cx.waker().clone()),
-            key: Some(key.to_owned().into()),
+            waker: Some(waker),
+            key: Some(owned),
         };
         match self.poll_trip(&Mode::Take, w, key, cx, &mut supplies) {
             Trip::Done(polled) => polled,
