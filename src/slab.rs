@@ -267,6 +267,26 @@ impl Slab {
         }
     }
 
+    /// Whether the node waits (its future owns it, it is not failed).
+    #[inline]
+    pub(crate) fn is_waiting(&self, slot: u32) -> bool {
+        self.nodes[slot as usize].state == NodeState::Waiting
+    }
+
+    /// Whether the node waits and holds no waker: it was woken (or is being
+    /// registered) and its future polls.
+    #[inline]
+    pub(crate) fn is_woken(&self, slot: u32) -> bool {
+        let n = &self.nodes[slot as usize];
+        n.state == NodeState::Waiting && n.waker.is_none()
+    }
+
+    /// Whether `slot` is the only node of `list`.
+    #[inline]
+    pub(crate) fn is_only(&self, list: u32, slot: u32) -> bool {
+        list == slot && self.nodes[slot as usize].next == slot
+    }
+
     /// Whether the node holds a waker that `waker` would wake anyway.
     #[inline]
     pub(crate) fn will_wake(&self, slot: u32, waker: &Waker) -> bool {

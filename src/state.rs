@@ -81,11 +81,7 @@ pub(crate) struct Entry<K, V> {
     /// lives until it is fulfilled or dropped). Packed, so an entry of `u64`
     /// keys and values takes 64 bytes.
     meta: u64,
-    /// `None` once the entry is a ghost: `cancel` or an abandoned promise
-    /// failed its only waiter, the inline one, whose future has yet to learn
-    /// it. The key leaves with the failure, as if the entry had gone; the
-    /// ghost stays only for that future, and no lookup by key finds it.
-    key: Option<K>,
+    key: K,
     slot: Slot<V>,
     /// The waiting `get`s beyond the inline one: a circular list in the slab.
     gets: u32,
@@ -103,7 +99,7 @@ impl<K, V> Entry<K, V> {
         Entry {
             hash,
             meta: id << ID_SHIFT,
-            key: Some(key),
+            key,
             slot,
             gets: NIL,
             takes: NIL,
@@ -145,10 +141,10 @@ impl<K, V> Entry<K, V> {
         self.meta = (self.meta & !INLINE_BITS) | inline as u64;
     }
 
-    /// Whether the entry's key is `eq` (a ghost's never is).
+    /// Whether the entry's key is `eq`.
     #[inline]
     pub(crate) fn is(&self, eq: impl FnOnce(&K) -> bool) -> bool {
-        self.key.as_ref().is_some_and(eq)
+        eq(&self.key)
     }
 
     #[inline]
@@ -229,7 +225,7 @@ impl<K, V> Entry<K, V> {
         }
         match self.inline() {
             Inline::Free => Leftover::Remove,
-            Inline::Cancelled | Inline::Abandoned if self.key.is_some() => Leftover::Ghost,
+            Inline::Cancelled | Inline::Abandoned => Leftover::Ghost,
             _ => Leftover::Keep,
         }
     }
@@ -262,6 +258,36 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// A failed inline waiter whose entry is gone: its future has yet to learn
+/// the failure. `cancel` or an abandoned promise failed the entry's only
+/// waiter, the inline one; the entry (and its key) went at once, as with no
+/// waiter left, and the failure waits here for the future, which finds it
+/// by the entry's hash and id when its entry is missing.
+pub(crate) struct Ghost {
+    hash: u64,
+    id: u64,
+    failure: Failure,
+}
+
+/// Removes an entry from the table. When that leaves the table empty but
+/// not at its full capacity (removals left tombstones), it is cleared, which
+/// restores its capacity without allocating: keys that come and go in rounds
+/// never make it grow after their first round.
+#[inline]
+pub(crate) fn remove_entry<K, V>(occ: OccupiedEntry<'_, Entry<K, V>>) -> Entry<K, V> {
+    let (e, vacant) = occ.remove();
+    let table = vacant.into_table();
+    if table.is_empty() && table.capacity() < full_capacity(table.num_buckets()) {
+        table.clear();
+    }
+    e
+}
+
+/// The hash the ghost table rehashes by.
+fn ghost_hash(g: &Ghost) -> u64 {
+    g.hash
+}
+
 /// See [`Entry::leftover`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Leftover {
@@ -276,9 +302,11 @@ pub(crate) enum Hit<V> {
     Value(V),
     /// The map is closed and the key has no value.
     Closed,
-    /// No value: the future registered on the key's entry (with no waker
-    /// yet), or the key has no entry.
-    Miss,
+    /// The key's entry has no value: the future registered on it, with no
+    /// waker yet, at this entry and slot.
+    Registered(EntryRef, u32),
+    /// The key has no entry.
+    Absent,
 }
 
 /// Stores `value` in `e`, then queues the wake-ups it is due: every
@@ -442,12 +470,22 @@ pub(crate) fn store_waker<K, V>(
 /// now, as it would with the entry, and no lookup by key finds the entry
 /// again). Its key leaves through `after`.
 #[inline]
-pub(crate) fn settle<K, V>(mut occ: OccupiedEntry<'_, Entry<K, V>>, after: &mut After<K>) {
-    match occ.get().leftover() {
-        Leftover::Keep => {}
-        Leftover::Remove => after.drop_key(occ.remove().0.key),
-        Leftover::Ghost => after.drop_key(occ.get_mut().key.take()),
+pub(crate) fn settle<K, V>(
+    occ: OccupiedEntry<'_, Entry<K, V>>,
+    ghosts: &mut HashTable<Ghost>,
+    after: &mut After<K>,
+) {
+    let leftover = occ.get().leftover();
+    if leftover == Leftover::Keep {
+        return;
     }
+    let e = remove_entry(occ);
+    if leftover == Leftover::Ghost {
+        let failure = e.inline_failure().expect("a ghost's waiter failed");
+        let (hash, id) = (e.hash, e.id());
+        ghosts.insert_unique(hash, Ghost { hash, id, failure }, ghost_hash);
+    }
+    after.drop_key(Some(e.key));
 }
 
 /// `close`'s sweep through the table, waking the waiters stored in entries
@@ -466,8 +504,10 @@ pub(crate) struct State<K, V> {
     pub(crate) slab: Slab,
     /// Entries with a value.
     len: usize,
-    /// Inline waiters owned by futures (waiting or failed).
+    /// Inline waiters owned by futures (waiting or failed, ghosts included).
     inline_live: usize,
+    /// Failed inline waiters whose entries are gone (see [`Ghost`]).
+    ghosts: HashTable<Ghost>,
     next_id: u64,
     closed: bool,
     sweep: Sweep,
@@ -495,6 +535,7 @@ impl<K, V> State<K, V> {
             slab: Slab::new(),
             len: 0,
             inline_live: 0,
+            ghosts: HashTable::new(),
             next_id: 0,
             closed: false,
             sweep: Sweep {
@@ -601,32 +642,41 @@ impl<K, V> State<K, V> {
     /// finds the entry again). Its key leaves through `after`.
     #[inline]
     pub(crate) fn settle(&mut self, bucket: usize, after: &mut After<K>) {
-        match self.at(bucket).leftover() {
-            Leftover::Keep => {}
-            Leftover::Remove => self.remove_at(bucket, after),
-            Leftover::Ghost => after.drop_key(self.at(bucket).key.take()),
-        }
-    }
-
-    #[inline(never)]
-    pub(crate) fn remove_at(&mut self, bucket: usize, after: &mut After<K>) {
         let Ok(occ) = self.table.get_bucket_entry(bucket) else {
             unreachable!("the entry was just seen");
         };
-        after.drop_key(occ.remove().0.key);
-        if self.table.is_empty() && self.table.capacity() < full_capacity(self.table.num_buckets())
-        {
-            // Removals left tombstones, and the table is empty: clearing it
-            // (no allocation) restores its whole capacity, so keys that come
-            // and go in rounds never make it grow after their first round.
-            self.table.clear();
-        }
+        settle(occ, &mut self.ghosts, after);
     }
 
-    /// The bucket of the key's entry, if it has one.
-    #[inline]
-    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(&K) -> bool) -> Option<usize> {
-        self.table.find_bucket_index(hash, |e| e.is(&mut eq))
+    /// The bucket of the entry `r` names (see [`bucket_of`](Self::bucket_of));
+    /// or, if it is gone, the failure its inline waiter left as a ghost, which
+    /// goes now that its future learns it.
+    pub(crate) fn bucket_or_ghost(&mut self, r: &mut EntryRef) -> Result<usize, Failure> {
+        let hint = r.bucket();
+        if self
+            .table
+            .get_bucket(hint)
+            .is_some_and(|e| e.id() == r.id())
+        {
+            return Ok(hint);
+        }
+        let (hash, id) = (r.hash(), r.id());
+        if let Some(found) = self
+            .table
+            .find_bucket_index(hash, |e| e.hash == hash && e.id() == id)
+        {
+            r.set_bucket(found);
+            return Ok(found);
+        }
+        let Ok(ghost) = self
+            .ghosts
+            .find_entry(hash, |g| g.hash == hash && g.id == id)
+        else {
+            unreachable!(
+                "awaitmap: a waiting future's entry is missing (internal invariant broken)"
+            );
+        };
+        Err(ghost.remove().0.failure)
     }
 
     // ===== waiters: where they are stored =====
@@ -1077,17 +1127,6 @@ impl<K, V> State<K, V> {
                     "entry {id} is kept by a failed inline waiter only: not made a ghost"
                 ));
             }
-            if e.key.is_none()
-                && (e.inline_failure().is_none()
-                    || e.has_value()
-                    || e.gets != NIL
-                    || e.takes != NIL
-                    || e.promised())
-            {
-                return Err(format!(
-                    "ghost entry {id} holds more than a failed inline waiter"
-                ));
-            }
             if id >= self.next_id {
                 return Err(format!("entry id {id} was never handed out"));
             }
@@ -1162,6 +1201,15 @@ impl<K, V> State<K, V> {
                 self.len
             ));
         }
+        for g in self.ghosts.iter() {
+            if g.id >= self.next_id || ids.binary_search(&g.id).is_ok() {
+                return Err(format!(
+                    "ghost {} names an entry never handed out or still there",
+                    g.id
+                ));
+            }
+            inline_live += 1;
+        }
         if inline_live != self.inline_live {
             return Err(format!(
                 "{} inline waiters counted, {inline_live} found",
@@ -1202,7 +1250,7 @@ mod tests {
     // The sizes the README's memory figures come from.
     #[test]
     #[cfg_attr(not(target_pointer_width = "64"), ignore = "64-bit sizes")]
-    fn an_entry_of_u64_keys_and_values_takes_64_bytes() {
-        assert_eq!(size_of::<Entry<u64, u64>>(), 64);
+    fn an_entry_of_u64_keys_and_values_takes_56_bytes() {
+        assert_eq!(size_of::<Entry<u64, u64>>(), 56);
     }
 }

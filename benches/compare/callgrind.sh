@@ -8,21 +8,29 @@
 #
 #   bash benches/compare/callgrind.sh [FILTER]     # FILTER: part of a workload name
 #
-# Needs valgrind (Debian: apt-get install valgrind). LO, HI and JOBS (pairs
-# run at once) can be set in the environment.
+# Needs valgrind (Debian: apt-get install valgrind). LO, HI, JOBS (pairs run
+# at once) and WAKER (`noop`, the default, or `arc`: the waker the futures
+# are polled with) can be set in the environment. The binary is built into
+# $CARGO_TARGET_DIR if it is set, else into target/ beside this script.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 LO=${LO:-4096}
 HI=${HI:-12288}
 JOBS=${JOBS:-2}
+WAKER=${WAKER:-noop}
 FILTER=${1:-}
 
 command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
 cargo build --release --quiet
-bin=target/release/awaitmap-compare
+bin=${CARGO_TARGET_DIR:-target}/release/awaitmap-compare
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+# The value of field NAME in a line of NAME=VALUE fields.
+field() {
+    tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"
+}
 
 # Prints "Ir ops allocs retained" for one run of one pair: Ir, ops and allocs
 # from a run under callgrind, retained (bytes) from the same run done natively
@@ -30,15 +38,14 @@ trap 'rm -rf "$work"' EXIT
 run_once() {
     local err="$work/err.$BASHPID" out bytes ir
     out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        "$bin" one "$1" "$2" "$3" 2>"$err")
+        "$bin" one "$1" "$2" "$3" --waker "$WAKER" 2>"$err")
     # valgrind's summary line reads "==PID== Collected : 123456789".
     ir=$(sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$err")
     [ -n "$ir" ] || { echo "no callgrind summary for $1 $2:" >&2; cat "$err" >&2; return 1; }
-    bytes=$("$bin" one "$1" "$2" "$3" --bytes)
-    # The program prints "ops=N allocs=N ns_per_op=X", then " retained=N"
-    # with --bytes.
-    set -- $out $bytes
-    echo "$ir ${1#ops=} ${2#allocs=} ${7#retained=}"
+    bytes=$("$bin" one "$1" "$2" "$3" --bytes --waker "$WAKER")
+    # The program prints "ops=N allocs=N ns_per_op=X", " retained=N" with
+    # --bytes, then " waker=NAME".
+    echo "$ir $(field "$out" ops) $(field "$out" allocs) $(field "$bytes" retained)"
 }
 
 # Writes "Ir/op allocs/op retained-B/op" for one pair to $work/res.$1.
@@ -64,7 +71,7 @@ while IFS=$'\t' read -r workload peer status; do
 done <"$work/pairs"
 wait
 
-echo "callgrind, ops $LO and $HI after the same warm-up; Ir/op = (Ir($HI) - Ir($LO)) / (ops($HI) - ops($LO)); ratio = this pair's Ir/op ÷ awaitmap's (> 1: awaitmap cheaper)"
+echo "callgrind, ops $LO and $HI after the same warm-up, waker $WAKER; Ir/op = (Ir($HI) - Ir($LO)) / (ops($HI) - ops($LO)); ratio = this pair's Ir/op ÷ awaitmap's (> 1: awaitmap cheaper)"
 echo
 echo "| workload | peer | Ir/op | ÷ awaitmap | allocs/op | retained B/op |"
 echo "|---|---|---:|---:|---:|---:|"

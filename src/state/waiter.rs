@@ -39,11 +39,12 @@ use mutex::ScopedRawMutex;
 
 use crate::after::After;
 use crate::sync::{caught, resume};
-use hashbrown::hash_table::Entry as TableEntry;
+use hashbrown::hash_table::{Entry as TableEntry, OccupiedEntry};
 
+use crate::slab::Slab;
 use crate::state::{
     Entry, Failure, Hit, Inline, NIL, Slot, State, entry_hash, free_waiter, inline_of,
-    pass_handoff, register, settle, store_waker,
+    pass_handoff, register, remove_entry, settle, store_waker,
 };
 use crate::{AwaitMap, WaitError};
 
@@ -230,42 +231,39 @@ impl<K, V> State<K, V> {
     /// The first poll of a `get`: the hot path. A clone of the value if the
     /// key has one; else the future registers on the key's entry if it has
     /// one (with no waker yet: the poll stores one in its next trip).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hit(
         &mut self,
-        w: &mut Waiter,
-        eq: impl FnMut(&K) -> bool,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
         clone: fn(&V) -> V,
     ) -> Hit<V> {
-        let found = self.find(w.entry.hash, eq);
-        if let Some(bucket) = found {
-            if let Some(v) = self.at(bucket).value() {
-                return Hit::Value(clone(v));
-            }
+        match self.table.find_entry(hash, |e| e.is(&mut eq)) {
+            Ok(occ) => match occ.get().value() {
+                Some(v) => Hit::Value(clone(v)),
+                None => Self::miss_entry(occ, &mut self.slab, &mut self.inline_live, self.closed),
+            },
+            Err(_) if self.closed => Hit::Closed,
+            Err(_) => Hit::Absent,
         }
-        self.miss(w, found)
     }
 
-    /// A `get`'s first look found no value.
+    /// A `get`'s first look found the key's entry, but no value: it
+    /// registers there, in the same trip, with no waker yet.
     #[inline(never)]
-    fn miss(&mut self, w: &mut Waiter, found: Option<usize>) -> Hit<V> {
-        if self.is_closed() {
+    fn miss_entry(
+        mut occ: OccupiedEntry<'_, Entry<K, V>>,
+        slab: &mut Slab,
+        inline_live: &mut usize,
+        closed: bool,
+    ) -> Hit<V> {
+        if closed {
             return Hit::Closed;
         }
-        if let Some(bucket) = found {
-            let State {
-                table,
-                slab,
-                inline_live,
-                ..
-            } = self;
-            let e = table
-                .get_bucket_mut(bucket)
-                .expect("awaitmap: an entry's bucket is empty (internal invariant broken)");
-            let slot = register(e, slab, inline_live, Kind::Get, None);
-            w.registered(e.entry_ref(bucket), slot);
-        }
-        Hit::Miss
+        let bucket = occ.bucket_index();
+        let e = occ.get_mut();
+        let slot = register(e, slab, inline_live, Kind::Get, None);
+        Hit::Registered(e.entry_ref(bucket), slot)
     }
 
     /// The first poll: resolve at once, or register (creating the key's
@@ -354,7 +352,7 @@ impl<K, V> State<K, V> {
         };
         if let Some(outcome) = outcome {
             w.slot = DONE;
-            settle(occ, after);
+            settle(occ, &mut self.ghosts, after);
             return Step::Ready(outcome);
         }
         if closed {
@@ -396,16 +394,23 @@ impl<K, V> State<K, V> {
             }
         }
         let closed = self.closed;
-        let bucket = self.bucket_of(&mut w.entry);
+        let bucket = match self.bucket_or_ghost(&mut w.entry) {
+            Ok(bucket) => bucket,
+            Err(failure) => {
+                // Its entry went when it failed: it was the inline waiter.
+                self.inline_live -= 1;
+                return failed(mode, w, failure);
+            }
+        };
         let Ok(mut occ) = self.table.get_bucket_entry(bucket) else {
-            unreachable!("`bucket_of` found it");
+            unreachable!("`bucket_or_ghost` found it");
         };
         let e = occ.get_mut();
         if slot == INLINE {
             if let Some(failure) = e.inline_failure() {
                 e.set_inline(Inline::Free);
                 self.inline_live -= 1;
-                settle(occ, after);
+                settle(occ, &mut self.ghosts, after);
                 return failed(mode, w, failure);
             }
         }
@@ -448,7 +453,7 @@ impl<K, V> State<K, V> {
                 pass_handoff(e, &mut self.slab);
             }
             w.slot = DONE;
-            settle(occ, after);
+            settle(occ, &mut self.ghosts, after);
             return Step::Ready(outcome);
         }
         if first && e.handoff() {
@@ -509,15 +514,16 @@ impl<K, V> State<K, V> {
     }
 
     /// The fast path of a registered future polled again, for the common
-    /// case: it is its entry's inline waiter, its value is there and is its
-    /// own (it is a get, or the take first in line), no `drained()` future
-    /// watches, and nothing that leaves the entry needs dropping. It takes
-    /// (or clones) the value and leaves; the entry goes if nothing else
-    /// keeps it. Anything else returns `None` with nothing changed, for the
-    /// general path.
+    /// case: it was woken, its value is there and is its own (a get; the
+    /// take first in line, or any take while nobody holds the hand-off), no
+    /// `drained()` future watches, and nothing that leaves the entry needs
+    /// dropping or makes it a ghost. It takes (or clones) the value and
+    /// leaves; the entry goes if nothing else keeps it. Anything else
+    /// returns `None` with nothing changed, for the general path.
     #[inline(always)]
     pub(crate) fn resolve_fast(&mut self, mode: &Mode<V>, w: &mut Waiter) -> Option<V> {
-        if w.slot != INLINE || self.idle_watchers != 0 {
+        let slot = w.slot;
+        if self.idle_watchers != 0 || (slot != INLINE && !self.slab.is_woken(slot)) {
             return None;
         }
         let Ok(mut occ) = self.table.get_bucket_entry(w.entry.bucket()) else {
@@ -527,33 +533,99 @@ impl<K, V> State<K, V> {
         if e.id() != w.entry.id() {
             return None;
         }
-        let v = match (mode, e.inline()) {
-            (Mode::Get(clone), Inline::Get) => clone(e.value()?),
-            (Mode::Take, Inline::Take) => {
-                // The inline take is the first in line: the value is its own.
-                let removes = e.gets == NIL && e.takes == NIL && !e.promised();
-                if removes && core::mem::needs_drop::<K>() {
+        let inline = e.inline();
+        let v = match mode {
+            Mode::Get(clone) => {
+                if slot == INLINE && inline != Inline::Get {
+                    return None;
+                }
+                // The value stays: so does the entry.
+                clone(e.value()?)
+            }
+            Mode::Take => {
+                if (slot == INLINE && inline != Inline::Take) || !e.has_value() {
+                    return None;
+                }
+                let first = e.first_take() == slot;
+                if !first && e.handoff() {
+                    return None;
+                }
+                // What keeps the entry once this take leaves with the value.
+                let waiters = if slot == INLINE {
+                    e.gets != NIL || e.takes != NIL
+                } else {
+                    e.gets != NIL
+                        || !self.slab.is_only(e.takes, slot)
+                        || matches!(inline, Inline::Get | Inline::Take)
+                };
+                let kept = waiters || e.promised();
+                if !kept && core::mem::needs_drop::<K>() {
+                    return None;
+                }
+                if !waiters && !e.promised() && inline != Inline::Free && slot != INLINE {
+                    // A failed inline waiter would be left alone: a ghost.
                     return None;
                 }
                 let v = e.take_value()?;
                 self.len -= 1;
-                e.set_handoff(false);
-                if removes {
-                    self.inline_live -= 1;
+                if first {
+                    e.set_handoff(false);
+                }
+                if !kept {
+                    if slot == INLINE {
+                        self.inline_live -= 1;
+                    } else {
+                        self.slab.remove(&mut e.takes, slot);
+                    }
                     w.slot = DONE;
-                    occ.remove();
+                    remove_entry(occ);
                     return Some(v);
                 }
                 v
             }
-            _ => return None,
+            Mode::GetOrPromise(_) => return None,
         };
-        // The value was there, so the inline waiter's waker was taken when
-        // it was woken: nothing to drop.
-        e.set_inline(Inline::Free);
-        self.inline_live -= 1;
+        // It was woken, so it holds no waker: nothing to drop.
+        if slot == INLINE {
+            e.set_inline(Inline::Free);
+            self.inline_live -= 1;
+        } else {
+            let list = match mode {
+                Mode::Take => &mut e.takes,
+                _ => &mut e.gets,
+            };
+            self.slab.remove(list, slot);
+        }
         w.slot = DONE;
         Some(v)
+    }
+
+    /// The fast path of storing a registered future's newest waker, for the
+    /// common case: it waits (not failed), its key has no value, the map is
+    /// open, and it does not hold the hand-off. Returns the waker it
+    /// replaced; anything else hands `waker` back, with nothing changed,
+    /// for the general path.
+    #[inline(always)]
+    pub(crate) fn store_waker_fast(
+        &mut self,
+        w: &Waiter,
+        waker: Waker,
+    ) -> Result<Option<Waker>, Waker> {
+        let slot = w.slot;
+        if self.closed || (slot != INLINE && !self.slab.is_waiting(slot)) {
+            return Err(waker);
+        }
+        let Some(e) = self.table.get_bucket_mut(w.entry.bucket()) else {
+            return Err(waker);
+        };
+        if e.id() != w.entry.id()
+            || e.has_value()
+            || (slot == INLINE && !matches!(e.inline(), Inline::Get | Inline::Take))
+            || (e.handoff() && e.first_take() == slot)
+        {
+            return Err(waker);
+        }
+        Ok(store_waker(e, &mut self.slab, slot, waker))
     }
 
     /// A registered future is dropped (or its poll panicked): it leaves its
@@ -566,9 +638,16 @@ impl<K, V> State<K, V> {
             after.drop_waker(self.free_node(slot));
             return;
         }
-        let bucket = self.bucket_of(&mut w.entry);
+        let bucket = match self.bucket_or_ghost(&mut w.entry) {
+            Ok(bucket) => bucket,
+            Err(_) => {
+                // Its entry went when it failed: it was the inline waiter.
+                self.inline_live -= 1;
+                return;
+            }
+        };
         let Ok(mut occ) = self.table.get_bucket_entry(bucket) else {
-            unreachable!("`bucket_of` found it");
+            unreachable!("`bucket_or_ghost` found it");
         };
         let e = occ.get_mut();
         let passes = kind == Kind::Take && e.handoff() && e.first_take() == slot;
@@ -582,7 +661,7 @@ impl<K, V> State<K, V> {
         if passes {
             pass_handoff(e, &mut self.slab);
         }
-        settle(occ, after);
+        settle(occ, &mut self.ghosts, after);
     }
 }
 
@@ -629,10 +708,10 @@ where
     where
         Q: ?Sized + Hash + Equivalent<K>,
     {
-        w.entry.hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash_one(key);
         let hit = self
             .state
-            .with(|st| st.hit(w, |k| key.equivalent(k), clone));
+            .with(|st| st.hit(hash, |k| key.equivalent(k), clone));
         match hit {
             Hit::Value(v) => {
                 w.slot = DONE;
@@ -642,7 +721,14 @@ where
                 w.slot = DONE;
                 Some(Err(WaitError::Closed))
             }
-            Hit::Miss => None,
+            Hit::Registered(entry, slot) => {
+                w.registered(entry, slot);
+                None
+            }
+            Hit::Absent => {
+                w.entry.hash = hash;
+                None
+            }
         }
     }
 
@@ -674,7 +760,21 @@ where
         };
         loop {
             if needs.waker && supplies.waker.is_none() {
-                supplies.waker = Some(self.clone_waker(mode.kind(), w, cx));
+                let waker = self.clone_waker(mode.kind(), w, cx);
+                if needs == Needs::WAKER
+                    && w.is_registered()
+                    && !matches!(mode, Mode::GetOrPromise(_))
+                {
+                    match self.state.with(|st| st.store_waker_fast(w, waker)) {
+                        Ok(old) => {
+                            drop(old);
+                            return Poll::Pending;
+                        }
+                        Err(waker) => supplies.waker = Some(waker),
+                    }
+                } else {
+                    supplies.waker = Some(waker);
+                }
             }
             if needs.key && supplies.key.is_none() {
                 // Only a future that is not registered needs a key.
@@ -933,7 +1033,7 @@ where
     }
 
     /// Polls a `take`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn poll_take<Q>(
         &self,
         w: &mut Waiter,
@@ -1010,7 +1110,7 @@ where
     /// The first poll of a `take`: a take mostly waits (a response awaited
     /// before it arrives), so it clones its waker and makes an owned key
     /// before it takes the lock, and registers in one trip.
-    #[inline]
+    #[inline(never)]
     fn poll_first_take<Q>(&self, w: &mut Waiter, key: &Q, cx: &Context<'_>) -> Poll<Outcome<V>>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,

@@ -1,7 +1,10 @@
 //! The measuring harness: a [`Meter`] around each measured section, the
-//! helpers every workload shares, and the `time`, `one` and `list` modes.
+//! waker of the run, the helpers every workload shares, and the `time`,
+//! `one` and `list` modes.
 
-use std::task::{Context, Waker};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use foldhash::fast::FixedState;
@@ -83,9 +86,106 @@ impl Pair {
     }
 }
 
-/// A context whose waker does nothing, so no runtime cost is measured.
-pub fn noop_cx() -> Context<'static> {
-    Context::from_waker(Waker::noop())
+/// The waker every future of a run is polled with, chosen once per process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WakerKind {
+    /// `Waker::noop()`: cloning, waking and dropping it do nothing.
+    Noop,
+    /// An `Arc`-based waker ([`Wake`] on [`Counter`]): a clone is a
+    /// reference-count increment, a drop a decrement, a wake a call through
+    /// its vtable that adds one to an atomic counter.
+    Arc,
+}
+
+impl WakerKind {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "noop" => Ok(WakerKind::Noop),
+            "arc" => Ok(WakerKind::Arc),
+            _ => Err(format!("--waker: {s:?} is neither `noop` nor `arc`")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WakerKind::Noop => "noop",
+            WakerKind::Arc => "arc",
+        }
+    }
+
+    /// The waker as the tables' headers describe it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WakerKind::Noop => "noop (`Waker::noop()`: clone, wake and drop do nothing)",
+            WakerKind::Arc => {
+                "arc (an `Arc`-based waker: clone and drop change a reference count, \
+                 wake goes through its vtable and adds to an atomic counter)"
+            }
+        }
+    }
+}
+
+/// What the arc waker points to: it counts its wake-ups, so a wake does
+/// some real work and cannot be optimised away.
+struct Counter {
+    wakes: AtomicU64,
+}
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Relaxed);
+    }
+}
+
+static CHOSEN: OnceLock<WakerKind> = OnceLock::new();
+static ARC_WAKER: OnceLock<Waker> = OnceLock::new();
+
+/// Chooses the waker of the whole run; call it once, before any workload.
+/// The arc waker is allocated here, so no measured section allocates it.
+pub fn choose_waker(kind: WakerKind) {
+    assert!(CHOSEN.set(kind).is_ok(), "the waker is chosen once");
+    if kind == WakerKind::Arc {
+        let _ = ARC_WAKER.set(new_waker(kind));
+    }
+}
+
+/// The waker chosen for the run.
+pub fn waker_kind() -> WakerKind {
+    *CHOSEN.get().expect("choose_waker was not called")
+}
+
+fn new_waker(kind: WakerKind) -> Waker {
+    match kind {
+        WakerKind::Noop => Waker::noop().clone(),
+        WakerKind::Arc => Waker::from(Arc::new(Counter {
+            wakes: AtomicU64::new(0),
+        })),
+    }
+}
+
+/// The run's waker, shared by every workload and peer.
+pub fn waker() -> &'static Waker {
+    match waker_kind() {
+        WakerKind::Noop => Waker::noop(),
+        WakerKind::Arc => ARC_WAKER.get().expect("made by choose_waker"),
+    }
+}
+
+/// A context over the run's waker.
+pub fn cx() -> Context<'static> {
+    Context::from_waker(waker())
+}
+
+/// A waker of the run's kind of its own, for one thread of a threaded
+/// workload: tasks on different threads have different wakers, and one
+/// shared `Arc` would add contention on its reference count that no peer
+/// causes. It allocates (arc): make it before the measured section.
+pub fn thread_waker() -> Waker {
+    new_waker(waker_kind())
 }
 
 pub fn fixed() -> FixedState {
@@ -233,8 +333,9 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
 
     println!(
         "{ROUNDS} rounds, each pair measured for ~{TARGET:?} per round; \
-         ratio = this pair's ns/op ÷ awaitmap's in the same round (median over rounds; > 1: awaitmap faster)\n"
+         ratio = this pair's ns/op ÷ awaitmap's in the same round (median over rounds; > 1: awaitmap faster)"
     );
+    println!("waker: {}\n", waker_kind().describe());
     println!(
         "| workload | peer | ns/op (median) | min–max over rounds | ÷ awaitmap | allocs/op | retained B/op |"
     );
@@ -294,8 +395,8 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
 
 /// The `one` mode: exactly one pair, for `iters` operations after its
 /// warm-up. Prints the measured section's operations, allocations and time,
-/// and with `bytes` (byte tracking on, which adds its own instructions and
-/// time) the bytes it retained.
+/// with `bytes` (byte tracking on, which adds its own instructions and time)
+/// the bytes it retained, and the waker it ran with.
 pub fn one(
     pairs: &[Pair],
     workload: &str,
@@ -323,7 +424,7 @@ pub fn one(
     if bytes {
         print!(" retained={}", m.retained);
     }
-    println!();
+    println!(" waker={}", waker_kind().name());
     Ok(())
 }
 

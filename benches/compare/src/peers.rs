@@ -97,6 +97,11 @@ where
     pub fn forget(&self, id: u64) {
         drop(self.pending.with(|m| m.remove(&id)));
     }
+
+    /// Gives back the table's memory beyond what its entries need.
+    pub fn shrink_to_fit(&self) {
+        self.pending.with(|m| m.shrink_to_fit());
+    }
 }
 
 struct Slot<V> {
@@ -143,6 +148,12 @@ impl<V: Clone, S: BuildHasher> WakerListMap<V, S> {
     pub fn remove(&self, key: u64) -> Option<V> {
         let slot = self.inner.lock().unwrap().remove(&key);
         slot.and_then(|s| s.value)
+    }
+
+    /// Gives back the table's memory beyond what its entries need (the
+    /// entries of dropped futures stay: nothing can find their wakers).
+    pub fn shrink_to_fit(&self) {
+        self.inner.lock().unwrap().shrink_to_fit();
     }
 }
 

@@ -9,7 +9,7 @@ use std::pin::{Pin, pin};
 use awaitmap::AwaitMap;
 use maitake_sync::WaitMap;
 
-use crate::harness::{Meter, fixed, noop_cx};
+use crate::harness::{Meter, cx, fixed};
 use crate::peers::{OneshotMap, WaitKey};
 
 const WARM: u64 = 4096;
@@ -37,7 +37,7 @@ fn churn_loop(iters: u64, m: &mut Meter, distinct: bool, mut cycle: impl FnMut(u
 
 pub fn awaitmap(distinct: bool, iters: u64, m: &mut Meter) {
     let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
-    let mut cx = noop_cx();
+    let mut cx = cx();
     churn_loop(iters, m, distinct, |k| {
         let mut f = map.get(&k);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
@@ -50,7 +50,7 @@ pub fn awaitmap(distinct: bool, iters: u64, m: &mut Meter) {
 /// the sender (the caller's cleanup; without it the map grows forever).
 pub fn oneshot_std_sip(distinct: bool, iters: u64, m: &mut Meter) {
     let map = OneshotMap::<u64, _, std::sync::Mutex<_>>::new(RandomState::new());
-    let mut cx = noop_cx();
+    let mut cx = cx();
     churn_loop(iters, m, distinct, |k| {
         let mut rx = map.register(k);
         assert!(Pin::new(&mut rx).poll(&mut cx).is_pending());
@@ -61,7 +61,7 @@ pub fn oneshot_std_sip(distinct: bool, iters: u64, m: &mut Meter) {
 
 pub fn maitake_default(distinct: bool, iters: u64, m: &mut Meter) {
     let map: WaitMap<u64, u64> = WaitMap::new();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     churn_loop(iters, m, distinct, |k| {
         let f = pin!(map.wait(k));
         assert!(f.poll(&mut cx).is_pending());
@@ -75,7 +75,7 @@ pub fn maitake_default(distinct: bool, iters: u64, m: &mut Meter) {
 /// cleaned up, so its memory grows with the run.
 pub fn waitmap(distinct: bool, iters: u64, m: &mut Meter) {
     let map = waitmap::WaitMap::<WaitKey, u64, _>::with_hasher(fixed());
-    let mut cx = noop_cx();
+    let mut cx = cx();
     churn_loop(iters, m, distinct, |k| {
         let mut f = map.wait(&k);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());

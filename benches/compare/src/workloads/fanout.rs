@@ -3,7 +3,7 @@
 //! One operation = one waiter served.
 
 use std::future::Future;
-use std::hash::RandomState;
+use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::pin::Pin;
 use std::task::Poll;
@@ -13,7 +13,7 @@ use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle, GuardResult};
 use tokio::sync::watch;
 
-use crate::harness::{KEYSPACE, Meter, batches, fixed, keys, noop_cx};
+use crate::harness::{KEYSPACE, Meter, batches, cx, fixed, keys};
 use crate::peers::{WaitKey, WakerListMap};
 
 /// Warm-up: at least two rounds and at least 4,096 waiters.
@@ -37,7 +37,7 @@ fn round_loop(m_waiters: usize, iters: u64, m: &mut Meter, mut round: impl FnMut
 pub fn awaitmap(m_waiters: usize, iters: u64, m: &mut Meter) {
     let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
     let keys = keys();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut futs = Vec::with_capacity(m_waiters);
     round_loop(m_waiters, iters, m, |r| {
         let key = &keys[r as usize % KEYSPACE];
@@ -59,10 +59,13 @@ pub fn awaitmap(m_waiters: usize, iters: u64, m: &mut Meter) {
     });
 }
 
-pub fn hand_sip(m_waiters: usize, iters: u64, m: &mut Meter) {
-    let map = WakerListMap::new(RandomState::new());
+/// The hand-written `Mutex<HashMap<u64, (Option<V>, Vec<Waker>)>>`: each
+/// poll of a waiting `get` pushes a clone of its waker, the insert takes the
+/// list and wakes each one after unlocking.
+fn hand_written<S: BuildHasher>(m_waiters: usize, iters: u64, m: &mut Meter, hasher: S) {
+    let map = WakerListMap::new(hasher);
     let keys = keys();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut futs = Vec::with_capacity(m_waiters);
     round_loop(m_waiters, iters, m, |r| {
         let key = keys[r as usize % KEYSPACE];
@@ -84,6 +87,14 @@ pub fn hand_sip(m_waiters: usize, iters: u64, m: &mut Meter) {
     });
 }
 
+pub fn hand_sip(m_waiters: usize, iters: u64, m: &mut Meter) {
+    hand_written(m_waiters, iters, m, RandomState::new());
+}
+
+pub fn hand_fold(m_waiters: usize, iters: u64, m: &mut Meter) {
+    hand_written(m_waiters, iters, m, fixed());
+}
+
 /// A tokio `watch` channel standing for the one key (no map around it, so
 /// this is a lower bound for a keyed version): M receivers each poll
 /// `changed()` once, one `send` wakes them, each polls again and reads the
@@ -96,7 +107,7 @@ pub fn watch<const M: usize>(iters: u64, m: &mut Meter) {
     let mut rxs: [watch::Receiver<u64>; M] = std::array::from_fn(|_| rx.clone());
     drop(rx);
     let keys = keys();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     round_loop(M, iters, m, |r| {
         let value = keys[r as usize % KEYSPACE];
         {
@@ -134,7 +145,7 @@ pub fn waitmap(m_waiters: usize, iters: u64, m: &mut Meter) {
     let map = waitmap::WaitMap::<WaitKey, u64, _>::with_hasher(fixed());
     let rounds = warm_rounds(m_waiters) + batches(iters, m_waiters);
     let keys: Vec<u64> = (0..rounds).map(|r| (1 << 44) + r).collect();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut futs = Vec::with_capacity(m_waiters);
     round_loop(m_waiters, iters, m, |r| {
         let key = &keys[r as usize];
@@ -175,7 +186,7 @@ pub fn quick_cache(m_waiters: usize, iters: u64, m: &mut Meter) {
         DefaultLifecycle::default(),
     );
     let keys = keys();
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut slots: Vec<Pin<Box<Option<_>>>> = (0..m_waiters).map(|_| Box::pin(None)).collect();
     round_loop(m_waiters, iters, m, |r| {
         let key = &keys[r as usize % KEYSPACE];

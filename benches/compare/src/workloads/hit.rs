@@ -8,14 +8,14 @@ use std::hash::{BuildHasher, RandomState};
 use std::hint::black_box;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use awaitmap::AwaitMap;
 use quick_cache::UnitWeighter;
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use waitmap::WaitMap;
 
-use crate::harness::{Meter, fixed};
+use crate::harness::{Meter, cx, fixed};
 use crate::peers::{Floor, WaitKey};
 
 const PRESENT: u64 = 1024;
@@ -79,7 +79,7 @@ fn awaitmap_filled<V: Val>() -> AwaitMap<u64, V, Fixed> {
 
 struct AwaitGet<'a, V> {
     map: &'a AwaitMap<u64, V, Fixed>,
-    cx: Context<'a>,
+    cx: Context<'static>,
 }
 
 impl<V: Val> Lookup<V> for AwaitGet<'_, V> {
@@ -96,8 +96,7 @@ impl<V: Val> Lookup<V> for AwaitGet<'_, V> {
 /// `map.get(&k)` polled once: `Ready` at once.
 pub fn awaitmap_get<V: Val>(iters: u64, m: &mut Meter) {
     let map = awaitmap_filled::<V>();
-    let waker = Waker::noop();
-    let cx = Context::from_waker(waker);
+    let cx = cx();
     hit_loop(iters, m, AwaitGet { map: &map, cx });
 }
 
@@ -199,7 +198,7 @@ fn waitmap_filled<V: Val>() -> Waitmap<V> {
 
 struct WaitmapWait<'a, V> {
     map: &'a Waitmap<V>,
-    cx: Context<'a>,
+    cx: Context<'static>,
 }
 
 impl<V: Val> Lookup<V> for WaitmapWait<'_, V> {
@@ -217,7 +216,7 @@ impl<V: Val> Lookup<V> for WaitmapWait<'_, V> {
 /// waitmap's `wait(&k)` polled once: `Ready` at once with a `Ref` guard.
 pub fn waitmap_wait<V: Val>(iters: u64, m: &mut Meter) {
     let map = waitmap_filled::<V>();
-    let cx = Context::from_waker(Waker::noop());
+    let cx = cx();
     hit_loop(iters, m, WaitmapWait { map: &map, cx });
 }
 

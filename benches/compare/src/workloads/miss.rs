@@ -11,7 +11,7 @@ use std::task::Poll;
 
 use awaitmap::AwaitMap;
 
-use crate::harness::{Meter, fixed, noop_cx};
+use crate::harness::{Meter, cx, fixed};
 use crate::peers::WakerListMap;
 
 const WARM: u64 = 4096;
@@ -33,7 +33,7 @@ fn miss_loop(iters: u64, m: &mut Meter, mut cycle: impl FnMut(u64)) {
 
 pub fn awaitmap(iters: u64, m: &mut Meter) {
     let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
-    let mut cx = noop_cx();
+    let mut cx = cx();
     miss_loop(iters, m, |k| {
         let mut f = map.get(&k);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
@@ -49,7 +49,7 @@ pub fn awaitmap(iters: u64, m: &mut Meter) {
 
 fn hand_written<S: std::hash::BuildHasher>(iters: u64, m: &mut Meter, hasher: S) {
     let map = WakerListMap::new(hasher);
-    let mut cx = noop_cx();
+    let mut cx = cx();
     miss_loop(iters, m, |k| {
         let mut f = map.get(k);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());

@@ -167,6 +167,7 @@ pub fn all() -> Vec<Pair> {
             v.extend([
                 pair!($w, "awaitmap", Run(|it, m| fanout::awaitmap($m, it, m))),
                 pair!($w, "hand-sip", Run(|it, m| fanout::hand_sip($m, it, m))),
+                pair!($w, "hand-fold", Run(|it, m| fanout::hand_fold($m, it, m))),
                 pair!($w, "watch", Run(fanout::watch::<$m>)),
                 pair!(
                     $w,

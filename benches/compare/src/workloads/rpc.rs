@@ -16,7 +16,7 @@ use maitake_sync::spin::Spinlock;
 use maitake_sync::wait_map::{Wait, WakeOutcome};
 use tokio::sync::oneshot;
 
-use crate::harness::{Meter, batches, chunk, fixed, keys, noop_cx, shuffled};
+use crate::harness::{Meter, batches, chunk, cx, fixed, keys, shuffled};
 use crate::peers::{Lock, OneshotMap, WaitKey};
 
 /// Warm-up: at least two batches and at least 4,096 requests.
@@ -43,7 +43,7 @@ pub fn awaitmap(n: usize, iters: u64, m: &mut Meter) {
     let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
     let ids = keys();
     let order = shuffled(n);
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut futs = Vec::with_capacity(n);
     batch_loop(n, iters, m, |b| {
         let ids = chunk(&ids, n, b);
@@ -74,7 +74,7 @@ where
     let map = OneshotMap::<u64, S, L>::new(hasher);
     let ids = keys();
     let order = shuffled(n);
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut rxs = Vec::with_capacity(n);
     batch_loop(n, iters, m, |b| {
         let ids = chunk(&ids, n, b);
@@ -118,7 +118,7 @@ type Slot<'a, L> = Pin<Box<Option<Wait<'a, u64, u64, L>>>>;
 fn maitake<L: ScopedRawMutex>(n: usize, iters: u64, m: &mut Meter, map: WaitMap<u64, u64, L>) {
     let ids = keys();
     let order = shuffled(n);
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut slots: Vec<Slot<'_, L>> = (0..n).map(|_| Box::pin(None)).collect();
     batch_loop(n, iters, m, |b| {
         let ids = chunk(&ids, n, b);
@@ -166,7 +166,7 @@ pub fn waitmap(n: usize, iters: u64, m: &mut Meter) {
     let total = (warm_batches(n) + batches(iters, n)) * n as u64;
     let ids: Vec<u64> = (0..total).map(|i| (1 << 44) + i).collect();
     let order = shuffled(n);
-    let mut cx = noop_cx();
+    let mut cx = cx();
     let mut futs = Vec::with_capacity(n);
     batch_loop(n, iters, m, |b| {
         let ids = &ids[b as usize * n..][..n];
