@@ -121,6 +121,14 @@ impl<K> After<K> {
         self.todo == 0
     }
 
+    /// The key to drop, for an operation that has nothing else to do.
+    #[inline]
+    pub(crate) fn into_key(mut self) -> Option<K> {
+        debug_assert!(self.todo & !DROPS == 0 && self.waker.is_none());
+        self.todo = 0;
+        self.key.take()
+    }
+
     /// Values left a map that has a limit: producers waiting for room are
     /// let in.
     #[inline]

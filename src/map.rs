@@ -11,7 +11,7 @@ use crate::future::{Get, Take};
 use crate::state::State;
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
-use crate::sync::{DefaultLock, Events, Lock, const_fn_unless_loom, resume};
+use crate::sync::{DefaultLock, Events, Lock, caught, const_fn_unless_loom, resume};
 use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -616,13 +616,18 @@ where
         Q: ?Sized + Hash + Equivalent<K>,
     {
         let hash = self.hasher.hash_one(key);
-        self.locked(|st, after| {
-            let removed = st.remove(hash, |k| key.equivalent(k), after);
-            if removed.is_some() {
-                self.note_freed(after);
-            }
-            removed
-        })
+        let (removed, gone) = self.state.with(|st| st.remove(hash, |k| key.equivalent(k)));
+        if removed.is_some() && self.limit != usize::MAX {
+            // Told before the key is dropped: a panicking `K::drop` cannot
+            // keep a producer from the room.
+            let mut panic = None;
+            caught(|| self.events.room(1), &mut panic);
+            caught(|| drop(gone), &mut panic);
+            resume(panic);
+        } else {
+            drop(gone);
+        }
+        removed
     }
 
     /// Fails the futures waiting on `key` right now with

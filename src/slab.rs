@@ -120,7 +120,7 @@ impl Slab {
     /// still has to store one), and links it at the back of `list`. Reuses a
     /// free slot; grows the slab (the only allocation here) only past the
     /// peak so far.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, list: &mut u32, waker: Option<Waker>) -> u32 {
         self.live += 1;
         let slot = if self.free != NIL {
@@ -155,6 +155,7 @@ impl Slab {
     }
 
     /// Links `slot` at the back of the circular `list`.
+    #[inline(always)]
     fn link(&mut self, list: &mut u32, slot: u32) {
         let head = *list;
         if head == NIL {
@@ -173,6 +174,7 @@ impl Slab {
     }
 
     /// Unlinks `slot` from the circular `list`.
+    #[inline(always)]
     pub(crate) fn unlink(&mut self, list: &mut u32, slot: u32) {
         let (prev, next) = {
             let n = &self.nodes[slot as usize];
@@ -220,7 +222,7 @@ impl Slab {
     }
 
     /// Unlinks a waiting node from `list` and frees it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove(&mut self, list: &mut u32, slot: u32) -> Option<Waker> {
         self.unlink(list, slot);
         self.free(slot)

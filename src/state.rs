@@ -808,18 +808,24 @@ impl<K, V> State<K, V> {
         Some(None)
     }
 
-    /// Takes the value out (`remove`); waiting futures keep waiting.
+    /// Takes the value out (`remove`); waiting futures keep waiting. Also
+    /// returns the key of the entry if that removed it (or made it a ghost),
+    /// to be dropped after the lock is released. Wakes nobody.
     pub(crate) fn remove(
         &mut self,
         hash: u64,
         mut eq: impl FnMut(&K) -> bool,
-        after: &mut After<K>,
-    ) -> Option<V> {
-        let bucket = self.table.find_bucket_index(hash, |e| e.is(&mut eq))?;
-        let value = self.at(bucket).take_value()?;
+    ) -> (Option<V>, Option<K>) {
+        let Ok(mut occ) = self.table.find_entry(hash, |e| e.is(&mut eq)) else {
+            return (None, None);
+        };
+        let Some(value) = occ.get_mut().take_value() else {
+            return (None, None);
+        };
         self.len -= 1;
-        self.settle(bucket, after);
-        Some(value)
+        let mut after = After::new();
+        settle(occ, &mut self.ghosts, &mut after);
+        (Some(value), after.into_key())
     }
 
     /// Fails the futures waiting on the key that would not resolve if polled

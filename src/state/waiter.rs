@@ -212,6 +212,13 @@ pub(crate) struct Supplies<K> {
     key: Option<K>,
 }
 
+impl<K> Supplies<K> {
+    const NONE: Self = Supplies {
+        waker: None,
+        key: None,
+    };
+}
+
 /// The result of one trip through the lock.
 pub(crate) enum Step<V> {
     Ready(Outcome<V>),
@@ -477,15 +484,16 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The fast path of a take's first poll, for the common case: the key
-    /// has no entry (a response is awaited before it arrives), so the take
-    /// creates it and waits in its inline slot. Anything else (the key has
-    /// an entry, the map is closed) hands `waker` and `key` back, with
-    /// nothing changed, for the general path. `Ok(true)`: registered, and
-    /// the key is to be announced to the demand.
+    /// The fast path of a first registration, for the common case: the key
+    /// has no entry (a response awaited before it arrives; a get that found
+    /// nothing), so the future creates it and waits in its inline slot.
+    /// Anything else (the key has an entry, the map is closed) hands `waker`
+    /// and `key` back, with nothing changed, for the general path.
+    /// `Ok(true)`: registered, and the key is to be announced to the demand.
     #[inline(always)]
-    pub(crate) fn register_take_fast(
+    pub(crate) fn register_fast(
         &mut self,
+        kind: Kind,
         w: &mut Waiter,
         mut eq: impl FnMut(&K) -> bool,
         waker: Waker,
@@ -504,7 +512,7 @@ impl<K, V> State<K, V> {
                 let id = self.next_id;
                 self.next_id += 1;
                 let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
-                e.set_inline(Inline::Take);
+                e.set_inline(inline_of(kind));
                 let bucket = vacant.insert(e).bucket_index();
                 w.registered(EntryRef::new(hash, id, bucket), INLINE);
                 self.inline_live += 1;
@@ -749,15 +757,12 @@ where
         key: &Q,
         cx: &Context<'_>,
         mut needs: Needs,
+        mut supplies: Supplies<K>,
     ) -> Poll<Outcome<V>>
     where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        let mut supplies = Supplies {
-            waker: None,
-            key: None,
-        };
         loop {
             if needs.waker && supplies.waker.is_none() {
                 let waker = self.clone_waker(mode.kind(), w, cx);
@@ -1020,14 +1025,27 @@ where
             if let Some(r) = self.poll_hit(w, key, V::clone) {
                 return Poll::Ready(r);
             }
-            // The look registered the future (a waker to store), or found
-            // no entry (a waker and a key to make one).
-            let needs = if w.is_registered() {
-                Needs::WAKER
+            if w.is_registered() {
+                // The look registered the future: its waker is stored in a
+                // second, short trip.
+                let waker = self.clone_waker(Kind::Get, w, cx);
+                match self.state.with(|st| st.store_waker_fast(w, waker)) {
+                    Ok(old) => {
+                        drop(old);
+                        return Poll::Pending;
+                    }
+                    Err(waker) => {
+                        let supplies = Supplies {
+                            waker: Some(waker),
+                            key: None,
+                        };
+                        self.poll_slow(mode, w, key, cx, Needs::NOTHING, supplies)
+                    }
+                }
             } else {
-                Needs::WAKER_AND_KEY
-            };
-            self.poll_slow(mode, w, key, cx, needs)
+                // No entry: a waker and a key to make one.
+                self.poll_register(mode, w, key, cx)
+            }
         };
         polled.map(Outcome::into_result)
     }
@@ -1073,7 +1091,7 @@ where
         }
         assert_not_done(w, "get_or_promise");
         w.entry.hash = self.hasher.hash_one(key);
-        self.poll_slow(mode, w, key, cx, Needs::NOTHING)
+        self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE)
     }
 
     /// A registered future polled again: one trip through the lock, in
@@ -1103,7 +1121,7 @@ where
         };
         match self.poll_trip(&mode, w, key, cx, &mut none) {
             Trip::Done(polled) => polled,
-            Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs),
+            Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs, Supplies::NONE),
         }
     }
 
@@ -1117,30 +1135,43 @@ where
         Q::Owned: Into<K>,
     {
         w.entry.hash = self.hasher.hash_one(key);
+        self.poll_register(Mode::Take, w, key, cx)
+    }
+
+    /// Registers a future that is not registered (its hash is known) in one
+    /// trip, with its waker and an owned key made before the lock.
+    #[inline(always)]
+    fn poll_register<Q>(
+        &self,
+        mode: Mode<V>,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Outcome<V>>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
         // Not registered yet: a panic in either leaves nothing behind.
         let waker = cx.waker().clone();
         let owned: K = key.to_owned().into();
+        let kind = mode.kind();
         let fast = self
             .state
-            .with(|st| st.register_take_fast(w, |k| key.equivalent(k), waker, owned));
+            .with(|st| st.register_fast(kind, w, |k| key.equivalent(k), waker, owned));
         let (waker, owned) = match fast {
             Ok(false) => return Poll::Pending,
             Ok(true) => {
-                self.announce_for(Kind::Take, w, key);
+                self.announce_for(kind, w, key);
                 return Poll::Pending;
             }
             Err(back) => back,
         };
-        let mut supplies = Supplies {
+        let supplies = Supplies {
             waker: Some(waker),
             key: Some(owned),
         };
-        match self.poll_trip(&Mode::Take, w, key, cx, &mut supplies) {
-            Trip::Done(polled) => polled,
-            Trip::Make(_) => {
-                unreachable!("a take that brought a waker and a key needs nothing more")
-            }
-        }
+        self.poll_slow(mode, w, key, cx, Needs::NOTHING, supplies)
     }
 }
 
