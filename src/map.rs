@@ -54,19 +54,24 @@ use mutex::{ConstInit, ScopedRawMutex};
 ///
 /// # Allocation
 ///
-/// The consumer side and `insert` allocate in two places only, and only when
-/// the map grows past its peak:
+/// The consumer side and `insert` allocate in three places only, and only
+/// when the map grows past its peak:
 /// - the table, when a new key arrives (an [`insert`](Self::insert) of an
 ///   absent key, a `get`/`take` that registers on a key with no entry, or a
-///   promise of one); a key whose entry a waiter creates keeps the table at
-///   most half full;
-/// - the waiter slab, when more futures wait at once than ever before.
+///   promise of one);
+/// - the waiter storage, when more futures wait on a key that already has a
+///   waiter than ever before (a key's first waiter lives in its entry and
+///   needs no room of its own);
+/// - the table of failed waiters, when `cancel` or an abandoned promise
+///   fails a key's only waiter and more such waiters await their poll than
+///   ever before.
 ///
-/// Hits, `try_get`, `remove`, `cancel`, `close`, fulfilling or abandoning a
-/// promise, dropping a future and every wake-up never allocate; with `std`,
-/// each thread's first blocking wait makes one waker, once.
-/// [`reserve`](Self::reserve) makes room up front, so that a map in a
-/// `static` can be filled from an interrupt handler without allocating.
+/// Hits, `try_get`, `remove`, `close`, fulfilling a promise, dropping a
+/// future and every wake-up never allocate; with `std`, each thread's first
+/// blocking wait makes one waker, once. [`reserve`](Self::reserve) makes
+/// room up front, so that a map in a `static` can be filled from an
+/// interrupt handler without allocating, and
+/// [`shrink_to_fit`](Self::shrink_to_fit) gives back what a burst left.
 ///
 /// The producer side's map-wide waits go through `event-listener`, which
 /// allocates: each condition's shared state once, on first use, and one
@@ -77,17 +82,24 @@ use mutex::{ConstInit, ScopedRawMutex};
 /// # Implementation notes
 ///
 /// One lock, `L` (by default a spin lock that yields the thread under `std`;
-/// see the crate docs on locks), guards a
-/// hashbrown `HashTable` of entries and a slab of waiter nodes. Each entry
-/// stores its key's hash, computed before the lock is taken, so the only user
-/// code that runs under the lock is `K: Eq` and `V: Clone`; hashing, key
-/// clones, dropping keys and values, and every waker call (clone, wake, drop)
-/// happen after it is released. A future registers on its first `Pending`
-/// poll, owns one slab node identified by a never-reused sequence number, and
-/// frees it when it completes or is dropped; once the slab and table have
-/// grown to the peak number of waiters, waiting allocates nothing. Wake-ups
-/// go through an intrusive queue and are issued in batches of 16 with the
-/// lock released.
+/// see the crate docs on locks), guards a hashbrown `HashTable` of entries.
+/// Each entry stores its key's hash, computed before the lock is taken, so
+/// the only user code that runs under the lock is `K: Eq` and `V: Clone`;
+/// hashing, key clones, dropping keys and values, and every waker call
+/// (clone, wake, drop) happen after it is released.
+///
+/// An entry holds its key, its value, and its first waiter: most keys have
+/// exactly one (a response awaited by its request), whose waker shares the
+/// value's space (a waiter waits only while there is no value). The second
+/// and later waiters of a key live in a slab of nodes the map owns, linked
+/// per key, in the order they registered. A future registers on its first
+/// `Pending` poll and knows where it waits (its entry's hash, never-reused
+/// id and bucket, and its slot); it leaves when it completes or is dropped.
+/// Once the table and the slab have grown to the peak number of keys and
+/// waiters, waiting allocates nothing. A waiter's waker is taken out under
+/// the lock when it is due and woken after the lock is released; when more
+/// are due than fit a batch of 16, the rest wait in an intrusive queue for
+/// the next batch.
 pub struct AwaitMap<K, V, S = DefaultHashBuilder, L = DefaultLock> {
     pub(crate) hasher: S,
     pub(crate) state: Lock<State<K, V>, L>,
@@ -474,9 +486,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`WaitError::Closed`] if the map is closed while the key has no value,
-    /// [`WaitError::Cancelled`] if [`cancel`](Self::cancel) fails the wait.
-    /// Never [`WaitError::TimedOut`]: for a deadline, wrap the future in your
+    /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value,
+    /// [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel) fails the wait.
+    /// Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the future in your
     /// runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety
@@ -527,9 +539,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`WaitError::Closed`] if the map is closed while the key has no value
-    /// for this `take`, [`WaitError::Cancelled`] if [`cancel`](Self::cancel)
-    /// fails the wait. Never [`WaitError::TimedOut`]: for a deadline, wrap the
+    /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value
+    /// for this `take`, [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel)
+    /// fails the wait. Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the
     /// future in your runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety

@@ -92,7 +92,7 @@ where
     }
 }
 
-/// The future returned by [`AwaitMap::get_owned`]: like [`Get`], but it holds
+/// The future returned by [`AwaitMap::get_owned`]: like [`Get`](crate::Get), but it holds
 /// an `Arc` of the map and an owned key, so it is `'static`.
 ///
 /// # Panics
@@ -101,7 +101,7 @@ where
 ///
 /// # Cancel safety
 ///
-/// Cancel-safe, as [`Get`].
+/// Cancel-safe, as [`Get`](crate::Get).
 ///
 /// # Examples
 ///
@@ -122,7 +122,7 @@ pub struct GetOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLoc
     waiter: Waiter,
 }
 
-/// The future returned by [`AwaitMap::take_owned`]: like [`Take`], but it
+/// The future returned by [`AwaitMap::take_owned`]: like [`Take`](crate::Take), but it
 /// holds an `Arc` of the map and an owned key, so it is `'static`.
 ///
 /// # Panics
@@ -131,7 +131,7 @@ pub struct GetOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLoc
 ///
 /// # Cancel safety
 ///
-/// Cancel-safe, as [`Take`]: a woken future dropped before it returned the
+/// Cancel-safe, as [`Take`](crate::Take): a woken future dropped before it returned the
 /// value leaves the value in the map and passes the wake-up on.
 ///
 /// # Examples
@@ -260,7 +260,7 @@ where
     }
 }
 
-/// A [`Promise`] that holds its own `Arc` of the map, from
+/// A [`Promise`](crate::Promise) that holds its own `Arc` of the map, from
 /// [`AwaitMap::promise_owned`]: to hand the work for a key to a spawned
 /// task. It behaves as `Promise` does.
 ///
@@ -298,7 +298,7 @@ pub struct OwnedPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = Defaul
 }
 
 impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
-    /// As [`Promise::fulfil`]: stores the value and wakes the key's waiters;
+    /// As [`Promise::fulfil`](crate::Promise::fulfil): stores the value and wakes the key's waiters;
     /// returns a value a plain `insert` stored meanwhile.
     ///
     /// # Examples
@@ -316,7 +316,7 @@ impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
         self.map.fulfil_entry(r, value)
     }
 
-    /// As [`Promise::abandon`]: gives the key up and returns how many
+    /// As [`Promise::abandon`](crate::Promise::abandon): gives the key up and returns how many
     /// waiting futures it woke.
     ///
     /// # Examples

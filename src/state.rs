@@ -269,18 +269,28 @@ pub(crate) struct Ghost {
     failure: Failure,
 }
 
-/// Removes an entry from the table. When that leaves the table empty but
-/// not at its full capacity (removals left tombstones), it is cleared, which
-/// restores its capacity without allocating: keys that come and go in rounds
-/// never make it grow after their first round.
+/// Removes an entry from the table. When that leaves the table empty, it
+/// gets back the room removals took ([`renew_if_worn`]): keys that come and
+/// go in rounds never make it grow after their first round.
 #[inline]
 pub(crate) fn remove_entry<K, V>(occ: OccupiedEntry<'_, Entry<K, V>>) -> Entry<K, V> {
     let (e, vacant) = occ.remove();
-    let table = vacant.into_table();
-    if table.is_empty() && table.capacity() < full_capacity(table.num_buckets()) {
-        table.clear();
-    }
+    renew_if_worn(vacant.into_table());
     e
+}
+
+/// Gives an emptied `table` back all its room. Removals leave tombstones
+/// that count against the room for new entries until the table next grows
+/// or rehashes, so a workload that fills and empties the table again and
+/// again (RPC calls in flight) would, with an unlucky hasher seed, make it
+/// allocate a larger one with the same number of keys. An empty table has
+/// nothing to rehash: resetting its control bytes costs one pass, and only
+/// when removals wore it. (`HashTable::clear` skips an empty table; the end
+/// of a `drain` resets it.)
+fn renew_if_worn<T>(table: &mut HashTable<T>) {
+    if table.is_empty() && table.capacity() < full_capacity(table.num_buckets()) {
+        drop(table.drain());
+    }
 }
 
 /// The hash the ghost table rehashes by.
@@ -576,6 +586,7 @@ impl<K, V> State<K, V> {
     pub(crate) fn shrink_to_fit(&mut self) {
         self.moves = self.moves.wrapping_add(1);
         self.table.shrink_to_fit(entry_hash);
+        self.ghosts.shrink_to_fit(ghost_hash);
         self.slab.shrink_to_fit();
         self.wanted.shrink_to_fit();
     }
@@ -676,7 +687,9 @@ impl<K, V> State<K, V> {
                 "awaitmap: a waiting future's entry is missing (internal invariant broken)"
             );
         };
-        Err(ghost.remove().0.failure)
+        let (ghost, vacant) = ghost.remove();
+        renew_if_worn(vacant.into_table());
+        Err(ghost.failure)
     }
 
     // ===== waiters: where they are stored =====

@@ -702,31 +702,46 @@ fn spawn_promised<T: Send + 'static>(
 }
 
 /// One execution of [`abandoned_promise_fails_a_get_registered_before_it_and_not_one_after`]:
-/// how many waiters `abandon` failed, how often the get's waker had run by
-/// the time the producer was joined, and the get's next poll.
-type AbandonOutcome = (usize, usize, Poll<Result<u64, WaitError>>);
+/// the get's first poll, how many waiters `abandon` failed, how often the
+/// get's waker had run by the time the producer was joined, and the get's
+/// next poll (if the first one left it waiting).
+type AbandonOutcome = (
+    Poll<Result<u64, WaitError>>,
+    usize,
+    usize,
+    Option<Poll<Result<u64, WaitError>>>,
+);
 
 // P, 1, 3: a producer abandons its promise while a get registers on another
-// thread. Registered first: the abandon fails it (counted) and wakes it once,
-// and it resolves `Abandoned`. Registered after: nothing failed or woke it,
-// it still waits, and the next insert resolves it. Never failed-but-unwoken,
-// woken-but-still-waiting, or a count that disagrees with the get.
+// thread. Registered first: the abandon fails it (counted), and it resolves
+// `Abandoned`: from the next poll after one wake, or from the registering
+// poll itself when the abandon lands before that poll has stored its waker
+// (nothing to wake then). Registered after: nothing failed or woke it, it
+// still waits, and the next insert resolves it. Never failed-but-unwoken-
+// and-waiting, woken-but-still-waiting, or a count that disagrees with the
+// get.
 #[test]
 fn abandoned_promise_fails_a_get_registered_before_it_and_not_one_after() {
-    let legal: [AbandonOutcome; 2] = [
-        (1, 1, Poll::Ready(Err(WaitError::Abandoned))),
-        (0, 0, Poll::Pending),
+    let legal: [AbandonOutcome; 3] = [
+        (
+            Poll::Pending,
+            1,
+            1,
+            Some(Poll::Ready(Err(WaitError::Abandoned))),
+        ),
+        (Poll::Ready(Err(WaitError::Abandoned)), 1, 0, None),
+        (Poll::Pending, 0, 0, Some(Poll::Pending)),
     ];
     model_outcomes(PREEMPTIONS, &legal, || {
         let map = Arc::new(new_map());
         let producer = spawn_promised(&map, |promise| promise.abandon());
         let (counter, waker) = counting_waker();
         let mut get = map.get(&K);
-        assert!(poll_once(&mut get, &waker).is_pending());
+        let first = poll_once(&mut get, &waker);
         let failed = producer.join().unwrap();
         let woken = counter.wakes();
-        let next = poll_once(&mut get, &waker);
-        if next.is_pending() {
+        let next = first.is_pending().then(|| poll_once(&mut get, &waker));
+        if next.as_ref().is_some_and(Poll::is_pending) {
             // Not failed, so still registered, and an insert reaches it.
             assert_eq!(map.waiters(), 1);
             assert_eq!(map.insert(K, 5), None);
@@ -738,7 +753,7 @@ fn abandoned_promise_fails_a_get_registered_before_it_and_not_one_after() {
             assert!(map.promise(K).is_some());
         }
         assert_eq!(map.waiters(), 0);
-        (failed, woken, next)
+        (first, failed, woken, next)
     });
 }
 
