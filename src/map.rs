@@ -463,6 +463,13 @@ where
             }
             Err(value) => value,
         };
+        self.insert_general(hash, key, value)
+    }
+
+    /// `insert` into a key with other waiters than its inline one, or with
+    /// no entry: out of line, so the common case stays small.
+    #[inline(never)]
+    fn insert_general(&self, hash: u64, key: K, value: V) -> Option<V> {
         let mut key = Some(key);
         let mut value = Some(value);
         self.locked(|st, after| {
@@ -589,6 +596,24 @@ where
         V: Clone,
     {
         let hash = self.hasher.hash_one(key);
+        // The uncontended case in line; a busy lock waits out of line, so
+        // the fast path needs no registers saved for the wait.
+        match self
+            .state
+            .try_with(|st| st.get_cloned(hash, |k| key.equivalent(k), V::clone))
+        {
+            Some(found) => found,
+            None => self.try_get_contended(hash, key),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_get_contended<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    where
+        Q: ?Sized + Equivalent<K>,
+        V: Clone,
+    {
         self.state
             .with(|st| st.get_cloned(hash, |k| key.equivalent(k), V::clone))
     }

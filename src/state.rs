@@ -89,10 +89,10 @@ pub(crate) struct Entry<K, V> {
     takes: u32,
 }
 
-const INLINE_BITS: u64 = 0b111;
-const HANDOFF: u64 = 1 << 3;
-const PROMISED: u64 = 1 << 4;
-const ID_SHIFT: u32 = 8;
+pub(crate) const INLINE_BITS: u64 = 0b111;
+pub(crate) const HANDOFF: u64 = 1 << 3;
+pub(crate) const PROMISED: u64 = 1 << 4;
+pub(crate) const ID_SHIFT: u32 = 8;
 
 impl<K, V> Entry<K, V> {
     fn new(hash: u64, id: u64, key: K, slot: Slot<V>) -> Self {
@@ -287,10 +287,17 @@ pub(crate) fn remove_entry<K, V>(occ: OccupiedEntry<'_, Entry<K, V>>) -> Entry<K
 /// nothing to rehash: resetting its control bytes costs one pass, and only
 /// when removals wore it. (`HashTable::clear` skips an empty table; the end
 /// of a `drain` resets it.)
-fn renew_if_worn<T>(table: &mut HashTable<T>) {
+#[inline]
+pub(crate) fn renew_if_worn<T>(table: &mut HashTable<T>) {
     if table.is_empty() && table.capacity() < full_capacity(table.num_buckets()) {
-        drop(table.drain());
+        renew(table);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn renew<T>(table: &mut HashTable<T>) {
+    drop(table.drain());
 }
 
 /// The hash the ghost table rehashes by.
@@ -304,19 +311,6 @@ enum Leftover {
     Keep,
     Remove,
     Ghost,
-}
-
-/// What the first poll of a `get` found.
-pub(crate) enum Hit<V> {
-    /// The key's value (a clone).
-    Value(V),
-    /// The map is closed and the key has no value.
-    Closed,
-    /// The key's entry has no value: the future registered on it, with no
-    /// waker yet, at this entry and slot.
-    Registered(EntryRef, u32),
-    /// The key has no entry.
-    Absent,
 }
 
 /// Stores `value` in `e`, then queues the wake-ups it is due: every
@@ -378,7 +372,7 @@ pub(crate) fn inline_of(kind: Kind) -> Inline {
 /// slot if that is free (and, for a take, if no other take waits, so the
 /// inline take is always the first), else a slab node at the back of its
 /// list. Returns its slot.
-#[inline]
+#[inline(always)]
 pub(crate) fn register<K, V>(
     e: &mut Entry<K, V>,
     slab: &mut Slab,
@@ -824,21 +818,43 @@ impl<K, V> State<K, V> {
     /// Takes the value out (`remove`); waiting futures keep waiting. Also
     /// returns the key of the entry if that removed it (or made it a ghost),
     /// to be dropped after the lock is released. Wakes nobody.
+    #[inline(always)]
     pub(crate) fn remove(
         &mut self,
         hash: u64,
         mut eq: impl FnMut(&K) -> bool,
     ) -> (Option<V>, Option<K>) {
-        let Ok(mut occ) = self.table.find_entry(hash, |e| e.is(&mut eq)) else {
+        let Ok(occ) = self.table.find_entry(hash, |e| e.is(&mut eq)) else {
             return (None, None);
         };
-        let Some(value) = occ.get_mut().take_value() else {
+        let e = occ.get();
+        if !e.has_value() {
             return (None, None);
-        };
+        }
         self.len -= 1;
+        if e.meta & (INLINE_BITS | PROMISED) != 0 || e.gets != NIL || e.takes != NIL {
+            return Self::remove_kept(occ, &mut self.ghosts);
+        }
+        // Nothing but the value keeps the entry: it goes with it.
+        let (e, vacant) = occ.remove();
+        renew_if_worn(vacant.into_table());
+        let Slot::Value(value) = e.slot else {
+            unreachable!("checked above");
+        };
+        (Some(value), Some(e.key))
+    }
+
+    /// `remove` of a value from an entry that waiters (woken or not) or a
+    /// promise may keep.
+    #[inline(never)]
+    fn remove_kept(
+        mut occ: OccupiedEntry<'_, Entry<K, V>>,
+        ghosts: &mut HashTable<Ghost>,
+    ) -> (Option<V>, Option<K>) {
+        let value = occ.get_mut().take_value();
         let mut after = After::new();
-        settle(occ, &mut self.ghosts, &mut after);
-        (Some(value), after.into_key())
+        settle(occ, ghosts, &mut after);
+        (value, after.into_key())
     }
 
     /// Fails the futures waiting on the key that would not resolve if polled

@@ -3,10 +3,11 @@
 //! The map's lock is its type parameter `L`, any
 //! [`ScopedRawMutex`](crate::ScopedRawMutex): the trait of the `mutex-traits`
 //! crate, which maitake-sync uses, so a lock written for that ecosystem works
-//! here as it is. The state sits in `mutex::BlockingMutex<L, _>`, which pairs
-//! the raw lock with its data, so the rest of the crate only sees
-//! [`Lock::with`] and [`Lock::try_with`]: a scoped API, so no guard can escape
-//! across an `.await`, and the logic never names a lock.
+//! here as it is. The state sits in [`Lock`], which pairs the raw lock with
+//! its data (as the `mutex` crate's `BlockingMutex` does, every step in
+//! line), so the rest of the crate only sees [`Lock::with`] and
+//! [`Lock::try_with`]: a scoped API, so no guard can escape across an
+//! `.await`, and the logic never names a lock.
 //!
 //! The crate ships two raw locks: [`SpinLock`] (feature `spin`, the default)
 //! and [`CsLock`] (feature `critical-section`). Both release on unwind, which
@@ -256,13 +257,13 @@ impl SpinLock {
 #[allow(unsafe_code)]
 #[cfg(feature = "spin")]
 unsafe impl ScopedRawMutex for SpinLock {
-    #[inline]
+    #[inline(always)]
     fn try_with_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
         let guard = self.lock.try_lock()?;
         Some(self.run(guard, f))
     }
 
-    #[inline]
+    #[inline(always)]
     fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
         let guard = match self.lock.try_lock() {
             Some(guard) => guard,
@@ -701,24 +702,34 @@ pub(crate) fn resume(_: Option<Panic>) {}
 // ---------------------------------------------------------------------------
 // The map's state behind `L`.
 
-#[cfg(not(awaitmap_loom))]
-type Inner<T, L> = mutex::BlockingMutex<L, T>;
-
-/// A mutual-exclusion lock around `T`, taken through `L`.
+/// A mutual-exclusion lock around `T`, taken through `L`. (What the `mutex`
+/// crate's `BlockingMutex` does, with every step in line: a poll's trips
+/// through the lock are the hot path.)
 pub(crate) struct Lock<T, L> {
     #[cfg(not(awaitmap_loom))]
-    inner: Inner<T, L>,
+    raw: L,
+    #[cfg(not(awaitmap_loom))]
+    data: core::cell::UnsafeCell<T>,
     #[cfg(awaitmap_loom)]
     inner: loom::sync::Mutex<T>,
     #[cfg(awaitmap_loom)]
     _lock: L,
 }
 
+// SAFETY: the data is reached only in `with` and `try_with`, inside `L`'s
+// scoped lock, which lets one closure run at a time: sharing the `Lock`
+// between threads hands the `T` from one thread to another, never to two
+// at once, so `T: Send` suffices (as for `std::sync::Mutex`).
+#[allow(unsafe_code)]
+#[cfg(not(awaitmap_loom))]
+unsafe impl<T: Send, L: ScopedRawMutex + Sync> Sync for Lock<T, L> {}
+
 impl<T, L> Lock<T, L> {
     #[cfg(not(awaitmap_loom))]
     pub(crate) const fn new(lock: L, value: T) -> Self {
         Lock {
-            inner: mutex::BlockingMutex::const_new(lock, value),
+            raw: lock,
+            data: core::cell::UnsafeCell::new(value),
         }
     }
 
@@ -736,10 +747,18 @@ impl<T, L: ScopedRawMutex> Lock<T, L> {
     /// Runs `f` with the lock held. If `f` panics, the lock is released as
     /// the panic unwinds (both of the crate's locks do; a user's `L` must too
     /// for the crate's guarantees on panics to hold).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         #[cfg(not(awaitmap_loom))]
-        return self.inner.with_lock(f);
+        return self.raw.with_lock(|| {
+            // SAFETY: `ScopedRawMutex` (an unsafe trait) promises that no
+            // two closures given to `with_lock`/`try_with_lock` of one lock
+            // run at once, and these are the only places the cell is
+            // reached: this is the only reference to the data.
+            #[allow(unsafe_code)]
+            let data = unsafe { &mut *self.data.get() };
+            f(data)
+        });
         // A panic under the lock (user `Eq` or `Clone`) leaves the state
         // consistent by construction, so poisoning carries no information.
         #[cfg(awaitmap_loom)]
@@ -747,9 +766,15 @@ impl<T, L: ScopedRawMutex> Lock<T, L> {
     }
 
     /// Runs `f` if the lock is free right now; never waits.
+    #[inline(always)]
     pub(crate) fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         #[cfg(not(awaitmap_loom))]
-        return self.inner.try_with_lock(f);
+        return self.raw.try_with_lock(|| {
+            // SAFETY: as in `with`.
+            #[allow(unsafe_code)]
+            let data = unsafe { &mut *self.data.get() };
+            f(data)
+        });
         #[cfg(awaitmap_loom)]
         return self.inner.try_lock().ok().map(|mut guard| f(&mut guard));
     }

@@ -2,14 +2,15 @@
 //! machine shared by `get`, `take` and `get_or_promise`, which differ only
 //! in their [`Mode`].
 //!
-//! 1. **First poll.** A `get` first looks for the value ([`State::hit`],
-//!    the hot path: one lock, one probe, one clone). A `take` expects to
-//!    wait (a response awaited before it arrives), so it clones its waker
-//!    and makes an owned key before it takes the lock, and registers in that
-//!    one trip. A `get` that finds the key's entry but no value registers in
-//!    the same trip as its look, with no waker yet, and stores one in a
-//!    second, short trip; one that finds no entry at all makes an owned key
-//!    and creates the entry in its second trip.
+//! 1. **First poll.** A `get` first looks for the value ([`State::look`],
+//!    the hot path: one lock, one probe, one clone, in line; everything else
+//!    is out of line). A `take` expects to wait (a response awaited before
+//!    it arrives), so it clones its waker and makes an owned key before it
+//!    takes the lock, and registers in that one trip. A `get` whose look
+//!    found no value clones its waker with the lock released, then registers
+//!    in a second trip: on the entry its look saw (found again by its id, no
+//!    key comparison) or, when the key had no entry, on a new one made with
+//!    an owned copy of its key.
 //! 2. **Registered.** The future's waiter is its entry's inline slot or a
 //!    node in the slab, and the future knows where: a [`Waiter`], the entry's
 //!    hash, id and bucket plus the slot.
@@ -39,12 +40,11 @@ use mutex::ScopedRawMutex;
 
 use crate::after::After;
 use crate::sync::{caught, resume};
-use hashbrown::hash_table::{Entry as TableEntry, OccupiedEntry};
+use hashbrown::hash_table::Entry as TableEntry;
 
-use crate::slab::Slab;
 use crate::state::{
-    Entry, Failure, Hit, Inline, NIL, Slot, State, entry_hash, free_waiter, inline_of,
-    pass_handoff, register, remove_entry, settle, store_waker,
+    Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash, free_waiter,
+    inline_of, pass_handoff, register, remove_entry, renew_if_worn, settle, store_waker,
 };
 use crate::{AwaitMap, WaitError};
 
@@ -85,8 +85,10 @@ impl<V> Mode<V> {
 
 /// Where an entry is, found again without user code: by its bucket if it
 /// is still there, else by its stored hash and never-reused id. Held by a
-/// registered future and by a promise.
+/// registered future and by a promise. Packed to 4-byte alignment, so a
+/// [`Waiter`] (this and a slot) takes 24 bytes, not 32.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, packed(4))]
 pub(crate) struct EntryRef {
     hash: u64,
     id: u64,
@@ -137,10 +139,11 @@ pub(crate) struct Waiter {
 impl Waiter {
     pub(crate) const fn new() -> Self {
         Waiter {
+            // All ones next to `FRESH`: one store makes both.
             entry: EntryRef {
                 hash: 0,
                 id: 0,
-                bucket: 0,
+                bucket: u32::MAX,
             },
             slot: FRESH,
         }
@@ -232,45 +235,89 @@ pub(crate) enum Step<V> {
     Restart,
 }
 
+/// What a `get`'s first look saw when the key had no value for it: the id
+/// of the key's entry (ids stay below 2^56), or one of these.
+pub(crate) struct Miss;
+
+impl Miss {
+    /// No entry: the key has no value, no waiter and no promise.
+    pub(crate) const ABSENT: u64 = u64::MAX;
+    /// No entry, and the map is closed.
+    pub(crate) const CLOSED: u64 = u64::MAX - 1;
+    /// The lock was busy: nothing was looked at.
+    pub(crate) const BUSY: u64 = u64::MAX - 2;
+}
+
+/// How a `get`'s registration on the entry its look found went.
+pub(crate) enum Registration<V> {
+    Waiting,
+    /// The value came between the look and the registration: a clone, and
+    /// the waker to drop with the lock released.
+    Came(V, Waker),
+    /// The entry went, or the map closed: the general path takes over.
+    Elsewhere(Waker),
+}
+
 // ===== impl State: the machine, under the lock =====
 
 impl<K, V> State<K, V> {
-    /// The first poll of a `get`: the hot path. A clone of the value if the
-    /// key has one; else the future registers on the key's entry if it has
-    /// one (with no waker yet: the poll stores one in its next trip).
+    /// The first look of a `get`, the hot path: one probe, and a clone of
+    /// the value if the key has one. Otherwise what it saw, for the
+    /// registration that follows in a second trip (with a waker cloned
+    /// outside the lock): the id of the key's entry, or that the key has
+    /// none ([`Miss`]).
     #[inline(always)]
-    pub(crate) fn hit(
-        &mut self,
+    pub(crate) fn look(
+        &self,
         hash: u64,
-        mut eq: impl FnMut(&K) -> bool,
+        eq: impl FnMut(&K) -> bool,
         clone: fn(&V) -> V,
-    ) -> Hit<V> {
-        match self.table.find_entry(hash, |e| e.is(&mut eq)) {
-            Ok(occ) => match occ.get().value() {
-                Some(v) => Hit::Value(clone(v)),
-                None => Self::miss_entry(occ, &mut self.slab, &mut self.inline_live, self.closed),
+    ) -> Result<V, u64> {
+        let mut eq = eq;
+        match self.table.find(hash, |e| e.is(&mut eq)) {
+            Some(e) => match e.value() {
+                Some(v) => Ok(clone(v)),
+                None => Err(e.id()),
             },
-            Err(_) if self.closed => Hit::Closed,
-            Err(_) => Hit::Absent,
+            None if self.closed => Err(Miss::CLOSED),
+            None => Err(Miss::ABSENT),
         }
     }
 
-    /// A `get`'s first look found the key's entry, but no value: it
-    /// registers there, in the same trip, with no waker yet.
-    #[inline(never)]
-    fn miss_entry(
-        mut occ: OccupiedEntry<'_, Entry<K, V>>,
-        slab: &mut Slab,
-        inline_live: &mut usize,
-        closed: bool,
-    ) -> Hit<V> {
-        if closed {
-            return Hit::Closed;
-        }
+    /// The second trip of a `get` whose look found its key's entry (of id
+    /// `id`) with no value: it registers there with `waker`, if that entry
+    /// is still there and the map is open. Anything else hands `waker` back
+    /// for the general path, which looks the key up again.
+    #[inline(always)]
+    pub(crate) fn register_get(
+        &mut self,
+        w: &mut Waiter,
+        id: u64,
+        waker: Waker,
+        clone: fn(&V) -> V,
+    ) -> Registration<V> {
+        let hash = w.entry.hash;
+        // Ids are never reused: no key comparison (user code) is needed.
+        let mut occ = match self.table.find_entry(hash, |e| e.id() == id) {
+            Ok(occ) if !self.closed => occ,
+            _ => return Registration::Elsewhere(waker),
+        };
         let bucket = occ.bucket_index();
         let e = occ.get_mut();
-        let slot = register(e, slab, inline_live, Kind::Get, None);
-        Hit::Registered(e.entry_ref(bucket), slot)
+        if let Some(v) = e.value() {
+            // It came meanwhile.
+            w.slot = DONE;
+            return Registration::Came(clone(v), waker);
+        }
+        let slot = register(
+            e,
+            &mut self.slab,
+            &mut self.inline_live,
+            Kind::Get,
+            Some(waker),
+        );
+        w.registered(e.entry_ref(bucket), slot);
+        Registration::Waiting
     }
 
     /// The first poll: resolve at once, or register (creating the key's
@@ -608,6 +655,37 @@ impl<K, V> State<K, V> {
         Some(v)
     }
 
+    /// The ready poll of an RPC response, the common case of a `take`: the
+    /// inline take of an entry that nothing else keeps (no other waiter, no
+    /// promise), with its value there, and keys that need no drop. It moves
+    /// the value out and removes the entry. Anything else returns `None`
+    /// with nothing changed, for the general path.
+    #[inline(always)]
+    pub(crate) fn take_inline(&mut self, w: &mut Waiter) -> Option<V> {
+        if self.idle_watchers != 0 || core::mem::needs_drop::<K>() {
+            return None;
+        }
+        let Ok(occ) = self.table.get_bucket_entry(w.entry.bucket()) else {
+            return None;
+        };
+        let e = occ.get();
+        // One comparison checks the id, the inline take and no promise;
+        // the hand-off may be set or not (the inline take is the first).
+        let expected = (w.entry.id() << ID_SHIFT) | Inline::Take as u64;
+        if e.meta & !HANDOFF != expected || e.gets != NIL || e.takes != NIL || !e.has_value() {
+            return None;
+        }
+        self.len -= 1;
+        self.inline_live -= 1;
+        w.slot = DONE;
+        let (e, vacant) = occ.remove();
+        renew_if_worn(vacant.into_table());
+        let Slot::Value(v) = e.slot else {
+            unreachable!("checked above");
+        };
+        Some(v)
+    }
+
     /// The fast path of storing a registered future's newest waker, for the
     /// common case: it waits (not failed), its key has no value, the map is
     /// open, and it does not hold the hand-off. Returns the waker it
@@ -703,43 +781,6 @@ where
     S: BuildHasher,
     L: ScopedRawMutex,
 {
-    /// The first poll of a `get`, in line: one hash, one lock, one probe,
-    /// one clone. `None` if it did not resolve (the future may have
-    /// registered), and the slow path goes on.
-    #[inline]
-    pub(crate) fn poll_hit<Q>(
-        &self,
-        w: &mut Waiter,
-        key: &Q,
-        clone: fn(&V) -> V,
-    ) -> Option<Result<V, WaitError>>
-    where
-        Q: ?Sized + Hash + Equivalent<K>,
-    {
-        let hash = self.hasher.hash_one(key);
-        let hit = self
-            .state
-            .with(|st| st.hit(hash, |k| key.equivalent(k), clone));
-        match hit {
-            Hit::Value(v) => {
-                w.slot = DONE;
-                Some(Ok(v))
-            }
-            Hit::Closed => {
-                w.slot = DONE;
-                Some(Err(WaitError::Closed))
-            }
-            Hit::Registered(entry, slot) => {
-                w.registered(entry, slot);
-                None
-            }
-            Hit::Absent => {
-                w.entry.hash = hash;
-                None
-            }
-        }
-    }
-
     /// Polls a waiting future further than its first trip: a loop of trips
     /// through the lock, each with what the last one asked for (a waker
     /// clone, an owned key) made outside it.
@@ -1003,7 +1044,9 @@ where
     S: BuildHasher,
     L: ScopedRawMutex,
 {
-    /// Polls a `get`: the first look in line, the rest out of line.
+    /// Polls a `get`: the first look in line (one hash, one lock, one
+    /// probe, one clone), everything else out of line, so the hot path
+    /// stays small.
     #[inline]
     pub(crate) fn poll_get<Q>(
         &self,
@@ -1017,24 +1060,115 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        let mode = Mode::Get(V::clone);
-        let polled = if w.is_registered() {
-            self.poll_again(mode, w, key, cx)
-        } else {
-            assert_not_done(w, what);
-            if let Some(r) = self.poll_hit(w, key, V::clone) {
-                return Poll::Ready(r);
+        if !w.is_fresh() {
+            return self.poll_get_again(w, key, cx, what);
+        }
+        let hash = self.hasher.hash_one(key);
+        // A busy lock waits out of line, in the general path.
+        let looked = self
+            .state
+            .try_with(|st| st.look(hash, |k| key.equivalent(k), V::clone));
+        let miss = match looked {
+            Some(Ok(v)) => {
+                w.slot = DONE;
+                return Poll::Ready(Ok(v));
             }
-            if w.is_registered() {
-                // The look registered the future: its waker is stored in a
-                // second, short trip.
-                let waker = self.clone_waker(Kind::Get, w, cx);
-                match self.state.with(|st| st.store_waker_fast(w, waker)) {
-                    Ok(old) => {
-                        drop(old);
-                        return Poll::Pending;
+            Some(Err(miss)) => miss,
+            None => Miss::BUSY,
+        };
+        w.entry.hash = hash;
+        let polled = self.poll_get_missed(w, key, cx, miss);
+        if polled.is_ready() {
+            // Known to the caller's code too: a future that is `Ready`
+            // needs no deregistration when it is dropped.
+            w.slot = DONE;
+        }
+        polled
+    }
+
+    /// A `get` polled while registered (or after it returned `Ready`).
+    #[cold]
+    #[inline(never)]
+    fn poll_get_again<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+        what: &'static str,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        V: Clone,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        assert_not_done(w, what);
+        // Without a limit, a value that leaves tells nobody.
+        if self.limit == usize::MAX {
+            let mode = Mode::Get(V::clone);
+            if let Some(v) = self.state.with(|st| st.resolve_fast(&mode, w)) {
+                return Poll::Ready(Ok(v));
+            }
+        }
+        self.poll_get_general(w, key, cx)
+    }
+
+    #[inline(never)]
+    fn poll_get_general<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        V: Clone,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mode = Mode::Get(V::clone);
+        let mut none = Supplies::NONE;
+        let polled = match self.poll_trip(&mode, w, key, cx, &mut none) {
+            Trip::Done(polled) => polled,
+            Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs, Supplies::NONE),
+        };
+        polled.map(Outcome::into_result)
+    }
+
+    /// A `get` whose first look found no value: it registers.
+    #[cold]
+    #[inline(never)]
+    fn poll_get_missed<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+        miss: u64,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        V: Clone,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        let mode = Mode::Get(V::clone);
+        let polled = match miss {
+            Miss::CLOSED => {
+                w.slot = DONE;
+                return Poll::Ready(Err(WaitError::Closed));
+            }
+            Miss::ABSENT => self.poll_register::<false, Q>(mode, w, key, cx),
+            Miss::BUSY => self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE),
+            id => {
+                // Not registered yet: a panic in the clone leaves nothing.
+                let waker = cx.waker().clone();
+                match self
+                    .state
+                    .with(|st| st.register_get(w, id, waker, V::clone))
+                {
+                    Registration::Waiting => return Poll::Pending,
+                    Registration::Came(v, waker) => {
+                        drop(waker);
+                        return Poll::Ready(Ok(v));
                     }
-                    Err(waker) => {
+                    Registration::Elsewhere(waker) => {
                         let supplies = Supplies {
                             waker: Some(waker),
                             key: None,
@@ -1042,9 +1176,6 @@ where
                         self.poll_slow(mode, w, key, cx, Needs::NOTHING, supplies)
                     }
                 }
-            } else {
-                // No entry: a waker and a key to make one.
-                self.poll_register(mode, w, key, cx)
             }
         };
         polled.map(Outcome::into_result)
@@ -1063,13 +1194,48 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        let polled = if w.is_registered() {
-            self.poll_again(Mode::Take, w, key, cx)
-        } else {
-            assert_not_done(w, what);
-            self.poll_first_take(w, key, cx)
-        };
-        polled.map(Outcome::into_result)
+        if w.is_registered() {
+            return self.poll_take_again(w, key, cx);
+        }
+        assert_not_done(w, what);
+        self.poll_first_take(w, key, cx).map(Outcome::into_result)
+    }
+
+    /// A registered `take` polled again: the ready poll of an RPC response
+    /// first, in a small function of its own, then the general path.
+    #[inline(never)]
+    fn poll_take_again<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        // Without a limit, a value that leaves tells nobody.
+        if w.slot == INLINE && self.limit == usize::MAX {
+            if let Some(v) = self.state.with(|st| st.take_inline(w)) {
+                return Poll::Ready(Ok(v));
+            }
+        }
+        self.poll_take_general(w, key, cx)
+    }
+
+    #[inline(never)]
+    fn poll_take_general<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        self.poll_again(Mode::Take, w, key, cx)
+            .map(Outcome::into_result)
     }
 
     /// Polls a `get_or_promise`.
@@ -1135,13 +1301,16 @@ where
         Q::Owned: Into<K>,
     {
         w.entry.hash = self.hasher.hash_one(key);
-        self.poll_register(Mode::Take, w, key, cx)
+        self.poll_register::<true, Q>(Mode::Take, w, key, cx)
     }
 
     /// Registers a future that is not registered (its hash is known) in one
     /// trip, with its waker and an owned key made before the lock.
+    ///
+    /// `TAKE` only tells the two callers' copies apart: each inlines its own
+    /// trip through the lock.
     #[inline(always)]
-    fn poll_register<Q>(
+    fn poll_register<const TAKE: bool, Q>(
         &self,
         mode: Mode<V>,
         w: &mut Waiter,
