@@ -1064,6 +1064,7 @@ where
             return self.poll_get_again(w, key, cx, what);
         }
         let hash = self.hasher.hash_one(key);
+        w.entry.hash = hash;
         // A busy lock waits out of line, in the general path.
         let looked = self
             .state
@@ -1076,7 +1077,6 @@ where
             Some(Err(miss)) => miss,
             None => Miss::BUSY,
         };
-        w.entry.hash = hash;
         let polled = self.poll_get_missed(w, key, cx, miss);
         if polled.is_ready() {
             // Known to the caller's code too: a future that is `Ready`
