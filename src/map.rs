@@ -3,11 +3,9 @@
 use core::fmt;
 use core::hash::{BuildHasher, Hash};
 
-use alloc::borrow::ToOwned;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 
 use crate::after::After;
-use crate::future::{Get, Take};
 use crate::state::State;
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
@@ -478,105 +476,6 @@ where
             after.drop_key(key.take());
             old.expect("a plain insert always stores")
         })
-    }
-
-    /// A future that resolves with a clone of the key's value, as soon as it
-    /// has one; the value stays in the map.
-    ///
-    /// The future does nothing until polled. On its first poll it resolves at
-    /// once if the key has a value; otherwise it registers and waits for an
-    /// [`insert`](Self::insert). `key` may be any borrowed form of `K`
-    /// (`&str` for `String` keys).
-    ///
-    /// The future borrows both the map and the key; to spawn it or keep it
-    /// beyond them, use [`get_owned`](Self::get_owned) on an `Arc<AwaitMap>`.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value,
-    /// [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel) fails the wait.
-    /// Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the future in your
-    /// runtime's timeout (dropping it deregisters it).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe: dropping the future deregisters it and loses nothing.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitmap::AwaitMap;
-    /// use futures::executor::block_on;
-    ///
-    /// let map: AwaitMap<String, u32> = AwaitMap::new();
-    /// map.insert("alpha".to_string(), 1);
-    /// assert_eq!(block_on(map.get("alpha")), Ok(1));
-    /// assert_eq!(map.len(), 1);
-    /// ```
-    #[inline]
-    pub fn get<'a, Q>(&'a self, key: &'a Q) -> Get<'a, K, V, S, Q, L>
-    where
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-        V: Clone,
-    {
-        Get::new(self, key)
-    }
-
-    /// A future that resolves with the key's value, moving it out of the map.
-    ///
-    /// One [`insert`](Self::insert) wakes one waiting `take` (the earliest
-    /// registered) and the value goes to exactly one `take`. Like
-    /// [`get`](Self::get), the future is lazy and resolves at once if the key
-    /// has a value.
-    ///
-    /// Since a `take` usually waits (a response awaited before it arrives),
-    /// its first poll clones the waker and makes an owned key before it takes
-    /// the lock, so it registers in one trip; if the key turns out to have a
-    /// value, those copies are dropped after the lock is released.
-    ///
-    /// The future borrows both the map and the key; to spawn it or keep it
-    /// beyond them, use [`take_owned`](Self::take_owned) on an
-    /// `Arc<AwaitMap>`.
-    ///
-    /// A `take` that gives up (dropped, say by a timeout) deregisters; a
-    /// value inserted for it afterwards stays in the map until someone takes
-    /// or [`remove`](Self::remove)s it. An RPC client that times calls out
-    /// should `remove(&id)` responses that arrive too late.
-    ///
-    /// # Errors
-    ///
-    /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value
-    /// for this `take`, [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel)
-    /// fails the wait. Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the
-    /// future in your runtime's timeout (dropping it deregisters it).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel-safe: a `take` dropped after it was woken but before it returned
-    /// the value leaves the value in the map and passes the wake-up on to the
-    /// next waiting `take` of the key. A value is never lost and never
-    /// delivered twice.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use awaitmap::AwaitMap;
-    /// use futures::executor::block_on;
-    ///
-    /// let map = AwaitMap::new();
-    /// let reply = map.take(&17_u64);
-    /// map.insert(17, "pong");
-    /// assert_eq!(block_on(reply), Ok("pong"));
-    /// assert!(map.is_empty());
-    /// ```
-    #[inline]
-    pub fn take<'a, Q>(&'a self, key: &'a Q) -> Take<'a, K, V, S, Q, L>
-    where
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        Take::new(self, key)
     }
 
     /// A clone of the key's value, if it has one; never waits.

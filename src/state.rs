@@ -505,7 +505,7 @@ struct Sweep {
 
 pub(crate) struct State<K, V> {
     table: HashTable<Entry<K, V>>,
-    pub(crate) slab: Slab,
+    slab: Slab,
     /// Entries with a value.
     len: usize,
     /// Inline waiters owned by futures (waiting or failed, ghosts included).

@@ -204,6 +204,65 @@ fn reserve_makes_room_for_new_keys_and_waiters_up_front() {
     assert_eq!(map.len(), keys as usize);
 }
 
+// `with_capacity(n)`: room for n keys before the table grows, so n inserts
+// of new keys allocate nothing (and one more key beyond a full table does).
+#[test]
+fn with_capacity_holds_that_many_keys_without_allocating() {
+    start_counting();
+    let n = scaled(1000);
+    let (map, made) = measure(|| Map::with_capacity(n as usize));
+    assert!(
+        made.allocs > 0,
+        "with_capacity allocated the room it promised"
+    );
+    let ((), filled) = measure(|| {
+        for k in 0..n {
+            assert_eq!(map.insert(k, k), None);
+        }
+    });
+    assert_eq!(filled.allocs, 0, "{n} keys within the capacity allocated");
+    assert_eq!(map.len(), n as usize);
+}
+
+// `reserve`'s waiters: many futures waiting on one key (beyond the one kept
+// in its entry) fit in the reserved room, and so do their wake-ups.
+#[test]
+fn reserve_makes_room_for_many_waiters_on_one_key() {
+    start_counting();
+    let map = Map::new();
+    let (wc, w) = counting_waker();
+    let waiters = scaled(300) as usize;
+    let mut gets = Vec::with_capacity(waiters / 2);
+    let mut takes = Vec::with_capacity(waiters - waiters / 2);
+    let ((), reserving) = measure(|| map.reserve(1, waiters));
+    assert!(
+        reserving.allocs > 0,
+        "reserve allocated the room it promised"
+    );
+    let ((), used) = measure(|| {
+        gets.extend((0..waiters / 2).map(|_| map.get(&7)));
+        takes.extend((0..waiters - waiters / 2).map(|_| map.take(&7)));
+        for f in &mut gets {
+            assert!(poll_once(f, &w).is_pending());
+        }
+        for f in &mut takes {
+            assert!(poll_once(f, &w).is_pending());
+        }
+        assert_eq!(map.waiters(), waiters);
+        assert_eq!(map.insert(7, 70), None);
+    });
+    assert_eq!(
+        used.allocs, 0,
+        "{waiters} waiters on one key within the reserved room allocated"
+    );
+    // Every get and the first take were woken.
+    assert_eq!(wc.wakes(), waiters / 2 + 1);
+    for f in &mut gets {
+        assert_eq!(poll_once(f, &w), Poll::Ready(Ok(70)));
+    }
+    assert_eq!(poll_once(&mut takes[0], &w), Poll::Ready(Ok(70)));
+}
+
 // ---------------------------------------------------------------------------
 // Semantic 5: waiting and leaving frees the key's waiting state.
 // ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //!   request id to a `tokio::sync::oneshot::Sender`, behind a lock.
 //! - [`WakerListMap`]: a keyed "get" built by hand, a map from key to a value
 //!   slot plus the wakers of the tasks waiting for it.
-//! - [`Floor`]: the SPEC's floor for a hit, one lock + one hashbrown lookup
+//! - [`Floor`]: the floor a hit is measured against, one lock + one hashbrown lookup
 //!   with a stored hash + one clone.
 //! - [`WaitKey`]: not a peer, the key newtype that `waitmap` needs for `u64`
 //!   keys (its `wait` wants `K: From<&Q>`, which `u64` lacks).

@@ -30,7 +30,7 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     (
         "floor",
-        "`spin::mutex::SpinMutex<hashbrown::HashTable<(hash, u64, V)>>`, foldhash fixed seed: hash outside the lock, lock, find by stored hash, clone (the SPEC's floor)",
+        "`spin::mutex::SpinMutex<hashbrown::HashTable<(hash, u64, V)>>`, foldhash fixed seed: hash outside the lock, lock, find by stored hash, clone (the floor a hit is measured against)",
     ),
     (
         "quick_cache",
