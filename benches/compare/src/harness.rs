@@ -329,9 +329,8 @@ pub fn time(pairs: &[Pair], filter: Option<&str>) {
     eprintln!("retained bytes measured at {:.1?}", started.elapsed());
 
     // Per-round ratios of pair `a` to pair `b`.
-    let ratios = |a: usize, b: usize| -> Vec<f64> {
-        ns[a].iter().zip(&ns[b]).map(|(x, y)| x / y).collect()
-    };
+    let ratios =
+        |a: usize, b: usize| -> Vec<f64> { ns[a].iter().zip(&ns[b]).map(|(x, y)| x / y).collect() };
     let ratio = |a: usize, b: usize| median(&ratios(a, b));
     let baseline = |i: usize| {
         pairs
