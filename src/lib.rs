@@ -167,7 +167,9 @@
 //! Rust 1.85.
 #![no_std]
 // The only `unsafe` is in `sync.rs`: the `unsafe impl ScopedRawMutex` of
-// each lock (the trait is unsafe to implement; each impl says why it holds).
+// each lock (the trait is unsafe to implement), and the cell that holds the
+// map's state behind its lock (`Lock`: its `Sync` impl and the two places
+// that reach the state inside the lock's scope). Each says why it holds.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
