@@ -5,9 +5,12 @@
 //! parallel `map` over a stream) keeps its output in input order: workers
 //! insert `(chunk index, result)` when they finish, and the writer takes
 //! index 0, 1, 2, … waiting for each in turn. Chunks that finish early wait
-//! in the map until their turn comes. (A long stream also needs to bound how
-//! far ahead the workers run, for example with a semaphore whose permits the
-//! writer releases as it writes.)
+//! in the map until their turn comes.
+//!
+//! The map's limit bounds how far ahead the workers run: a worker whose
+//! chunk finished early waits (`insert_blocking`) while `AHEAD` chunks are
+//! already buffered. The chunk the writer waits for is always let in, so the
+//! pipeline cannot deadlock, whatever order the chunks finish in.
 //!
 //! Run it with `cargo run --example reorder`.
 
@@ -19,6 +22,7 @@ use awaitmap::AwaitMap;
 
 const WORKERS: usize = 4;
 const CHUNK: usize = 64; // bytes per chunk
+const AHEAD: usize = 3; // chunks buffered ahead of the writer, at most
 
 /// The work: ROT13 a chunk of text. Any CPU-bound step fits here.
 fn encode(chunk: &[u8]) -> Vec<u8> {
@@ -41,7 +45,7 @@ async fn main() {
     let n = chunks.len();
 
     // Finished chunks by index; the workers fill it, the writer empties it.
-    let done: Arc<AwaitMap<usize, Vec<u8>>> = Arc::new(AwaitMap::new());
+    let done: Arc<AwaitMap<usize, Vec<u8>>> = Arc::new(AwaitMap::new().with_limit(AHEAD));
     let next_chunk = Arc::new(AtomicUsize::new(0)); // the workers' shared queue
     let arrivals = Arc::new(Mutex::new(Vec::new())); // the order chunks finished in
 
@@ -59,7 +63,9 @@ async fn main() {
                 std::thread::sleep(Duration::from_millis((i * 7 % 4) as u64));
                 let encoded = encode(&chunks[i]);
                 arrivals.lock().unwrap().push(i);
-                done.insert(i, encoded);
+                // Waits while AHEAD chunks are buffered, unless the writer
+                // waits for this one.
+                done.insert_blocking(i, encoded);
             }
         });
     }
@@ -80,6 +86,11 @@ async fn main() {
     assert_eq!(output, encode(&input), "output out of order or corrupted");
     assert_eq!(encode(&output), input, "ROT13 twice gives the input back");
     assert!(done.is_empty(), "every chunk was taken exactly once");
+    // The limit, plus the chunk the writer was waiting for.
+    assert!(
+        most_buffered <= AHEAD + 1,
+        "{most_buffered} chunks buffered"
+    );
     assert_eq!(done.waiters(), 0);
 
     let arrivals = arrivals.lock().unwrap();
@@ -91,7 +102,7 @@ async fn main() {
         .filter(|&pos| arrivals[pos + 1..].iter().any(|&j| j < arrivals[pos]))
         .count();
     let first_line = output.split(|&b| b == b'\n').next().unwrap();
-    println!("{n} chunks of {CHUNK} bytes, {WORKERS} workers");
+    println!("{n} chunks of {CHUNK} bytes, {WORKERS} workers, at most {AHEAD} buffered ahead");
     println!("finished in order: {:?} …", &arrivals[..12]);
     println!("{early} finished before an earlier chunk; at most {most_buffered} waited in the map");
     println!("written in order: {} bytes, verified", output.len());

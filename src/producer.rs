@@ -55,16 +55,29 @@ fn retire(listener: &mut Option<EventListener>) {
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
-    /// The map, limited to `limit` stored values: producers that use
+    /// The map, limited to `limit` values that nobody has asked for yet:
+    /// backpressure for producers that run ahead of their consumers.
+    ///
+    /// What the limit bounds, precisely: producers that use
     /// [`insert_async`](Self::insert_async),
     /// [`try_insert`](Self::try_insert) or `insert_blocking` wait (or are
-    /// refused) while `len() >= limit`, and each value that leaves
-    /// (through `take`, `remove`) lets one waiting producer in.
+    /// refused) while `len() >= limit`, **unless a future waits on the key**
+    /// they insert. A value that a waiting `get` or `take` will receive is
+    /// always let in at once: holding it back could only stall the consumer
+    /// that asked for it, and an ordered pipeline (a reorder buffer whose
+    /// consumer waits for the next key while later keys fill the map) would
+    /// deadlock. When a future starts waiting on a key, the producers
+    /// waiting for room look again, so the one holding that key's value gets
+    /// in. Each value that leaves (through `take`, `remove`) lets one
+    /// waiting producer in.
     ///
-    /// Plain [`insert`](Self::insert) (and [`Promise::fulfil`](crate::Promise::fulfil))
-    /// ignore the limit: they never lose a value, so `len()` can exceed it.
-    /// Replacing the value of a key that has one never waits.
-    /// A `const fn`, so a limited map can live in a `static`.
+    /// So `len()` stays at most `limit` plus the values let in for waiting
+    /// futures (which a `take` moves straight out; a `get` leaves its value
+    /// stored). Plain [`insert`](Self::insert) (and
+    /// [`Promise::fulfil`](crate::Promise::fulfil)) ignore the limit: they
+    /// never lose a value, so `len()` can exceed it. Replacing the value of
+    /// a key that has one never waits. A `const fn`, so a limited map can
+    /// live in a `static`.
     ///
     /// # Examples
     ///
@@ -159,9 +172,10 @@ where
     L: ScopedRawMutex,
 {
     /// Inserts unless the map is at its [limit](Self::with_limit): `Err`
-    /// hands `(key, value)` back when `len() >= limit` and the key has no
-    /// value (replacing a value is always allowed). Never waits. On a map
-    /// without a limit, or a closed one, it is [`insert`](Self::insert).
+    /// hands `(key, value)` back when `len() >= limit`, the key has no
+    /// value and no future waits on it (replacing a value, and a value that
+    /// a waiting future will receive, are always let in). Never waits. On a
+    /// map without a limit, or a closed one, it is [`insert`](Self::insert).
     ///
     /// # Errors
     ///
@@ -170,9 +184,15 @@ where
     /// # Examples
     ///
     /// ```
+    /// use futures::FutureExt;
+    ///
     /// let map = awaitmap::AwaitMap::new().with_limit(1);
     /// map.insert(1, 'a');
-    /// assert_eq!(map.try_insert(2, 'b'), Err((2, 'b')));
+    /// assert_eq!(map.try_insert(2, 'b'), Err((2, 'b'))); // full
+    /// let mut wants_3 = map.take(&3);
+    /// assert!((&mut wants_3).now_or_never().is_none());
+    /// assert_eq!(map.try_insert(3, 'c'), Ok(None)); // somebody waits for it
+    /// assert_eq!(wants_3.now_or_never(), Some(Ok('c')));
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
         let hash = self.hasher.hash_one(&key);
@@ -197,7 +217,8 @@ where
     }
 
     /// A future that inserts as soon as the map has room under its
-    /// [limit](Self::with_limit), and resolves with the value it replaced.
+    /// [limit](Self::with_limit) or a future waits on the key, and resolves
+    /// with the value it replaced.
     /// Producers waiting for room are let in one per freed value, in the
     /// order they started waiting (a producer that is let in but finds the
     /// room taken by a `try_insert` meanwhile waits again, at the back). On a

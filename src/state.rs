@@ -249,6 +249,12 @@ impl<K, V> Entry<K, V> {
 
     /// Whether the key has waiters (waiting, not failed) and nobody serves
     /// it: no value and no promise.
+    /// A future waits on the key (waiting or woken, not failed): a value
+    /// inserted now goes to it.
+    pub(crate) fn awaited(&self) -> bool {
+        matches!(self.inline(), Inline::Get | Inline::Take) || self.gets != NIL || self.takes != NIL
+    }
+
     fn wanted(&self) -> bool {
         !self.has_value()
             && !self.promised()
@@ -788,18 +794,18 @@ impl<K, V> State<K, V> {
         key: &mut Option<K>,
         value: &mut Option<V>,
         mut eq: impl FnMut(&K, &K) -> bool,
-        allowed: impl FnOnce(bool) -> bool,
+        allowed: impl FnOnce(Option<&Entry<K, V>>) -> bool,
         after: &mut After<K>,
     ) -> Option<Option<V>> {
         let probe = key.as_ref().expect("insert without a key");
         if let Some(e) = self.table.find_mut(hash, |e| e.is(|k| eq(probe, k))) {
-            if !allowed(e.has_value()) {
+            if !allowed(Some(e)) {
                 return None;
             }
             let value = value.take().expect("insert without a value");
             return Some(store(e, &mut self.slab, &mut self.len, value, after));
         }
-        if !allowed(false) {
+        if !allowed(None) {
             return None;
         }
         let id = self.fresh_id();
@@ -943,7 +949,14 @@ impl<K, V> State<K, V> {
         eq: impl FnMut(&K, &K) -> bool,
         after: &mut After<K>,
     ) {
-        self.insert_if(hash, key, value, eq, |has_value| !has_value, after);
+        self.insert_if(
+            hash,
+            key,
+            value,
+            eq,
+            |e| !e.is_some_and(Entry::has_value),
+            after,
+        );
     }
 
     /// Reserves an absent key for a promise: the entry is created (taking

@@ -621,6 +621,14 @@ impl Events {
         self.demand.notify_additional(1);
     }
 
+    /// A future started waiting on a key: every producer waiting for room
+    /// looks again, since the one holding that key's value is let in.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn awaited(&self) {
+        self.room.notify(usize::MAX);
+    }
+
     /// The last waiter left.
     #[inline]
     pub(crate) fn idle(&self) {
@@ -650,6 +658,9 @@ impl Events {
 
     #[inline]
     pub(crate) fn wanted(&self) {}
+
+    #[inline]
+    pub(crate) fn awaited(&self) {}
 
     #[inline]
     pub(crate) fn idle(&self) {}

@@ -158,20 +158,149 @@ fn try_insert_replaces_a_present_key_when_full() {
     assert_eq!(live(&values), 2);
 }
 
-// F, 1: at the limit a key that only has waiters is refused (it has no value to replace); once room is made, the insert wakes them.
+// F, 1: at the limit a value that a waiting future will receive is let in
+// at once (a get's stays stored, a take's goes straight to the take); a key
+// with no waiter is still refused.
 #[test]
-fn try_insert_at_the_limit_refuses_a_key_that_only_has_waiters() {
+fn try_insert_at_the_limit_lets_in_a_value_a_future_waits_for() {
     let map = Map::new().with_limit(1);
     map.insert(1, 10);
     let (counter, waker) = counting_waker();
     let mut get = map.get(&2);
+    let mut take = map.take(&3);
     pending(poll_once(&mut get, &waker));
-    assert_eq!(map.try_insert(2, 20), Err((2, 20)));
-    assert_eq!(counter.wakes(), 0);
-    assert_eq!(map.remove(&1), Some(10));
+    pending(poll_once(&mut take, &waker));
+    assert_eq!(map.try_insert(4, 40), Err((4, 40)));
     assert_eq!(map.try_insert(2, 20), Ok(None));
-    assert_eq!(counter.wakes(), 1);
+    assert_eq!(map.try_insert(3, 30), Ok(None));
+    assert_eq!(counter.wakes(), 2);
     assert_eq!(ready(poll_once(&mut get, &waker)), Ok(20));
+    assert_eq!(ready(poll_once(&mut take, &waker)), Ok(30));
+    // The get's value stays: two values now, over the limit of one.
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.try_insert(4, 40), Err((4, 40)));
+    // A key whose waiter left is no longer awaited.
+    let mut gone = map.get(&5);
+    pending(poll_once(&mut gone, &waker));
+    drop(gone);
+    assert_eq!(map.try_insert(5, 50), Err((5, 50)));
+}
+
+// F, 1: the deadlock of an ordered pipeline: keys 2 and 3 fill a map limited
+// to 2, the producer of key 1 waits for room, and only then does the
+// consumer start waiting for key 1. Its registration lets the producer in.
+#[test]
+fn a_producer_waiting_for_room_is_let_in_when_a_future_starts_waiting_on_its_key() {
+    let map = Map::new().with_limit(2);
+    map.insert(2, 20);
+    map.insert(3, 30);
+    let mut producers = [Producer::waiting(1, &map, 1, 10)];
+    assert!(run_woken(&mut producers).is_empty());
+    let (counter, waker) = counting_waker();
+    let mut take = map.take(&1);
+    pending(poll_once(&mut take, &waker));
+    assert!(
+        producers[0].woken(),
+        "the producer of the awaited key was not woken"
+    );
+    assert_eq!(run_woken(&mut producers), vec![1]);
+    assert_eq!(counter.wakes(), 1);
+    assert_eq!(ready(poll_once(&mut take, &waker)), Ok(10));
+    assert_eq!(map.len(), 2);
+}
+
+// F: the same with `get`, and with a producer that is not the one awaited:
+// it looks again, is refused, and waits on.
+#[test]
+fn only_the_producer_of_the_awaited_key_gets_in_the_others_wait_on() {
+    let map = Map::new().with_limit(1);
+    map.insert(9, 90);
+    let mut producers = [
+        Producer::waiting(0, &map, 4, 40),
+        Producer::waiting(1, &map, 5, 50),
+    ];
+    let (_counter, waker) = counting_waker();
+    let mut get = map.get(&5);
+    pending(poll_once(&mut get, &waker));
+    assert_eq!(run_woken(&mut producers), vec![1]);
+    assert_eq!(ready(poll_once(&mut get, &waker)), Ok(50));
+    assert!(producers[0].fut.is_some());
+    // The get's value stayed: two values, and room comes back only when
+    // both have left.
+    assert_eq!(map.remove(&9), Some(90));
+    assert!(run_woken(&mut producers).is_empty());
+    assert_eq!(map.remove(&5), Some(50));
+    assert_eq!(run_woken(&mut producers), vec![0]);
+    assert_eq!(map.try_get(&4), Some(40));
+}
+
+// F, 1: a reorder buffer with a limit finishes under every arrival order:
+// producers of keys 0..5 start in each of the 120 orders, each with
+// `insert_async` on a map limited to 1 or 2, while one consumer takes the
+// keys in order. Hand-polled, a future polled only when its waker fired.
+#[test]
+fn a_limited_reorder_buffer_finishes_under_every_arrival_order() {
+    fn permutations(items: Vec<u32>) -> Vec<Vec<u32>> {
+        if items.len() <= 1 {
+            return vec![items];
+        }
+        let mut all = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.clone();
+            let first = rest.remove(i);
+            for mut p in permutations(rest) {
+                p.insert(0, first);
+                all.push(p);
+            }
+        }
+        all
+    }
+    for limit in [1, 2] {
+        for order in permutations((0..5).collect()) {
+            let map = Map::new().with_limit(limit);
+            let mut producers: Vec<Producer<'_, u32>> = Vec::new();
+            let mut stored_at_once = Vec::new();
+            for (id, &k) in order.iter().enumerate() {
+                // A producer whose first poll succeeds needs no waiting.
+                let mut fut = map.insert_async(k, 100 + k);
+                let (counter, waker) = counting_waker();
+                match poll_once(&mut fut, &waker) {
+                    Poll::Ready(old) => {
+                        assert_eq!(old, None);
+                        stored_at_once.push(k);
+                    }
+                    Poll::Pending => producers.push(Producer {
+                        id,
+                        fut: Some(fut),
+                        counter,
+                        waker,
+                        seen: 0,
+                    }),
+                }
+            }
+            let (counter, waker) = counting_waker();
+            for next in 0..5 {
+                let mut take = map.take(&next);
+                let mut seen = 0;
+                let got = loop {
+                    if let Poll::Ready(r) = poll_once(&mut take, &waker) {
+                        break r;
+                    }
+                    run_woken(&mut producers);
+                    assert!(
+                        counter.wakes() > seen,
+                        "limit {limit}, order {order:?}: stuck waiting for key {next}"
+                    );
+                    seen = counter.wakes();
+                };
+                assert_eq!(got, Ok(100 + next), "limit {limit}, order {order:?}");
+                run_woken(&mut producers);
+            }
+            assert!(producers.iter().all(|p| p.fut.is_none()));
+            assert!(map.is_empty());
+            assert_eq!(map.waiters(), 0);
+        }
+    }
 }
 
 // F, 9: plain `insert` ignores the limit and loses nothing: `len()` passes it, and producers stay refused until `len()` is below it again.
@@ -974,7 +1103,7 @@ fn value_of(k: u32) -> u32 {
     k.wrapping_mul(2_654_435_761) ^ 0x5555
 }
 
-// F, 10: a bounded pipeline: one `insert_blocking` producer, three `take_blocking` consumers on disjoint keys; each value is taken once, and a watcher never sees `len()` above the limit.
+// F, 10: a bounded pipeline: one `insert_blocking` producer, three `take_blocking` consumers on disjoint keys; each value is taken once, and a watcher never sees `len()` above the limit plus the values let in for waiting takes (one per consumer at most).
 #[test]
 fn a_bounded_pipeline_never_holds_more_than_the_limit() {
     const LIMIT: usize = 4;
@@ -1024,7 +1153,7 @@ fn a_bounded_pipeline_never_holds_more_than_the_limit() {
         done.store(true, Ordering::Release);
         let max = watcher.join().expect("watcher");
         assert_eq!(seen.len(), n as usize);
-        assert!(max <= LIMIT, "len() reached {max}");
+        assert!(max <= LIMIT + CONSUMERS as usize, "len() reached {max}");
         assert!(map.is_empty());
         assert_eq!(map.waiters(), 0);
     });

@@ -25,9 +25,10 @@ impl<K, V> State<K, V> {
         self.idle_watchers -= 1;
     }
 
-    /// `insert`, unless the key has no value and `len >= limit`: then
-    /// `None`, with key and value left in their options. A closed map takes
-    /// every value.
+    /// `insert`, unless the map is full for this key: then `None`, with key
+    /// and value left in their options. A value is let in when the map holds
+    /// fewer than `limit` values, when it replaces one, when a future waits
+    /// on its key (it is as good as delivered), or when the map is closed.
     pub(crate) fn insert_within(
         &mut self,
         hash: u64,
@@ -38,7 +39,14 @@ impl<K, V> State<K, V> {
         after: &mut After<K>,
     ) -> Option<Option<V>> {
         let room = self.len < limit || self.closed;
-        self.insert_if(hash, key, value, eq, |has_value| room || has_value, after)
+        self.insert_if(
+            hash,
+            key,
+            value,
+            eq,
+            |e| room || e.is_some_and(|e| e.has_value() || e.awaited()),
+            after,
+        )
     }
 
     /// A `Demand` handle starts watching.

@@ -1082,8 +1082,20 @@ where
             // Known to the caller's code too: a future that is `Ready`
             // needs no deregistration when it is dropped.
             w.slot = DONE;
+        } else {
+            self.started_waiting();
         }
         polled
+    }
+
+    /// A future started waiting on a key. On a map with a limit, producers
+    /// waiting for room look again: a value that somebody waits for is let
+    /// in beyond the limit, so a producer of that key must not sleep on.
+    #[inline]
+    fn started_waiting(&self) {
+        if self.limit != usize::MAX {
+            self.events.awaited();
+        }
     }
 
     /// A `get` polled while registered (or after it returned `Ready`).
@@ -1198,7 +1210,11 @@ where
             return self.poll_take_again(w, key, cx);
         }
         assert_not_done(w, what);
-        self.poll_first_take(w, key, cx).map(Outcome::into_result)
+        let polled = self.poll_first_take(w, key, cx);
+        if polled.is_pending() {
+            self.started_waiting();
+        }
+        polled.map(Outcome::into_result)
     }
 
     /// A registered `take` polled again: the ready poll of an RPC response
@@ -1257,7 +1273,11 @@ where
         }
         assert_not_done(w, "get_or_promise");
         w.entry.hash = self.hasher.hash_one(key);
-        self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE)
+        let polled = self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE);
+        if polled.is_pending() {
+            self.started_waiting();
+        }
+        polled
     }
 
     /// A registered future polled again: one trip through the lock, in

@@ -239,10 +239,37 @@ impl Model {
         k.stay == Some(stay) && k.wanted()
     }
 
+    /// Room for a value of `key` under the limit: the map is closed, the
+    /// key has a value to replace or a future waiting for it, or the map
+    /// holds fewer values than its limit.
     fn has_room(&self, key: usize) -> bool {
+        let k = &self.keys[key];
         self.closed
-            || self.keys[key].value.is_some()
+            || k.value.is_some()
+            || !k.gets.is_empty()
+            || !k.takes.is_empty()
             || self.limit.is_none_or(|limit| self.len() < limit)
+    }
+
+    /// A consumer's first poll registered it: on a limited map, every
+    /// producer waiting for room and not let in yet is woken to look again
+    /// (the one holding this key's value now gets in). A `get_or_promise`
+    /// that starts over after an abandoned promise does not count: its key
+    /// has a promise, whose `fulfil` ignores the limit.
+    fn started_waiting(&mut self) {
+        if self.limit.is_none() {
+            return;
+        }
+        for i in 0..self.room_queue.len() {
+            let slot = self.room_queue[i];
+            let f = self.futures[slot]
+                .as_mut()
+                .expect("a queued producer exists");
+            if !f.let_in {
+                f.let_in = true;
+                self.wake(slot);
+            }
+        }
     }
 
     // -- Bookkeeping ----------------------------------------------------
@@ -467,6 +494,7 @@ impl Model {
                         self.announced.push_back((key, stay));
                     }
                 }
+                self.started_waiting();
                 Poll::Pending
             }
             // A `get` resolves if the key has a value; a `take` if it has a
@@ -524,6 +552,7 @@ impl Model {
             }
             Phase::Abandoned => unreachable!("get_or_promise starts over instead"),
             Phase::Unpolled | Phase::Restart => {
+                let first = f.phase == Phase::Unpolled;
                 let k = &mut self.keys[key];
                 let done = if let Some(v) = k.value {
                     Ok(Coalesced::Value(v))
@@ -536,6 +565,9 @@ impl Model {
                     k.gets.push(slot);
                     f.phase = Phase::Waiting;
                     f.armed = Some(w);
+                    if first {
+                        self.started_waiting();
+                    }
                     return Poll::Pending;
                 };
                 self.finish(slot);
