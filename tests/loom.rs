@@ -881,6 +881,33 @@ fn producer_waiting_for_room_is_let_in_by_a_take() {
     });
 }
 
+// L, 1: a producer waiting for room on a full map is let in when a take
+// starts waiting for its key on another thread (a value somebody waits for
+// is admitted beyond the limit): the insert completes at once or after a
+// wake-up, and the take resolves with the value. A lost wake-up on either
+// side leaves a thread parked: loom reports the deadlock.
+#[test]
+fn producer_waiting_for_room_is_let_in_when_its_key_is_awaited() {
+    model_outcomes(PREEMPTIONS, &[true, false], || {
+        let map = Arc::new(new_map().with_limit(1));
+        assert_eq!(map.insert(1, 10), None);
+        let consumer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(map.take(&2)))
+        };
+        let (_counter, waker) = counting_waker();
+        let mut insert = map.insert_async(2, 20);
+        let at_once = poll_once(&mut insert, &waker).is_ready();
+        if !at_once {
+            assert_eq!(block_on(insert), None);
+        }
+        assert_eq!(consumer.join().unwrap(), Ok(20));
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.waiters(), 0);
+        at_once
+    });
+}
+
 // L, 9: a producer waiting for room on a full map while another thread
 // closes it stores its value anyway (a closed map takes values beyond its
 // limit): at once, or after exactly one wake-up.
