@@ -1,14 +1,17 @@
-//! Twisted's `DeferredDict`, made real with `awaitmap`.
+//! A tour of `awaitmap`: a map whose values can be awaited before anyone has
+//! inserted them. (Python's Twisted has the same idea as `DeferredDict`:
+//! reading a key returns a `Deferred` that fires once the key is set.)
 //!
-//! In Twisted, `d[key]` on a `DeferredDict` returns a `Deferred` that fires
-//! when someone sets `d[key] = value`. Here a producer thread fills an
-//! `AwaitMap` in its own (shuffled) order while consumers ask in theirs:
+//! Here a producer thread fills an `AwaitMap` in its own (shuffled) order
+//! while consumers ask in theirs:
 //!
 //! 1. async tasks (`get(..).await`, run by the tiny executor at the bottom of
 //!    this file) and threads (`get_blocking`) wait for keys;
 //! 2. an RPC client matches responses to requests by id with `take`, even a
 //!    response that arrives before its request was awaited;
 //! 3. `close()` fails the straggler waiting for a key that never comes.
+//!
+//! Every time it prints is in milliseconds since the demo started (`t=`).
 //!
 //! Run it with `cargo run --release --example demo`.
 
@@ -41,7 +44,8 @@ fn reply_to(id: u64) -> String {
 fn main() {
     let start = Instant::now();
     let mut rng = XorShift(0x5EED_CAFE_F00D_D00D);
-    println!("awaitmap demo: Twisted's DeferredDict in Rust\n");
+    println!("awaitmap demo: a map whose values can be awaited before they are inserted");
+    println!("(t = milliseconds since the demo started)\n");
 
     // ---- 1. A dict whose values are awaited --------------------------------
     println!("1. get: consumers wait for keys a producer fills in its own order");
@@ -58,10 +62,14 @@ fn main() {
             }
         }
     });
+    let schedule: Vec<String> = (1..)
+        .zip(order)
+        .map(|(i, key)| format!("{key} (t={})", i * STEP.as_millis()))
+        .collect();
     println!(
-        "   producer inserts, one every {} ms: {}",
+        "   the producer inserts one key every {} ms: {}",
         STEP.as_millis(),
-        order.join(", ")
+        schedule.join(", ")
     );
 
     // Blocking consumers: plain threads parked in `get_blocking`.
@@ -70,7 +78,7 @@ fn main() {
         thread::spawn(move || {
             let got = keys
                 .iter()
-                .map(|&key| timed(key, || dict.get_blocking(key)));
+                .map(|&key| timed(key, start, || dict.get_blocking(key)));
             Report::new(who, got.collect())
         })
     };
@@ -82,7 +90,7 @@ fn main() {
     // The straggler waits for a key nobody will ever insert.
     let straggler = {
         let dict = Arc::clone(&dict);
-        thread::spawn(move || timed("omega", || dict.get_blocking("omega")))
+        thread::spawn(move || timed("omega", start, || dict.get_blocking("omega")))
     };
 
     // Async consumers: each awaits its keys one after the other.
@@ -91,9 +99,8 @@ fn main() {
         Box::pin(async move {
             let mut got = Vec::new();
             for &key in keys {
-                let asked = Instant::now();
                 let value = dict.get(key).await; // `&str` looks up a `String` key
-                got.push((key, value, asked.elapsed()));
+                got.push((key, value, start.elapsed()));
             }
             Report::new(who, got)
         })
@@ -110,7 +117,7 @@ fn main() {
     assert!(!straggler.is_finished());
     println!("   thread F (blocking) <- omega: still waiting, nobody will insert it");
     assert_eq!(dict.len(), KEYS.len(), "`get` leaves the values in the map");
-    println!("   the dict still holds all {} values\n", dict.len());
+    println!("   the map still holds all {} values\n", dict.len());
 
     // ---- 2. RPC: responses matched to requests by id -----------------------
     println!("2. take: an RPC client awaits responses by request id");
@@ -130,32 +137,33 @@ fn main() {
         }
     });
     let order: Vec<String> = slow.iter().map(u64::to_string).collect();
-    println!("   server answers in this order: 5, {}", order.join(", "));
+    println!(
+        "   the server answers 5 at once (t={}), then one every {} ms: {}",
+        start.elapsed().as_millis(),
+        STEP.as_millis(),
+        order.join(", ")
+    );
 
     // The client awaits 1..=4 concurrently; it gets round to #5 only later.
     let take = |id: u64| -> Task<'_, (u64, String, Duration)> {
         let responses = &*responses;
         Box::pin(async move {
-            let asked = Instant::now();
             let reply = responses.take(&id).await;
-            let waited = asked.elapsed();
+            let at = start.elapsed();
             assert_eq!(reply, Ok(reply_to(id)), "the response to request {id}");
-            (id, reply.unwrap(), waited)
+            (id, reply.unwrap(), at)
         })
     };
-    for (id, reply, waited) in run_all((1..=4).map(take).collect()) {
-        println!(
-            "   request {id} <- {reply:?} after {:>3} ms",
-            waited.as_millis()
-        );
+    for (id, reply, at) in run_all((1..=4).map(take).collect()) {
+        println!("   request {id} <- {reply:?} at t={:>3}", at.as_millis());
     }
     server.join().unwrap();
     // #5 was inserted before any of 1..=4, so it is here, waiting for us.
     assert!(responses.contains_key(&5), "an early response is kept");
-    let (_, reply, waited) = run_all(vec![take(5)]).remove(0);
+    let (_, reply, at) = run_all(vec![take(5)]).remove(0);
     println!(
-        "   request 5 <- {reply:?} after {:>3} ms (it came before take(&5) registered: kept)",
-        waited.as_millis()
+        "   request 5 <- {reply:?} at t={:>3} (it came before take(&5) registered: kept)",
+        at.as_millis()
     );
     assert!(
         responses.is_empty(),
@@ -167,12 +175,12 @@ fn main() {
     // ---- 3. close(): stragglers fail instead of hanging --------------------
     println!("3. close: the straggler waiting for a key that never comes is failed");
     dict.close();
-    let (_, result, waited) = straggler.join().unwrap();
+    let (_, result, at) = straggler.join().unwrap();
     assert_eq!(result, Err(WaitError::Closed));
     println!(
-        "   thread F asked omega <- {result:?} (\"{}\") after {} ms",
+        "   thread F, waiting for omega since t=0 <- {result:?} (\"{}\") at t={}",
         WaitError::Closed,
-        waited.as_millis()
+        at.as_millis()
     );
     // After close, present keys still answer; absent ones fail at once.
     assert_eq!(dict.get_blocking("alpha"), Ok(1));
@@ -185,17 +193,18 @@ fn main() {
     );
 }
 
-/// Runs `ask` and notes how long it waited.
+/// Runs `ask` and notes when it returned, as time since `start`.
 fn timed(
     key: &'static str,
+    start: Instant,
     ask: impl FnOnce() -> Result<u32, WaitError>,
 ) -> (&'static str, Result<u32, WaitError>, Duration) {
-    let asked = Instant::now();
     let value = ask();
-    (key, value, asked.elapsed())
+    (key, value, start.elapsed())
 }
 
-/// What one consumer asked for (in its order), what it got, how long it waited.
+/// What one consumer asked for (in its order), what it got, and when it got
+/// it (time since the demo started).
 struct Report {
     who: &'static str,
     got: Vec<(&'static str, Result<u32, WaitError>, Duration)>,
@@ -215,9 +224,9 @@ impl Report {
         let got: Vec<String> = self
             .got
             .iter()
-            .map(|(key, value, waited)| {
+            .map(|(key, value, at)| {
                 let value = value.expect("checked in `new`");
-                format!("{key}={value} after {:>3} ms", waited.as_millis())
+                format!("{key}={value} at t={:>3}", at.as_millis())
             })
             .collect();
         println!("   {:<19} <- {}", self.who, got.join(", "));

@@ -24,39 +24,104 @@
 //!
 //! # The model
 //!
-//! - **Store, then wake.** `insert` stores the value, then wakes every
-//!   waiting `get` of the key and the earliest waiting `take`. Wakers run
-//!   after the map's lock is released.
-//! - **Lazy, cancel-safe futures.** A future registers on its first poll and
-//!   deregisters when dropped; a `take` that was woken but dropped passes the
-//!   value on to the next `take`. Values are never lost or delivered twice.
-//! - **`cancel` vs `close`.** [`cancel`](AwaitMap::cancel) fails the current
-//!   waiters of one key and is forgotten; [`close`](AwaitMap::close) is
-//!   permanent and fails every wait on an absent key, now and later.
-//! - **What runs under the lock.** Only `K: Eq` and `V: Clone`. Hashing, key
-//!   clones, dropping keys and values, and waker clone/wake/drop happen after
-//!   the lock is released, so a waker may call back into the map.
-//! - **Happens-before.** Everything a producer did before `insert(k, v)` is
-//!   visible to the consumer whose future resolved with `v`.
+//! A key holds at most one value. [`insert`](AwaitMap::insert) stores it;
+//! [`get`](AwaitMap::get) waits for it and returns a clone;
+//! [`take`](AwaitMap::take) waits for it and moves it out;
+//! [`remove`](AwaitMap::remove) moves it out without waiting.
+//! [`cancel`](AwaitMap::cancel) and [`close`](AwaitMap::close) end waits
+//! that would otherwise go on. The numbered guarantees below say exactly what
+//! each of these promises; the crate's tests cite them by number.
+//!
+//! # Guarantees
+//!
+//! A future *waits* from the poll that returned `Pending` until it resolves
+//! or is dropped. What is said of `get` and `take` holds for
+//! [`get_owned`](AwaitMap::get_owned) and
+//! [`take_owned`](AwaitMap::take_owned) too, and for the blocking calls,
+//! which poll the same futures on a parked thread.
+//!
+//! 1. **Store, then wake.** [`insert`](AwaitMap::insert) stores the value
+//!    (returning the one it replaced), then wakes every waiting `get` of the
+//!    key and the waiting `take` that registered first. The wakers run after
+//!    the map's lock is released.
+//! 2. **Present keys resolve at once.** A `get` or `take` of a key that has
+//!    a value is `Ready` on its first poll and registers nothing.
+//! 3. **Futures are lazy.** Creating a future does nothing; it registers on
+//!    its first `Pending` poll. Dropping a future that was never polled
+//!    leaves the map exactly as it was.
+//! 4. **One registration per future.** Polling a waiting future again with
+//!    another waker replaces the waker it stored: only the newest one is
+//!    woken. A waker that [`will_wake`](core::task::Waker::will_wake) the
+//!    stored one is not cloned again.
+//! 5. **Leaving frees.** Dropping a waiting future deregisters it, and when
+//!    the last waiter of a key leaves, the key's waiting state is freed:
+//!    waits that come and go leave the map's memory where it was (its
+//!    capacity stays for reuse until [`shrink_to_fit`](AwaitMap::shrink_to_fit)).
+//! 6. **`take` is cancel-safe.** A `take` woken by an `insert` but dropped
+//!    before it returned the value leaves the value in the map and passes the
+//!    wake-up to the next waiting `take` of the key. A value is never lost
+//!    and never delivered twice.
+//! 7. **`remove` does not wait and does not fail anyone.**
+//!    [`remove`](AwaitMap::remove) takes a stored value out and returns it.
+//!    Futures waiting on absent keys keep waiting, and a future woken for a
+//!    value that `remove` took first goes back to waiting (a `take` keeps its
+//!    place in line).
+//! 8. **`cancel` is for now.** [`cancel(&k)`](AwaitMap::cancel) fails the
+//!    futures waiting on `k` at that moment with [`WaitError::Cancelled`] and
+//!    returns how many it failed; futures the key already has a value for are
+//!    left alone. It is not sticky: a future that first polls afterwards
+//!    waits as usual. For a lasting per-key failure, store a `Result`.
+//! 9. **`close` is for good.** [`close`](AwaitMap::close) is permanent, and
+//!    calling it again does nothing. Waiting futures of absent keys fail with
+//!    [`WaitError::Closed`], and so does every later future of an absent
+//!    key, on its first poll. A future whose key has a value for it still
+//!    resolves `Ok`, including a `take` woken by an `insert` before the close
+//!    and polled after it (the other `take`s of that key get `Closed`).
+//!    `insert` still stores after `close`, so no value handed to the map is
+//!    lost.
+//! 10. **Happens-before.** Everything a producer did before `insert(k, v)`
+//!     is visible to the consumer whose future resolved with `v`.
+//! 11. **No user code under the lock but `K: Eq` and `V: Clone`.** Hashing,
+//!     key copies (`Clone`, `to_owned`), waker `clone`, `wake` and `drop`,
+//!     and the destructors of keys and values all run with the lock released,
+//!     so a waker, or a key's `Hash` or `Clone`, may call back into the map.
+//!     `K: Eq` and `V: Clone` must not: with `CsLock`, and with `SpinLock` in
+//!     debug builds, that panics with a message saying so (in release builds
+//!     the spin lock would spin forever). When any of this user code panics
+//!     and the caller catches the panic:
+//!     - no value is destroyed, except the one the panicking call was
+//!       itself replacing or removing (an `insert` over a present value, a
+//!       `remove`);
+//!     - every waiter that was due a wake-up gets it;
+//!     - every map-wide condition that became true (the map drained, room
+//!       under the limit, a newly wanted key) is announced to those waiting
+//!       for it;
+//!     - the map stays consistent and usable.
+//!
+//!     [When user code panics](#when-user-code-panics) says how.
+//! 12. **A completed future must not be polled again.** Polling a future
+//!     after it returned `Ready` (with a value or an error) panics with a
+//!     message that says so, as `std` futures do; the map is not affected.
+//! 13. **Bad keys give wrong answers, nothing worse.** With keys whose `Hash`
+//!     and `Eq` disagree, or change their answers, a lookup may miss a value
+//!     or find the wrong one. It never causes undefined behaviour, a panic
+//!     inside the map or a deadlock: waiters still leave, values are still
+//!     dropped once, `close` still ends every wait, and keys that behave keep
+//!     working.
 //!
 //! # When user code panics
 //!
-//! The map runs code of yours: a key's `Eq` and a value's `Clone` under its
-//! lock; `Hash`, key copies (`Clone`, `to_owned`), waker `clone`, `wake` and
-//! `drop`, and the destructors of keys and values with the lock released.
-//! Any of it may panic. After such a panic, caught by the caller:
+//! How the map keeps guarantee 11 when code of yours panics, whether it ran
+//! under the lock (`Eq`, `Clone`) or after it (`Hash`, key copies, wakers,
+//! destructors):
 //!
-//! - **No value is lost.** A value is destroyed only if the call that
-//!   panicked was itself replacing or removing it (an `insert` over a
-//!   present value, a `remove`). A `take` whose poll panics after it moved
-//!   its value out puts the value back before the panic goes on.
-//! - **No wake-up is lost.** Every waiter that was due a wake-up gets it:
-//!   wake-ups are issued before anything is dropped, and a waker that panics
-//!   does not stop the others (the first panic is resumed once they ran).
-//! - **No condition goes untold.** `drained()`, room under a limit and a
-//!   newly wanted key are announced when they become true, panic or not.
-//! - **The map stays usable.** A panic under the lock (`Eq`, `Clone`) comes
-//!   before any change and releases the lock; every invariant holds after.
+//! - **Under the lock,** a panic comes before any change and releases the
+//!   lock, so every invariant holds after it.
+//! - **A `take` whose poll panics** after it moved its value out puts the
+//!   value back before the panic goes on.
+//! - **Wake-ups come first.** They are issued before anything is dropped, and
+//!   a waker that panics does not stop the others: the first panic is resumed
+//!   once they all ran.
 //! - **A future whose poll panicked** may be dropped, or polled again: where
 //!   the panic left it without a usable waker (its waker's `clone` panicked)
 //!   or unannounced (its key's copy panicked), it gave up its place and
@@ -128,7 +193,7 @@
 //!   excluded too. It needs no atomic compare-and-swap (thumbv6m,
 //!   riscv32imc). The firmware provides the critical-section implementation.
 //! - Your own: implement [`ScopedRawMutex`] (and [`ConstInit`] for a
-//!   `static`). For the guarantees on panics above to hold, it must release when the
+//!   `static`). For guarantee 11 to hold, it must release the lock when the
 //!   closure unwinds, as both of the crate's locks do.
 //!
 //! A map can live in a `static` with no lazy initialisation:

@@ -1,8 +1,8 @@
-//! The allocation budget: a waiter that leaves frees its state (SPEC
-//! semantic 5), the workloads of the performance floor (W1 hit, W2 miss →
-//! insert → ready, W3 RPC takes, W4 fan-out, W5 churn) allocate nothing once
-//! warmed up, and every key and value is dropped exactly once. A regression
-//! fails here, in the plain test suite, without valgrind.
+//! The allocation budget: a waiter that leaves frees its state (guarantee 5),
+//! the workloads `benches/compare/` measures (W1 hit, W2 miss → insert →
+//! ready, W3 RPC takes, W4 fan-out, W5 churn) allocate nothing once warmed up,
+//! and every key and value is dropped exactly once. A regression fails here,
+//! in the plain test suite, without valgrind.
 //!
 //! This file is its own test binary, so it installs a counting global
 //! allocator. The counters are thread-local and count only on threads that
@@ -264,10 +264,10 @@ fn reserve_makes_room_for_many_waiters_on_one_key() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 5: waiting and leaving frees the key's waiting state.
+// Guarantee 5: waiting and leaving frees the key's waiting state.
 // ---------------------------------------------------------------------------
 
-// Semantic 5: futures that wait and are dropped, one per key, on a million
+// Guarantee 5: futures that wait and are dropped, one per key, on a million
 // distinct keys, leave memory exactly where it was after warm-up and allocate
 // nothing.
 #[test]
@@ -306,7 +306,7 @@ fn waiting_and_dropping_on_a_million_keys_leaves_memory_flat() {
     assert!(map.is_empty());
 }
 
-// Semantic 5 (with 8): the same churn, each future failed by `cancel`
+// Guarantee 5 (with 8): the same churn, each future failed by `cancel`
 // instead of dropped, leaves memory flat and allocates nothing.
 #[test]
 fn waiting_and_cancelling_on_distinct_keys_leaves_memory_flat() {
@@ -353,7 +353,7 @@ fn waiting_and_cancelling_on_distinct_keys_leaves_memory_flat() {
 // Performance floor: zero allocations on the hot paths after warm-up.
 // ---------------------------------------------------------------------------
 
-// Semantic 5 (performance floor "miss → insert → ready"): a take or get
+// Guarantee 5 (performance floor "miss → insert → ready"): a take or get
 // that waits, is filled by an insert and resolves, on distinct keys,
 // allocates nothing after warm-up and leaves memory flat.
 #[test]
@@ -541,7 +541,7 @@ fn fan_out_insert_allocates_nothing() {
 // Every key and value dropped exactly once.
 // ---------------------------------------------------------------------------
 
-// Semantics 5 and 6: through inserts that replace, takes, gets, removes,
+// Guarantees 5 and 6: through inserts that replace, takes, gets, removes,
 // waiters that leave or are cancelled, and values never taken, every key and
 // value the map was given is dropped exactly once, when it leaves the map or
 // when the map is dropped.

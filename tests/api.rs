@@ -1,5 +1,7 @@
-//! The call shapes of SPEC.md's table, checked at compile time (trait
-//! bounds, `const`, `'static`) and at run time (what each call returns).
+//! The call shapes of the public API (constructors, methods with borrowed
+//! keys, owned futures, `Extend`/`FromIterator`, auto traits, `WaitError`),
+//! checked at compile time (trait bounds, `const`, `'static`) and at run time
+//! (what each call returns).
 
 mod common;
 
@@ -82,7 +84,7 @@ fn every_constructor_builds_an_empty_working_map() {
 /// `const fn`.
 static GLOBAL: AwaitMap<u32, u32, StdHasher> = AwaitMap::with_hasher(BuildHasherDefault::new());
 
-// Call shapes: `with_hasher` is `const`, so a map can live in a `static`; semantics 1 and 2 through it.
+// Call shapes: `with_hasher` is `const`, so a map can live in a `static`; guarantees 1 and 2 through it.
 #[test]
 fn map_in_a_static_waits_and_stores() {
     let mut waiting = GLOBAL.get(&10);
@@ -113,7 +115,7 @@ fn insert_returns_the_replaced_value() {
     assert_eq!(map.insert("k", 4), None);
 }
 
-// Semantics 1 and 2: `get` clones and leaves the value; waiting then woken by `insert`.
+// Guarantees 1 and 2: `get` clones and leaves the value; waiting then woken by `insert`.
 #[test]
 fn get_resolves_with_a_clone_and_leaves_the_value() {
     let map: AwaitMap<u8, String> = AwaitMap::new();
@@ -132,7 +134,7 @@ fn get_resolves_with_a_clone_and_leaves_the_value() {
     assert_eq!(map.len(), 1);
 }
 
-// Semantics 1 and 2: `take` moves the value out, both when present and after a wait.
+// Guarantees 1 and 2: `take` moves the value out, both when present and after a wait.
 #[test]
 fn take_removes_the_value_it_returns() {
     let map: AwaitMap<u8, String> = AwaitMap::new();
@@ -166,7 +168,7 @@ fn try_get_never_waits() {
     assert_eq!(map.len(), 1);
 }
 
-// Semantic 7: `remove` takes a stored value out; waiters of absent keys keep waiting.
+// Guarantee 7: `remove` takes a stored value out; waiters of absent keys keep waiting.
 #[test]
 fn remove_returns_the_value_and_leaves_waiters() {
     let map: AwaitMap<u8, u8> = AwaitMap::new();
@@ -202,7 +204,7 @@ fn len_and_contains_key_count_values_not_waiters() {
     drop(waiting);
 }
 
-// Semantics 3 and 5: `waiters` counts futures that polled `Pending`, not created or dropped ones.
+// Guarantees 3 and 5: `waiters` counts futures that polled `Pending`, not created or dropped ones.
 #[test]
 fn waiters_counts_registered_futures() {
     let map: AwaitMap<u8, u8> = AwaitMap::new();
@@ -225,7 +227,7 @@ fn waiters_counts_registered_futures() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 8: `cancel` returns how many it failed, they resolve `Cancelled`, and it is not sticky.
+// Guarantee 8: `cancel` returns how many it failed, they resolve `Cancelled`, and it is not sticky.
 #[test]
 fn cancel_fails_waiters_and_returns_the_count() {
     let map: AwaitMap<u8, u8> = AwaitMap::new();
@@ -248,7 +250,7 @@ fn cancel_fails_waiters_and_returns_the_count() {
     pending(&mut other);
 }
 
-// Semantic 9: `close` is permanent, idempotent, fails absent keys, keeps present ones and later inserts.
+// Guarantee 9: `close` is permanent, idempotent, fails absent keys, keeps present ones and later inserts.
 #[test]
 fn close_fails_absent_keys_and_is_permanent() {
     let map: AwaitMap<u8, u8> = AwaitMap::new();
@@ -425,7 +427,7 @@ fn futures_are_send_for_send_sync_keys_values_hasher() {
     assert_eq!(out, Ok(9));
 }
 
-// Semantic 11: a panic leaves the map consistent, so it is unwind-safe.
+// Guarantee 11: a panic leaves the map consistent, so it is unwind-safe.
 #[test]
 fn map_is_unwind_safe_so_it_can_be_used_after_a_caught_panic() {
     fn assert_unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}

@@ -1,4 +1,4 @@
-//! Keys whose `Hash` and `Eq` are wrong (SPEC semantic 13): random hashes,
+//! Keys whose `Hash` and `Eq` are wrong (guarantee 13): random hashes,
 //! `Eq` always false, always true, random, or disagreeing with `Hash`. The map
 //! may give wrong answers for them, but must never panic, hang, leak waiters or
 //! values, or become unusable.
@@ -415,49 +415,49 @@ fn exercise<K: BadKey>(what: &'static str) {
     });
 }
 
-// Semantic 13: a key whose hash changes on every call.
+// Guarantee 13: a key whose hash changes on every call.
 #[test]
 fn random_hash_keys_never_panic_hang_or_leak() {
     exercise::<RandomHash>("RandomHash");
 }
 
-// Semantic 13: a key that is not even equal to itself.
+// Guarantee 13: a key that is not even equal to itself.
 #[test]
 fn never_equal_keys_never_panic_hang_or_leak() {
     exercise::<NeverEq>("NeverEq");
 }
 
-// Semantic 13: a key equal to every other key of the same hash.
+// Guarantee 13: a key equal to every other key of the same hash.
 #[test]
 fn always_equal_keys_never_panic_hang_or_leak() {
     exercise::<AlwaysEq>("AlwaysEq");
 }
 
-// Semantic 13: every key the same key.
+// Guarantee 13: every key the same key.
 #[test]
 fn one_hash_always_equal_keys_never_panic_hang_or_leak() {
     exercise::<OneHashAlwaysEq>("OneHashAlwaysEq");
 }
 
-// Semantic 13: every key colliding, none ever equal.
+// Guarantee 13: every key colliding, none ever equal.
 #[test]
 fn one_hash_never_equal_keys_never_panic_hang_or_leak() {
     exercise::<OneHashNeverEq>("OneHashNeverEq");
 }
 
-// Semantic 13: equal keys with different hashes.
+// Guarantee 13: equal keys with different hashes.
 #[test]
 fn keys_whose_eq_disagrees_with_hash_never_panic_hang_or_leak() {
     exercise::<EqDisagreesWithHash>("EqDisagreesWithHash");
 }
 
-// Semantic 13: an `Eq` that answers at random.
+// Guarantee 13: an `Eq` that answers at random.
 #[test]
 fn random_eq_keys_never_panic_hang_or_leak() {
     exercise::<RandomEq>("RandomEq");
 }
 
-// Semantic 13: `Hash` and `Eq` both at random.
+// Guarantee 13: `Hash` and `Eq` both at random.
 #[test]
 fn random_hash_and_eq_keys_never_panic_hang_or_leak() {
     exercise::<RandomHashAndEq>("RandomHashAndEq");

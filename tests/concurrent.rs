@@ -56,7 +56,7 @@ fn gets(c: u64, k: u64) -> bool {
     k % 4 == c % 4 || k % 50 == 0
 }
 
-// Semantics 1, 2, 6 and 9: shuffled inserts vs 8 blocking consumers; each taken value arrives exactly once, every get sees its value.
+// Guarantees 1, 2, 6 and 9: shuffled inserts vs 8 blocking consumers; each taken value arrives exactly once, every get sees its value.
 #[test]
 fn shuffled_producer_and_eight_blocking_consumers() {
     let map: AwaitMap<u64, u64> = AwaitMap::new();
@@ -145,7 +145,7 @@ fn shuffled_producer_and_eight_blocking_consumers() {
 // (b) Blocking timeouts
 // ---------------------------------------------------------------------------
 
-// Call shapes (`*_blocking_timeout`) and semantic 5: a timed-out wait returns `TimedOut` and deregisters.
+// Call shapes (`*_blocking_timeout`) and guarantee 5: a timed-out wait returns `TimedOut` and deregisters.
 #[test]
 fn blocking_timeout_on_absent_key_times_out_and_deregisters() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
@@ -177,7 +177,7 @@ fn blocking_timeout_on_absent_key_times_out_and_deregisters() {
     assert!(!map.contains_key(&1));
 }
 
-// Semantics 1 and 2: a value inserted before the timeout is returned; a present key needs no time at all.
+// Guarantees 1 and 2: a value inserted before the timeout is returned; a present key needs no time at all.
 #[test]
 fn blocking_timeout_returns_a_value_inserted_in_time() {
     let map: AwaitMap<u32, String> = AwaitMap::new();
@@ -210,7 +210,7 @@ fn blocking_timeout_returns_a_value_inserted_in_time() {
 // (c) close and cancel wake blocked threads
 // ---------------------------------------------------------------------------
 
-// Semantic 9: `close` wakes every blocked thread with `Err(Closed)`; a present key still resolves `Ok`.
+// Guarantee 9: `close` wakes every blocked thread with `Err(Closed)`; a present key still resolves `Ok`.
 #[test]
 fn close_wakes_blocked_threads() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
@@ -240,7 +240,7 @@ fn close_wakes_blocked_threads() {
     assert_eq!(map.take_blocking(&1), Ok(11));
 }
 
-// Semantic 8: `cancel` wakes the blocked threads of one key with `Err(Cancelled)`; other keys keep waiting.
+// Guarantee 8: `cancel` wakes the blocked threads of one key with `Err(Cancelled)`; other keys keep waiting.
 #[test]
 fn cancel_wakes_blocked_threads_of_one_key() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
@@ -276,7 +276,7 @@ fn cancel_wakes_blocked_threads_of_one_key() {
 // (d) Happens-before
 // ---------------------------------------------------------------------------
 
-// Semantic 10: data written (plain or with relaxed atomics) before `insert` is visible to the consumer whose wait resolved.
+// Guarantee 10: data written (plain or with relaxed atomics) before `insert` is visible to the consumer whose wait resolved.
 #[test]
 fn writes_before_insert_are_visible_after_the_wait() {
     let n: u64 = if cfg!(miri) { 50 } else { 2_000 };
@@ -323,7 +323,7 @@ fn writes_before_insert_are_visible_after_the_wait() {
 // (e) tokio, multi-thread
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 6 and 10: 200 spawned `take_owned` tasks (50 under miri), inserts in random order from another task; each resolves once with its value.
+// Guarantees 1, 6 and 10: 200 spawned `take_owned` tasks (50 under miri), inserts in random order from another task; each resolves once with its value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_take_owned_tasks_each_get_their_value_once() {
     const TASKS: u64 = if cfg!(miri) { 50 } else { 200 };
@@ -372,7 +372,7 @@ async fn tokio_take_owned_tasks_each_get_their_value_once() {
     assert_eq!(live(&counter), 0);
 }
 
-// Semantics 5 and 6: `tokio::time::timeout` drops a waiting future, which deregisters; a later value stays in the map.
+// Guarantees 5 and 6: `tokio::time::timeout` drops a waiting future, which deregisters; a later value stays in the map.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_timeout_drops_the_wait_and_deregisters() {
     let map: Arc<AwaitMap<u64, u64>> = Arc::new(AwaitMap::new());
@@ -410,7 +410,7 @@ async fn tokio_timeout_drops_the_wait_and_deregisters() {
 // (f) futures::executor
 // ---------------------------------------------------------------------------
 
-// Semantic 1: `futures::executor::block_on` over joined gets (and a take), woken by inserts from another thread.
+// Guarantee 1: `futures::executor::block_on` over joined gets (and a take), woken by inserts from another thread.
 #[test]
 fn block_on_joined_gets_resolve_after_inserts() {
     let map: AwaitMap<u32, String> = AwaitMap::new();
@@ -464,7 +464,7 @@ fn block_on_joined_gets_resolve_after_inserts() {
 // (g) A token around a ring of threads
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 6 and 10: a token taken and re-inserted around a ring of 4 threads for thousands of hops is never lost or duplicated.
+// Guarantees 1, 6 and 10: a token taken and re-inserted around a ring of 4 threads for thousands of hops is never lost or duplicated.
 #[test]
 fn token_ring_passes_one_token_through_four_threads() {
     const THREADS: u64 = 4;

@@ -151,7 +151,7 @@ async fn drop_midway<F: Future + Unpin>(mut wait: F) -> Option<F::Output> {
 }
 
 /// One consumer's wait for `k`, retried after `Err(Cancelled)` (a
-/// cancellation is not sticky, semantic 8). Only the first attempt races a
+/// cancellation is not sticky, guarantee 8). Only the first attempt races a
 /// cancel or drops midway; later ones simply wait.
 async fn wait_for(map: &Arc<Map>, k: u64, how: How, gets_left: &AtomicUsize) -> Outcome {
     let take = is_take(k);
@@ -524,11 +524,11 @@ impl Spawn for MiniExecutor {
 const HUNG: &str = "a wake-up was lost (or the executor never ran a task)";
 
 // ---------------------------------------------------------------------
-// The tests. Each checks semantics 1 (store, then wake), 2, 5 and 6 (a
+// The tests. Each checks guarantees 1 (store, then wake), 2, 5 and 6 (a
 // dropped take passes its turn on), 8 (cancel, not sticky) and 9 (close)
 // under one executor.
 
-// Semantics 1, 2, 5, 6, 8, 9 under tokio's multi-thread runtime (2 workers), every task spawned.
+// Guarantees 1, 2, 5, 6, 8, 9 under tokio's multi-thread runtime (2 workers), every task spawned.
 #[test]
 fn tokio_multi_thread_delivers_every_value_once() {
     no_hang_or("tokio", HUNG, || {
@@ -541,7 +541,7 @@ fn tokio_multi_thread_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under async-executor, run by two threads.
+// Guarantees 1, 2, 5, 6, 8, 9 under async-executor, run by two threads.
 #[test]
 fn async_executor_on_two_threads_delivers_every_value_once() {
     no_hang_or("async-executor", HUNG, || {
@@ -558,7 +558,7 @@ fn async_executor_on_two_threads_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under `futures::executor::block_on`, all tasks joined in one future.
+// Guarantees 1, 2, 5, 6, 8, 9 under `futures::executor::block_on`, all tasks joined in one future.
 #[test]
 fn futures_block_on_delivers_every_value_once() {
     no_hang_or("futures block_on", HUNG, || {
@@ -566,7 +566,7 @@ fn futures_block_on_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under `futures::executor::ThreadPool` (2 threads), checked from a `block_on`.
+// Guarantees 1, 2, 5, 6, 8, 9 under `futures::executor::ThreadPool` (2 threads), checked from a `block_on`.
 #[test]
 fn futures_thread_pool_delivers_every_value_once() {
     no_hang_or("futures ThreadPool", HUNG, || {
@@ -578,7 +578,7 @@ fn futures_thread_pool_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under pollster, all tasks joined in one future.
+// Guarantees 1, 2, 5, 6, 8, 9 under pollster, all tasks joined in one future.
 #[test]
 fn pollster_delivers_every_value_once() {
     no_hang_or("pollster", HUNG, || {
@@ -586,7 +586,7 @@ fn pollster_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under embassy-executor's std platform, every task spawned from a static pool.
+// Guarantees 1, 2, 5, 6, 8, 9 under embassy-executor's std platform, every task spawned from a static pool.
 #[test]
 fn embassy_executor_delivers_every_value_once() {
     no_hang_or("embassy-executor", HUNG, || {
@@ -608,7 +608,7 @@ fn embassy_executor_delivers_every_value_once() {
     });
 }
 
-// Semantics 1, 2, 5, 6, 8, 9 under the hand-written single-threaded executor above.
+// Guarantees 1, 2, 5, 6, 8, 9 under the hand-written single-threaded executor above.
 #[test]
 fn hand_written_executor_delivers_every_value_once() {
     no_hang_or("hand-written executor", HUNG, || {

@@ -3,11 +3,12 @@
 //! `drained`). Hand-polled with counting wakers first; then real threads and
 //! tokio tasks.
 //!
-//! SPEC.md's numbered semantics predate these tools: each test names the
-//! ones it leans on (1 store-then-wake, 3 lazy, 5 deregistration, 7 remove,
-//! 8 cancel, 9 close, 10 happens-before, 12 completed futures) and "F" for
-//! the flow contract in the docs of `with_limit`, `try_insert`,
-//! `insert_async`, `closed`, `drained` and `Demand`.
+//! The crate's numbered guarantees speak of plain waits, not of these tools:
+//! each test names the guarantees it leans on (1 store-then-wake, 3 lazy, 5
+//! deregistration, 7 remove, 8 cancel, 9 close, 10 happens-before, 12
+//! completed futures) and "F" for the flow contract in the docs of
+//! `with_limit`, `try_insert`, `insert_async`, `closed`, `drained` and
+//! `Demand`.
 // The blocking API and the threads below need `std`.
 #![cfg(feature = "std")]
 

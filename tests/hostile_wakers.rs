@@ -1,7 +1,7 @@
 //! User code that calls back into the map, or panics, from the places the map
 //! runs it: waker `clone`/`wake`/`drop`, key `Hash`/`Clone`/`Drop`, value
 //! `Drop` (all outside the lock), and `K: Eq` / `V: Clone` (the only user code
-//! under the lock). SPEC semantic 11.
+//! under the lock): guarantee 11 of the crate docs.
 //!
 //! The map's lock is not reentrant: user code run under it that calls back
 //! into the map would never return. Every test therefore runs its body through
@@ -237,7 +237,7 @@ fn assert_clean(all: &[Arc<Hooks>]) {
 // `wake` calling back into the map.
 // ---------------------------------------------------------------------------
 
-// Semantic 11: `insert` wakes more than a batch of gets, plus a take, whose
+// Guarantee 11: `insert` wakes more than a batch of gets, plus a take, whose
 // `wake` calls back into the map; each is woken once, outside the lock.
 #[test]
 fn wake_calling_into_the_map_from_insert_wake_ups_does_not_deadlock() {
@@ -281,7 +281,7 @@ fn wake_calling_into_the_map_from_insert_wake_ups_does_not_deadlock() {
     });
 }
 
-// Semantic 11: the wake-ups `cancel` issues run outside the lock.
+// Guarantee 11: the wake-ups `cancel` issues run outside the lock.
 #[test]
 fn wake_calling_into_the_map_from_cancel_wake_ups_does_not_deadlock() {
     no_hang("cancel wake-ups", || {
@@ -306,7 +306,7 @@ fn wake_calling_into_the_map_from_cancel_wake_ups_does_not_deadlock() {
     });
 }
 
-// Semantic 11: the wake-ups `close` issues run outside the lock.
+// Guarantee 11: the wake-ups `close` issues run outside the lock.
 #[test]
 fn wake_calling_into_the_map_from_close_wake_ups_does_not_deadlock() {
     no_hang("close wake-ups", || {
@@ -337,7 +337,7 @@ fn wake_calling_into_the_map_from_close_wake_ups_does_not_deadlock() {
     });
 }
 
-// Semantic 11: when a woken take is dropped, the wake-up it passes on to the
+// Guarantee 11: when a woken take is dropped, the wake-up it passes on to the
 // next take runs outside the lock.
 #[test]
 fn wake_calling_into_the_map_when_a_dropped_take_passes_the_baton_does_not_deadlock() {
@@ -362,7 +362,7 @@ fn wake_calling_into_the_map_when_a_dropped_take_passes_the_baton_does_not_deadl
     });
 }
 
-// Semantic 11: a `wake` that cancels the key it was woken for fails the takes
+// Guarantee 11: a `wake` that cancels the key it was woken for fails the takes
 // that do not hold the value's baton, and nothing else.
 #[test]
 fn wake_that_cancels_its_own_key_fails_only_the_takes_without_the_baton() {
@@ -410,7 +410,7 @@ fn wake_that_cancels_its_own_key_fails_only_the_takes_without_the_baton() {
     });
 }
 
-// Semantic 11: a `wake` that inserts its key again, while the first insert is
+// Guarantee 11: a `wake` that inserts its key again, while the first insert is
 // still waking the others: every waiter is woken once and sees the newest value.
 #[test]
 fn wake_that_inserts_its_own_key_again_wakes_each_waiter_once() {
@@ -453,7 +453,7 @@ fn wake_that_inserts_its_own_key_again_wakes_each_waiter_once() {
 // `clone` and `drop` calling back into the map.
 // ---------------------------------------------------------------------------
 
-// Semantic 11: the map clones wakers outside the lock (and, semantic 4, not
+// Guarantee 11: the map clones wakers outside the lock (and, guarantee 4, not
 // again for a waker that `will_wake` the stored one).
 #[test]
 fn waker_clone_calling_into_the_map_does_not_deadlock() {
@@ -497,7 +497,7 @@ fn waker_clone_calling_into_the_map_does_not_deadlock() {
     });
 }
 
-// Semantic 11: a stored waker replaced by another one is dropped outside the
+// Guarantee 11: a stored waker replaced by another one is dropped outside the
 // lock.
 #[test]
 fn waker_drop_calling_into_the_map_when_replaced_does_not_deadlock() {
@@ -530,7 +530,7 @@ fn waker_drop_calling_into_the_map_when_replaced_does_not_deadlock() {
     });
 }
 
-// Semantic 11: a waiting future's stored waker is dropped outside the lock
+// Guarantee 11: a waiting future's stored waker is dropped outside the lock
 // when the future is dropped.
 #[test]
 fn waker_drop_calling_into_the_map_when_the_future_is_dropped_does_not_deadlock() {
@@ -555,7 +555,7 @@ fn waker_drop_calling_into_the_map_when_the_future_is_dropped_does_not_deadlock(
     });
 }
 
-// Semantic 11: a future that completes while its waker is still stored (it
+// Guarantee 11: a future that completes while its waker is still stored (it
 // is polled from another waker's `wake`, before its own turn in the wake-up
 // queue) drops that waker outside the lock.
 #[test]
@@ -648,7 +648,7 @@ impl Drop for DropsIntoMap {
     }
 }
 
-// Semantic 11: with a `std::task::Wake` waker, the map may hold the last
+// Guarantee 11: with a `std::task::Wake` waker, the map may hold the last
 // reference; releasing it (replacement, completion, future dropped) runs the
 // waker's `Drop` outside the lock.
 #[test]
@@ -716,7 +716,7 @@ impl Wake for Boom {
     }
 }
 
-// Semantic 11: a waker that panics in `wake` makes `insert` panic, but the
+// Guarantee 11: a waker that panics in `wake` makes `insert` panic, but the
 // value is stored, the lock is free, and the other futures see the value.
 #[test]
 fn waker_panicking_in_wake_leaves_the_map_consistent() {
@@ -774,7 +774,7 @@ fn waker_panicking_in_wake_leaves_the_map_consistent() {
     });
 }
 
-// Semantic 11: a panicking waker among more waiters than one batch of
+// Guarantee 11: a panicking waker among more waiters than one batch of
 // wake-ups: `insert` panics once, after (with `std`) waking every other
 // waiter once; the map stays usable and every future sees the value.
 #[test]
@@ -885,7 +885,7 @@ fn expect_panic<R>(map: &impl Debug, what: &str, f: impl FnOnce() -> R) {
     );
 }
 
-// Semantic 11: an `Eq` that panics under the lock, in every operation that
+// Guarantee 11: an `Eq` that panics under the lock, in every operation that
 // compares keys, propagates, releases the lock, and loses no value.
 #[test]
 fn eq_panicking_under_the_lock_releases_it_and_loses_nothing() {
@@ -944,7 +944,7 @@ fn eq_panicking_under_the_lock_releases_it_and_loses_nothing() {
     });
 }
 
-// Semantic 11: a `V: Clone` that panics under the lock, in `try_get` and in
+// Guarantee 11: a `V: Clone` that panics under the lock, in `try_get` and in
 // a `get` (first poll and after a wake-up), propagates, releases the lock,
 // and loses no value; the `get` can be polled again.
 #[test]
@@ -1048,7 +1048,7 @@ fn hooked<R>(what: &str, op: impl FnOnce() -> R) -> R {
     r
 }
 
-// Semantic 11: key hashing and key clones run outside the lock, so a key
+// Guarantee 11: key hashing and key clones run outside the lock, so a key
 // whose `Hash` or `Clone` calls into the map does not deadlock it.
 #[test]
 fn key_hash_and_clone_calling_into_the_map_do_not_deadlock() {
@@ -1210,7 +1210,7 @@ fn with_drop_map(what: &'static str, body: impl FnOnce(&Arc<DropMap>) + Send + '
     });
 }
 
-// Semantic 11: `insert` over an existing key drops the spare key outside the
+// Guarantee 11: `insert` over an existing key drops the spare key outside the
 // lock; the replaced value comes back to the caller.
 #[test]
 fn insert_over_an_existing_key_drops_the_spare_key_outside_the_lock() {
@@ -1227,7 +1227,7 @@ fn insert_over_an_existing_key_drops_the_spare_key_outside_the_lock() {
     });
 }
 
-// Semantic 11: a `take` that empties an entry drops its key outside the lock,
+// Guarantee 11: a `take` that empties an entry drops its key outside the lock,
 // whether the value was there at the first poll or arrived later.
 #[test]
 fn take_drops_the_emptied_entry_key_outside_the_lock() {
@@ -1258,7 +1258,7 @@ fn take_drops_the_emptied_entry_key_outside_the_lock() {
     });
 }
 
-// Semantic 11: `remove` drops the emptied entry's key outside the lock.
+// Guarantee 11: `remove` drops the emptied entry's key outside the lock.
 #[test]
 fn remove_drops_the_emptied_entry_key_outside_the_lock() {
     with_drop_map("remove", |map| {
@@ -1271,7 +1271,7 @@ fn remove_drops_the_emptied_entry_key_outside_the_lock() {
     });
 }
 
-// Semantic 11: when a key's last waiter is dropped, the entry goes and its
+// Guarantee 11: when a key's last waiter is dropped, the entry goes and its
 // key is dropped outside the lock.
 #[test]
 fn dropping_the_last_waiter_drops_the_entry_key_outside_the_lock() {
@@ -1292,7 +1292,7 @@ fn dropping_the_last_waiter_drops_the_entry_key_outside_the_lock() {
     });
 }
 
-// Semantic 11: `cancel` and `close` that leave an entry empty drop its key
+// Guarantee 11: `cancel` and `close` that leave an entry empty drop its key
 // outside the lock.
 #[test]
 fn cancel_and_close_drop_emptied_entry_keys_outside_the_lock() {
@@ -1319,7 +1319,7 @@ fn cancel_and_close_drop_emptied_entry_keys_outside_the_lock() {
 // The producer side: the same rules.
 // ---------------------------------------------------------------------------
 
-// Semantic 11 on the producer side: `promise`, `get_or_promise`, `try_insert`
+// Guarantee 11 on the producer side: `promise`, `get_or_promise`, `try_insert`
 // and the demand's copy of a newly wanted key hash and clone keys outside the
 // lock, so a key whose `Hash` or `Clone` calls into the map does not deadlock.
 #[test]
@@ -1351,7 +1351,7 @@ fn producer_side_key_hash_and_clone_run_outside_the_lock() {
     });
 }
 
-// Semantic 11 on the producer side: keys and values the map lets go of are
+// Guarantee 11 on the producer side: keys and values the map lets go of are
 // dropped with the lock released: a refused promise's key, an abandoned
 // promise's emptied entry, a replaced value `fulfil` hands back, a key the
 // demand skips or still holds when its last handle goes.
@@ -1564,7 +1564,7 @@ fn take_now(map: &Map, key: u64) -> Option<u64> {
     }
 }
 
-// Semantic 11, regression: a take resolved while the waker it had stored
+// Guarantee 11, regression: a take resolved while the waker it had stored
 // panicked on drop; the poll unwound with the value it had moved out, which
 // was destroyed: neither returned nor left in the map. Nor was the producer
 // waiting for room under the limit told that the value had left.
@@ -1606,7 +1606,7 @@ fn take_resolving_while_its_stored_waker_panics_on_drop_loses_no_value() {
     });
 }
 
-// Semantic 11, regression: the same take, polled after the get that ran its
+// Guarantee 11, regression: the same take, polled after the get that ran its
 // poll had completed, was the last waiter; its poll unwound before it told
 // the `drained()` futures (or the producers waiting for room), and they were
 // never woken. (Where polling the get already woke the take, it resolves
@@ -1657,7 +1657,7 @@ fn take_resolving_while_its_stored_waker_panics_on_drop_still_tells_drained_and_
     });
 }
 
-// Semantic 11, regression: a take that held the hand-off of a value was
+// Guarantee 11, regression: a take that held the hand-off of a value was
 // dropped while its stored waker panicked on drop; the hand-off passed to
 // the next take, but that take's waker, popped for waking, was dropped
 // un-woken by the unwinding drop. It waited forever with the value present,
@@ -1715,7 +1715,7 @@ fn dropping_a_woken_take_whose_stored_waker_panics_on_drop_wakes_the_next_take()
     });
 }
 
-// Semantic 11, regression: a get was dropped (from another waker's `wake`,
+// Guarantee 11, regression: a get was dropped (from another waker's `wake`,
 // with wake-ups still queued) while its stored waker panicked on drop; the
 // waker its drop had popped for another key's take was dropped un-woken, so
 // that take never learnt that its value had arrived.
@@ -1796,7 +1796,7 @@ impl Hash for CollidingKey {
     }
 }
 
-// Semantic 11, regression: a get_or_promise whose producer abandoned frees
+// Guarantee 11, regression: a get_or_promise whose producer abandoned frees
 // its node and starts over; when the fresh lookup's `Eq` panicked, the poll
 // unwound before it told the `drained()` futures that the last waiter had
 // gone, and they were never woken.
@@ -1865,7 +1865,7 @@ fn key_drop_panics<R>(map: &BombKeyMap, id: u64, what: &str, op: impl FnOnce() -
     assert!(!unspent, "{what}: no key was dropped");
 }
 
-// Semantic 11, regression: `insert` of a key that had an entry (a waiting
+// Guarantee 11, regression: `insert` of a key that had an entry (a waiting
 // get) dropped the spare key before it woke the get; a panicking `K::drop`
 // left the value stored but the get's waker, popped for waking, dropped
 // un-woken: the get never learnt of the value.
@@ -1913,7 +1913,7 @@ fn clone_panicking_waker() -> Waker {
     unsafe { Waker::from_raw(RawWaker::new(std::ptr::null(), &CLONE_PANICS_VTABLE)) }
 }
 
-// Semantic 11, regression: a take woken for a value that a fresh take got
+// Guarantee 11, regression: a take woken for a value that a fresh take got
 // first was polled again with a waker whose `clone` panicked; its node stayed
 // marked as woken, so the next insert handed it the value without waking
 // anyone, and the take behind it starved with the value present.
@@ -1956,7 +1956,7 @@ fn take_whose_new_waker_panics_on_clone_does_not_starve_the_next_take() {
 
 // ----- Neighbours: the same contract elsewhere. -----
 
-// Semantic 11: a get resolving while its stored waker panics on drop (polled
+// Guarantee 11: a get resolving while its stored waker panics on drop (polled
 // from another waker's `wake`, after that waker's own get completed) was the
 // last waiter: `drained()` is told. (Where completing the first get already
 // woke the second, it resolves plainly; the checks hold either way.)
@@ -2010,7 +2010,7 @@ fn get_resolving_while_its_stored_waker_panics_on_drop_still_tells_drained() {
     });
 }
 
-// Semantic 11: a get_or_promise that takes the work over (woken for a value
+// Guarantee 11: a get_or_promise that takes the work over (woken for a value
 // another future took first, and polled from another waker's `wake` while
 // its own waker is still stored) while its stored waker panics on drop: the
 // promise it was given is not lost, so the key is not reserved for ever for
@@ -2082,7 +2082,7 @@ fn get_or_promise_taking_over_while_its_stored_waker_panics_on_drop_leaves_no_or
     });
 }
 
-// Semantic 11: a get_or_promise that becomes the producer while the waker
+// Guarantee 11: a get_or_promise that becomes the producer while the waker
 // clone it had made to wait (not needed after all) panics when dropped: the
 // promise it was given is abandoned on the way out, not lost, so the key is
 // free again. The clone's own hook abandons the promise the caller was about
@@ -2161,7 +2161,7 @@ impl Clone for CloneBombKey {
     }
 }
 
-// Semantic 11: a get that makes its key wanted while a demand is watched
+// Guarantee 11: a get that makes its key wanted while a demand is watched
 // copies the key for the demand after registering; if that `Clone` panics,
 // the demand still learns of the key, or the get is not left waiting (it
 // starts over when polled again): a producer never misses a wanted key.
@@ -2198,7 +2198,7 @@ fn key_clone_panicking_when_a_wanted_key_is_announced_loses_no_demand() {
     });
 }
 
-// Semantic 11: a waker that panics in `wake` during `close`: with `std`
+// Guarantee 11: a waker that panics in `wake` during `close`: with `std`
 // every other waiter is woken once, the panic reaches the caller, and the
 // map-wide conditions are all told: `closed()`, the producers waiting for
 // room (a closed map takes their values) and the demand.
@@ -2260,7 +2260,7 @@ fn waker_panicking_in_wake_during_close_still_tells_everyone() {
     });
 }
 
-// Semantic 11: a waker that panics in `wake` during `cancel`: every other
+// Guarantee 11: a waker that panics in `wake` during `cancel`: every other
 // waiter of the key is woken once and fails, the panic reaches the caller,
 // and the key can be waited on again.
 #[test]
@@ -2306,7 +2306,7 @@ fn waker_panicking_in_wake_during_cancel_still_wakes_every_other_waiter() {
     });
 }
 
-// Semantic 11: `cancel` and an abandoned promise that leave an entry empty
+// Guarantee 11: `cancel` and an abandoned promise that leave an entry empty
 // drop its key; if that `K::drop` panics, the failed waiters are still woken
 // to learn it, and the panic reaches the caller.
 #[test]
@@ -2353,7 +2353,7 @@ fn cancel_and_abandon_whose_entry_key_panics_on_drop_still_wake_the_failed_waite
     });
 }
 
-// Semantic 11: `remove` that empties an entry drops its key; if that
+// Guarantee 11: `remove` that empties an entry drops its key; if that
 // `K::drop` panics (the removed value may go with the panic: that call was
 // removing it), a producer waiting for room under the limit is still let in.
 #[test]
@@ -2380,7 +2380,7 @@ fn remove_whose_entry_key_panics_on_drop_still_lets_a_producer_in() {
     });
 }
 
-// Semantic 11: a take of a present key empties its entry and drops its key;
+// Guarantee 11: a take of a present key empties its entry and drops its key;
 // if that `K::drop` panics, the value is not destroyed with the unwinding
 // poll: it is returned or stays in the map; and once it has left, a producer
 // waiting for room is let in.
@@ -2436,7 +2436,7 @@ impl Hash for PanicHashKey {
     }
 }
 
-// Semantic 11: a `Hash` that panics (it runs before the lock is taken) in
+// Guarantee 11: a `Hash` that panics (it runs before the lock is taken) in
 // every operation that hashes: the panic reaches the caller, the map is left
 // as it was, nobody is woken, and the futures whose first poll panicked
 // start over.
@@ -2516,7 +2516,7 @@ fn handed_back<R>(id: u64, what: &str, op: impl FnOnce() -> R) -> R {
     }
 }
 
-// Semantic 11 and `V::drop`: the map never drops a value (or a clone) of its
+// Guarantee 11 and `V::drop`: the map never drops a value (or a clone) of its
 // own accord while it works: replaced, removed, taken, refused and cloned
 // values all come back to the caller, so a value whose `Drop` panics can
 // only panic in the caller's hands. `extend` drops the values it replaces:

@@ -215,7 +215,7 @@ struct Irq {
     seen_inside: Mutex<Option<(bool, bool)>>,
 }
 
-// Semantics 1 and 8 under `CsLock`: while `Eq` runs under the map's lock,
+// Guarantees 1 and 8 under `CsLock`: while `Eq` runs under the map's lock,
 // an "interrupt" that inserts into the map, and one that only enters a
 // critical section, both stay masked (as on one core); each runs as soon as
 // the map is released, without deadlock, and its insert wakes the waiting
@@ -325,7 +325,7 @@ fn an_interrupt_is_masked_while_the_map_is_held_and_runs_after() {
 static ISR_MAP: AwaitMap<u32, u64, FixedState, CsLock> =
     AwaitMap::with_hasher_and_lock(FixedState::with_seed(2), CsLock::new());
 
-// Semantics 1, 2 and 6 under `CsLock`: an "ISR" inserting keys 0..n in a
+// Guarantees 1, 2 and 6 under `CsLock`: an "ISR" inserting keys 0..n in a
 // loop while the main code takes them in another order, some registered
 // before their key arrives and some after: every value is taken exactly
 // once, every wake-up arrives, and no waiter is left.
@@ -402,7 +402,7 @@ fn takes_awaiting_an_isr_that_inserts_in_a_loop_get_every_value_once() {
 
 static CS_REENTRY: CsKeyMap = cs_key_map(3);
 
-// Semantic 13 under `CsLock`: a key whose `Eq` calls back into its own map
+// Guarantee 11 under `CsLock`: a key whose `Eq` calls back into its own map
 // (a `try_get`, or an `insert`) makes the outer call panic with a message
 // about the critical section instead of deadlocking; the re-entered call did
 // nothing, the outer one changed nothing, and the map and the critical
@@ -450,7 +450,7 @@ fn spin_reentry_map() -> &'static AwaitMap<Key, u32> {
     MAP.get_or_init(AwaitMap::new)
 }
 
-// Semantic 13 under the default `SpinLock` (debug builds): a key whose `Eq`
+// Guarantee 11 under the default `SpinLock` (debug builds): a key whose `Eq`
 // calls back into its map panics with a message that points to
 // `awaitmap::CsLock` instead of spinning forever; the map is usable after.
 #[cfg(debug_assertions)]
@@ -489,7 +489,7 @@ fn reentry_under_the_default_spin_lock_panics_naming_cs_lock() {
 
 static CS_PANIC: CsKeyMap = cs_key_map(5);
 
-// Semantic 11 under `CsLock`: an `Eq` that panics under the lock, in an
+// Guarantee 11 under `CsLock`: an `Eq` that panics under the lock, in an
 // `insert`, a `try_get` and a future's first poll, releases the lock and the
 // critical section and leaves the map consistent: nothing stored, the
 // waiter registered before still woken, usable from this thread and another.
@@ -536,7 +536,7 @@ static CS_STATIC: AwaitMap<u32, u32, FixedState, CsLock> =
 static SPIN_STATIC: AwaitMap<u32, u32, FixedState, SpinLock> =
     AwaitMap::with_hasher_and_lock(FixedState::with_seed(6), SpinLock::new());
 
-// Semantics 1 and 2 on const-built `static` maps, one with each of the
+// Guarantees 1 and 2 on const-built `static` maps, one with each of the
 // crate's locks.
 #[test]
 fn static_maps_with_either_lock_round_trip() {
@@ -657,7 +657,7 @@ impl Clone for Probe {
     }
 }
 
-// Semantics 1, 2 and 11 with a user-written `ScopedRawMutex + ConstInit`:
+// Guarantees 1, 2 and 11 with a user-written `ScopedRawMutex + ConstInit`:
 // the map takes that lock for its work (a value's `Clone` runs under it),
 // and a round trip and a waiter's wake-up work through it.
 #[test]

@@ -216,7 +216,7 @@ fn reenter(map: &Arc<Map>) -> impl Fn() + Send + Sync + 'static {
 // 1. insert ‖ first poll of `get`
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 2, 3: whichever runs first, the get resolves with the value,
+// Guarantees 1, 2, 3: whichever runs first, the get resolves with the value,
 // and its waker (if it waited) runs with the lock free and the value stored.
 #[test]
 fn get_resolves_whether_insert_runs_before_or_after_its_first_poll() {
@@ -241,7 +241,7 @@ fn get_resolves_whether_insert_runs_before_or_after_its_first_poll() {
     });
 }
 
-// Semantics 1, 2: the same race with a `take`: it resolves with the value and
+// Guarantees 1, 2: the same race with a `take`: it resolves with the value and
 // the value leaves the map.
 #[test]
 fn take_resolves_whether_insert_runs_before_or_after_its_first_poll() {
@@ -264,7 +264,7 @@ fn take_resolves_whether_insert_runs_before_or_after_its_first_poll() {
 // 2. insert ‖ drop of a waiting `get`
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 5: dropping a waiting get while an insert runs deregisters it
+// Guarantees 1, 5: dropping a waiting get while an insert runs deregisters it
 // and the value is stored either way.
 #[test]
 fn dropping_a_waiting_get_during_an_insert_deregisters_it() {
@@ -295,7 +295,7 @@ fn dropping_a_waiting_get_during_an_insert_deregisters_it() {
 /// got, what the second and third inserts replaced, and the two gets.
 type GetsTakeOutcome = (u64, Option<u64>, Option<u64>, u64, u64);
 
-// Semantics 1, 6: every get sees some inserted value, the take gets exactly
+// Guarantees 1, 6: every get sees some inserted value, the take gets exactly
 // one, and each value is taken, replaced or still stored: never lost or
 // delivered twice.
 #[test]
@@ -348,7 +348,7 @@ fn two_gets_and_a_take_race_three_inserts() {
     });
 }
 
-// Semantics 1, 6, 9: two takes, two inserts (the second may replace the
+// Guarantees 1, 6, 9: two takes, two inserts (the second may replace the
 // first) and a close: each stored value goes to exactly one take, and a take
 // left without a value fails `Closed` instead of hanging.
 #[test]
@@ -382,7 +382,7 @@ fn two_takes_race_inserts_and_close_each_value_delivered_once() {
 // 4. close ‖ poll
 // ---------------------------------------------------------------------------
 
-// Semantic 9: a get and a take blocked (or about to block) on other threads
+// Guarantee 9: a get and a take blocked (or about to block) on other threads
 // resolve `Err(Closed)` when the map is closed; nothing stays registered.
 #[test]
 fn close_fails_a_get_and_a_take_waiting_on_other_threads() {
@@ -409,7 +409,7 @@ fn close_fails_a_get_and_a_take_waiting_on_other_threads() {
     });
 }
 
-// Semantics 1, 9: close ‖ insert ‖ get: the get gets the value or `Closed`,
+// Guarantees 1, 9: close ‖ insert ‖ get: the get gets the value or `Closed`,
 // and the value is stored in any case.
 #[test]
 fn close_insert_and_get_race_value_is_stored_either_way() {
@@ -438,7 +438,7 @@ fn close_insert_and_get_race_value_is_stored_either_way() {
     });
 }
 
-// Semantics 6, 9: close ‖ insert ‖ take: the take gets the value (which then
+// Guarantees 6, 9: close ‖ insert ‖ take: the take gets the value (which then
 // leaves the map) or `Closed` (and the value stays): never both, never none.
 #[test]
 fn close_insert_and_take_race_value_is_taken_or_stored() {
@@ -468,7 +468,7 @@ fn close_insert_and_take_race_value_is_taken_or_stored() {
 // 5. cancel ‖ re-registration
 // ---------------------------------------------------------------------------
 
-// Semantic 8: a get registered before `cancel` is failed; a take registered
+// Guarantee 8: a get registered before `cancel` is failed; a take registered
 // on another thread while `cancel` runs is failed exactly when `cancel`
 // counted it, and otherwise resolves Ok after a final insert.
 #[test]
@@ -508,7 +508,7 @@ fn cancel_counts_exactly_the_futures_it_fails_while_another_registers() {
     });
 }
 
-// Semantics 1, 8: cancel ‖ insert on a key with a waiting take: before the
+// Guarantees 1, 8: cancel ‖ insert on a key with a waiting take: before the
 // insert the take is failed and the value stays; after it the take holds the
 // value, is left alone and gets it.
 #[test]
@@ -539,7 +539,7 @@ fn cancel_and_insert_race_on_a_key_with_a_waiting_take() {
 // 6. a woken take dropped ‖ another take
 // ---------------------------------------------------------------------------
 
-// Semantic 6: take A is woken for the value, then dropped on one thread while
+// Guarantee 6: take A is woken for the value, then dropped on one thread while
 // take B waits on another: the wake-up passes to B, which gets the value.
 #[test]
 fn dropping_a_woken_take_hands_the_value_to_the_next_take() {
@@ -564,7 +564,7 @@ fn dropping_a_woken_take_hands_the_value_to_the_next_take() {
     });
 }
 
-// Semantics 1, 5, 6: the first waiting take is dropped on one thread while an
+// Guarantees 1, 5, 6: the first waiting take is dropped on one thread while an
 // insert runs on another and the second take waits on a third: the value ends
 // with the second take whichever ran first.
 #[test]
@@ -597,7 +597,7 @@ fn dropping_a_waiting_take_during_an_insert_leaves_the_value_to_the_next() {
 // 7. remove ‖ waiting get
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 7: a get waits while a value is inserted and removed on other
+// Guarantees 1, 7: a get waits while a value is inserted and removed on other
 // threads; it resolves with an inserted value (a final insert guarantees one
 // stays), and remove and insert account for every value.
 #[test]
@@ -634,7 +634,7 @@ fn remove_races_a_waiting_get_which_resolves_with_an_inserted_value() {
 // Extra: a woken take whose value vanishes
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 6, 7: a take woken for a value that a `remove` on another
+// Guarantees 1, 6, 7: a take woken for a value that a `remove` on another
 // thread then takes out waits again, still first in line, and the next insert
 // wakes it; or it got the first value and the second stays stored.
 #[test]
@@ -668,8 +668,8 @@ fn woken_take_whose_value_is_removed_is_woken_again_by_the_next_insert() {
 // ---------------------------------------------------------------------------
 //
 // "P" is the promise contract (the `Promise` and `get_or_promise` docs), "L"
-// the limit contract (the `with_limit` and `insert_async` docs); SPEC.md's
-// numbered semantics predate both. The futures here are polled by hand with
+// the limit contract (the `with_limit` and `insert_async` docs); the crate's
+// numbered guarantees speak of plain waits, not of either. The futures here are polled by hand with
 // counting wakers: a lost wake-up shows as a future still pending whose
 // waker never ran, an outcome no model lists as legal.
 //

@@ -233,7 +233,7 @@ fn sequence_of(fragments: impl Strategy<Value = Vec<Op>>) -> impl Strategy<Value
 proptest! {
     #![proptest_config(config())]
 
-    // Semantics 1–9 and 12 together: any sequence of operations leaves the
+    // Guarantees 1–9 and 12 together: any sequence of operations leaves the
     // map, every future's outcome and every waker's wake count where the
     // model says, and conserves values.
     #[test]
@@ -262,7 +262,7 @@ proptest! {
 // ---------------------------------------------------------------------------
 // Hand-written sequences. Besides the model's checks, each asserts the
 // outcomes it was written for, so the model itself is checked against a
-// reading of SPEC.md.
+// reading of the guarantees in the crate docs.
 // ---------------------------------------------------------------------------
 
 fn create_get(key: u8, slot: u8) -> Op {
@@ -290,7 +290,7 @@ fn promise_to(slot: u8) -> Event {
     resolved(slot, Outcome::Coalesced(Ok(Coalesced::Promise)))
 }
 
-// Semantics 1 and 6: insert wakes every get and only the first take; a woken
+// Guarantees 1 and 6: insert wakes every get and only the first take; a woken
 // take that is dropped passes the baton to the next take, which gets the
 // value.
 #[test]
@@ -337,7 +337,7 @@ fn dropped_baton_take_hands_the_value_to_the_next_take() {
     );
 }
 
-// Semantics 2 and 6: a fresh take takes a present value from under the woken
+// Guarantees 2 and 6: a fresh take takes a present value from under the woken
 // baton take, which then waits again, still first in line: the next insert
 // wakes it, not the take behind it.
 #[test]
@@ -376,7 +376,7 @@ fn baton_take_that_lost_the_value_stays_first_in_line() {
     assert_eq!(t.steps[10], []);
 }
 
-// Semantic 8: with a value present, cancel fails only the takes without the
+// Guarantee 8: with a value present, cancel fails only the takes without the
 // baton; the gets and the baton take still get the value; a cancelled take
 // stays cancelled although the value is there; cancel is not sticky.
 #[test]
@@ -437,7 +437,7 @@ fn cancel_with_a_value_present_spares_gets_and_the_baton_take() {
     );
 }
 
-// Semantic 9: close fails the waiting futures of absent keys and the takes
+// Guarantee 9: close fails the waiting futures of absent keys and the takes
 // without the baton, but the take holding the baton still gets its value;
 // after close an absent key fails at once and insert still stores.
 #[test]

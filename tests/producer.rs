@@ -2,11 +2,11 @@
 //! and coalescing with `get_or_promise`. Hand-polled with counting wakers
 //! first; then real threads and tokio tasks.
 //!
-//! SPEC.md's numbered semantics predate promises: each test names the ones
-//! it leans on (1 store-then-wake, 2 present keys, 3 lazy, 4 one
-//! registration, 5 deregistration, 8 cancel, 9 close, 12 completed futures)
-//! and "P" for the promise contract in the `Promise` and `get_or_promise`
-//! docs.
+//! The crate's numbered guarantees speak of plain waits, not promises: each
+//! test names the guarantees it leans on (1 store-then-wake, 2 present keys,
+//! 3 lazy, 4 one registration, 5 deregistration, 8 cancel, 9 close, 12
+//! completed futures) and "P" for the promise contract in the `Promise` and
+//! `get_or_promise` docs.
 // The blocking API and the threads below need `std`.
 #![cfg(feature = "std")]
 
@@ -794,7 +794,7 @@ fn a_woken_caller_that_finds_the_value_gone_takes_the_work() {
         assert_eq!(p.fulfil(10), None);
         assert_eq!(c.wakes(), 1);
         // The value leaves before the waiter runs: evicted, or taken by a
-        // fresh take (semantic 2).
+        // fresh take (guarantee 2).
         if by_take {
             let mut t = map.take(&1);
             assert_eq!(ready(poll_once(&mut t, &w)), Ok(10));

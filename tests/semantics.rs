@@ -1,4 +1,4 @@
-//! The numbered semantics of SPEC.md (1–10 and 12), checked by polling the
+//! The numbered guarantees of the crate docs (1–10 and 12), checked by polling the
 //! futures by hand with counting wakers: no runtime, no threads.
 
 mod common;
@@ -33,10 +33,10 @@ impl Lcg {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 1: store, then wake.
+// Guarantee 1: store, then wake.
 // ---------------------------------------------------------------------------
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn insert_wakes_every_get_and_only_the_earliest_take_of_its_key() {
     let map = AwaitMap::<u64, u64>::new();
@@ -86,7 +86,7 @@ fn insert_wakes_every_get_and_only_the_earliest_take_of_its_key() {
     }
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn insert_returns_the_value_it_replaced_and_drops_nothing() {
     let live_vals = live_counter();
@@ -106,7 +106,7 @@ fn insert_returns_the_value_it_replaced_and_drops_nothing() {
     assert_eq!(live(&live_vals), 0);
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn second_insert_before_the_woken_take_polls_wakes_no_second_take() {
     let map = AwaitMap::<u64, u64>::new();
@@ -136,7 +136,7 @@ fn second_insert_before_the_woken_take_polls_wakes_no_second_take() {
     assert!(map.is_empty());
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn takes_are_served_in_registration_order_across_inserts() {
     let map = AwaitMap::<u64, u64>::new();
@@ -170,7 +170,7 @@ fn takes_are_served_in_registration_order_across_inserts() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn woken_get_that_finds_the_value_taken_waits_for_the_next_insert() {
     let map = AwaitMap::<u64, u64>::new();
@@ -195,7 +195,7 @@ fn woken_get_that_finds_the_value_taken_waits_for_the_next_insert() {
     assert_eq!(map.try_get(&1), Some(6));
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn insert_wakes_more_than_a_batch_of_waiters_each_exactly_once() {
     let map = AwaitMap::<u64, u64>::new();
@@ -257,7 +257,7 @@ impl Wake for SnapshotWaker {
     }
 }
 
-// Semantic 1.
+// Guarantee 1.
 #[test]
 fn wakers_run_after_the_value_is_stored_and_the_lock_released() {
     let map = Arc::new(AwaitMap::<u64, u64>::new());
@@ -283,10 +283,10 @@ fn wakers_run_after_the_value_is_stored_and_the_lock_released() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 2: present keys resolve at once.
+// Guarantee 2: present keys resolve at once.
 // ---------------------------------------------------------------------------
 
-// Semantic 2.
+// Guarantee 2.
 #[test]
 fn get_and_take_of_a_present_key_are_ready_at_once_and_keep_no_waker() {
     let map = AwaitMap::<u64, u64>::new();
@@ -315,7 +315,7 @@ fn get_and_take_of_a_present_key_are_ready_at_once_and_keep_no_waker() {
     assert_eq!(kept(&c), 0);
 }
 
-// Semantic 2.
+// Guarantee 2.
 #[test]
 fn owned_futures_of_a_present_key_are_ready_at_once() {
     let map = Arc::new(AwaitMap::<u64, u64>::new());
@@ -333,7 +333,7 @@ fn owned_futures_of_a_present_key_are_ready_at_once() {
     assert_eq!(map.try_get(&1), Some(11));
 }
 
-// Semantic 2.
+// Guarantee 2.
 #[test]
 fn ready_at_once_stores_no_key_and_take_frees_the_key() {
     let keys = live_counter();
@@ -355,10 +355,10 @@ fn ready_at_once_stores_no_key_and_take_frees_the_key() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 3: lazy.
+// Guarantee 3: lazy.
 // ---------------------------------------------------------------------------
 
-// Semantic 3.
+// Guarantee 3.
 #[test]
 fn dropping_unpolled_futures_leaves_the_map_as_it_was() {
     let keys = live_counter();
@@ -393,7 +393,7 @@ fn dropping_unpolled_futures_leaves_the_map_as_it_was() {
     assert_eq!(map.cancel(&absent), 0);
 }
 
-// Semantic 3.
+// Guarantee 3.
 #[test]
 fn a_future_created_before_insert_and_first_polled_after_is_ready_at_once() {
     let map = AwaitMap::<u64, u64>::new();
@@ -410,7 +410,7 @@ fn a_future_created_before_insert_and_first_polled_after_is_ready_at_once() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 3.
+// Guarantee 3.
 #[test]
 fn an_unpolled_future_is_never_woken_by_a_later_insert() {
     let map = AwaitMap::<u64, u64>::new();
@@ -427,10 +427,10 @@ fn an_unpolled_future_is_never_woken_by_a_later_insert() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 4: one registration per future.
+// Guarantee 4: one registration per future.
 // ---------------------------------------------------------------------------
 
-// Semantic 4.
+// Guarantee 4.
 #[test]
 fn repolling_with_another_waker_replaces_the_stored_one() {
     let map = AwaitMap::<u64, u64>::new();
@@ -461,7 +461,7 @@ fn repolling_with_another_waker_replaces_the_stored_one() {
     assert_eq!(kept(&cb) + kept(&cd), 0);
 }
 
-// Semantic 4.
+// Guarantee 4.
 #[test]
 #[cfg_attr(
     miri,
@@ -497,7 +497,7 @@ fn repolling_with_a_waker_that_will_wake_the_stored_one_does_not_clone_it() {
     assert_eq!(c.wakes(), 2); // once for the get, once for the take
 }
 
-// Semantic 4: the map clones a waker only when it does not `will_wake`
+// Guarantee 4: the map clones a waker only when it does not `will_wake`
 // the stored one (observed with a raw waker that counts its clones).
 #[test]
 fn a_waker_that_will_wake_the_stored_one_is_never_cloned_again() {
@@ -531,7 +531,7 @@ fn a_waker_that_will_wake_the_stored_one_is_never_cloned_again() {
     assert_eq!(c2.drops(), c2.clones());
 }
 
-// Semantic 4.
+// Guarantee 4.
 #[test]
 fn switching_back_to_the_first_waker_wakes_only_it() {
     let map = AwaitMap::<u64, u64>::new();
@@ -556,10 +556,10 @@ fn switching_back_to_the_first_waker_wakes_only_it() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 5: dropping a waiting future deregisters it.
+// Guarantee 5: dropping a waiting future deregisters it.
 // ---------------------------------------------------------------------------
 
-// Semantic 5.
+// Guarantee 5.
 #[test]
 fn dropping_all_waiters_of_many_keys_frees_their_entries() {
     let n: u64 = if cfg!(miri) { 50 } else { 5_000 };
@@ -602,7 +602,7 @@ fn dropping_all_waiters_of_many_keys_frees_their_entries() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 5.
+// Guarantee 5.
 #[test]
 fn dropping_some_waiters_leaves_the_others_registered_in_order() {
     let map = AwaitMap::<u64, u64>::new();
@@ -640,7 +640,7 @@ fn dropping_some_waiters_leaves_the_others_registered_in_order() {
     assert_eq!(ready(poll_once(f.as_mut().unwrap(), w)), Ok(9));
 }
 
-// Semantic 5.
+// Guarantee 5.
 #[test]
 fn completed_and_failed_futures_leave_no_waiter_or_key_behind() {
     let keys_live = live_counter();
@@ -676,10 +676,10 @@ fn completed_and_failed_futures_leave_no_waiter_or_key_behind() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 6: `take` is cancel-safe.
+// Guarantee 6: `take` is cancel-safe.
 // ---------------------------------------------------------------------------
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_woken_take_dropped_unpolled_passes_the_value_to_the_next_take() {
     let vals = live_counter();
@@ -711,7 +711,7 @@ fn a_woken_take_dropped_unpolled_passes_the_value_to_the_next_take() {
     assert_eq!(live(&vals), 0);
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_woken_take_dropped_with_no_other_take_leaves_the_value_in_the_map() {
     let vals = live_counter();
@@ -736,7 +736,7 @@ fn a_woken_take_dropped_with_no_other_take_leaves_the_value_in_the_map() {
     assert_eq!(live(&vals), 0);
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_chain_of_dropped_woken_takes_wakes_each_once_and_keeps_the_value() {
     let vals = live_counter();
@@ -760,7 +760,7 @@ fn a_chain_of_dropped_woken_takes_wakes_each_once_and_keeps_the_value() {
     assert_eq!(map.remove(&1).map(|t| t.id), Some(1));
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_fresh_take_polled_first_gets_the_value_and_the_woken_take_waits_again() {
     let vals = live_counter();
@@ -793,7 +793,7 @@ fn a_fresh_take_polled_first_gets_the_value_and_the_woken_take_waits_again() {
     assert_eq!(live(&vals), 0);
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_woken_take_dropped_after_a_fresh_take_took_the_value_passes_nothing() {
     let map = AwaitMap::<u64, u64>::new();
@@ -815,7 +815,7 @@ fn a_woken_take_dropped_after_a_fresh_take_took_the_value_passes_nothing() {
     assert_eq!(ready(poll_once(&mut b, &wb)), Ok(2));
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn remove_between_wake_and_poll_makes_the_woken_take_wait_first_in_line() {
     let map = AwaitMap::<u64, u64>::new();
@@ -841,7 +841,7 @@ fn remove_between_wake_and_poll_makes_the_woken_take_wait_first_in_line() {
     assert_eq!(ready(poll_once(&mut b, &wb)), Ok(30));
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn a_woken_owned_take_dropped_unpolled_passes_the_value_on() {
     let map = Arc::new(AwaitMap::<u64, String>::new());
@@ -860,7 +860,7 @@ fn a_woken_owned_take_dropped_unpolled_passes_the_value_on() {
     assert_eq!(Arc::strong_count(&map), 1);
 }
 
-// Semantic 6.
+// Guarantee 6.
 #[test]
 fn scripted_take_churn_never_loses_or_duplicates_a_value() {
     // Random operations on one key: register takes, insert, remove, drop
@@ -957,10 +957,10 @@ fn scripted_take_churn_never_loses_or_duplicates_a_value() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 7: remove.
+// Guarantee 7: remove.
 // ---------------------------------------------------------------------------
 
-// Semantic 7.
+// Guarantee 7.
 #[test]
 fn remove_leaves_waiting_futures_waiting() {
     let map = AwaitMap::<u64, u64>::new();
@@ -988,7 +988,7 @@ fn remove_leaves_waiting_futures_waiting() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 7.
+// Guarantee 7.
 #[test]
 fn gets_woken_for_a_removed_value_wait_again() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1009,10 +1009,10 @@ fn gets_woken_for_a_removed_value_wait_again() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 8: cancel.
+// Guarantee 8: cancel.
 // ---------------------------------------------------------------------------
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_fails_the_waiting_futures_of_its_key_and_counts_them() {
     let keys_live = live_counter();
@@ -1051,7 +1051,7 @@ fn cancel_fails_the_waiting_futures_of_its_key_and_counts_them() {
     pending(poll_once(&mut o, &ow));
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_is_not_sticky() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1073,7 +1073,7 @@ fn cancel_is_not_sticky() {
     assert_eq!(ready(poll_once(&mut t, &w)), Ok(5));
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn a_cancelled_future_stays_cancelled_when_a_value_arrives_before_its_poll() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1096,7 +1096,7 @@ fn a_cancelled_future_stays_cancelled_when_a_value_arrives_before_its_poll() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_with_a_value_present_spares_the_gets_and_the_woken_take() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1125,7 +1125,7 @@ fn cancel_with_a_value_present_spares_the_gets_and_the_woken_take() {
     assert!(map.is_empty());
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_counts_a_woken_take_whose_value_was_removed() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1140,7 +1140,7 @@ fn cancel_counts_a_woken_take_whose_value_was_removed() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_of_an_unknown_or_value_only_key_returns_zero() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1155,7 +1155,7 @@ fn cancel_of_an_unknown_or_value_only_key_returns_zero() {
     assert_eq!(c.wakes(), 0);
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn dropping_a_cancelled_future_before_its_poll_deregisters_it() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1171,7 +1171,7 @@ fn dropping_a_cancelled_future_before_its_poll_deregisters_it() {
     assert_eq!(kept(&c), 0);
 }
 
-// Semantic 8.
+// Guarantee 8.
 #[test]
 fn cancel_fails_more_than_a_batch_of_waiters() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1188,10 +1188,10 @@ fn cancel_fails_more_than_a_batch_of_waiters() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 9: close.
+// Guarantee 9: close.
 // ---------------------------------------------------------------------------
 
-// Semantic 9.
+// Guarantee 9.
 #[test]
 fn close_fails_every_waiting_future_of_an_absent_key() {
     const KEYS: [u64; 3] = [0, 1, 2];
@@ -1231,7 +1231,7 @@ fn close_fails_every_waiting_future_of_an_absent_key() {
     assert_eq!(map.try_get(&9), Some(9));
 }
 
-// Semantic 9.
+// Guarantee 9.
 #[test]
 fn after_close_futures_of_absent_keys_fail_on_their_first_poll() {
     let keys_live = live_counter();
@@ -1255,7 +1255,7 @@ fn after_close_futures_of_absent_keys_fail_on_their_first_poll() {
     assert_eq!(live(&keys_live), 1, "no entry made for a closed wait");
 }
 
-// Semantic 9.
+// Guarantee 9.
 #[test]
 fn after_close_futures_of_present_keys_still_resolve_ok() {
     let map = Arc::new(AwaitMap::<u64, u64>::new());
@@ -1275,7 +1275,7 @@ fn after_close_futures_of_present_keys_still_resolve_ok() {
     );
 }
 
-// Semantic 9.
+// Guarantee 9.
 #[test]
 fn futures_woken_by_insert_before_close_resolve_ok_after_it() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1300,7 +1300,7 @@ fn futures_woken_by_insert_before_close_resolve_ok_after_it() {
     assert!(map.is_empty());
 }
 
-// Semantic 9 (with 6).
+// Guarantee 9 (with 6).
 #[test]
 fn a_woken_take_dropped_after_close_still_hands_its_value_on() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1320,7 +1320,7 @@ fn a_woken_take_dropped_after_close_still_hands_its_value_on() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 9 (with 6).
+// Guarantee 9 (with 6).
 #[test]
 fn a_value_nobody_can_take_after_close_stays_in_the_map() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1338,7 +1338,7 @@ fn a_value_nobody_can_take_after_close_stays_in_the_map() {
     assert_eq!(map.waiters(), 0);
 }
 
-// Semantic 9.
+// Guarantee 9.
 #[test]
 fn insert_after_close_still_stores() {
     let vals = live_counter();
@@ -1360,7 +1360,7 @@ fn insert_after_close_still_stores() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 10: happens-before (single-thread proxy).
+// Guarantee 10: happens-before (single-thread proxy).
 // ---------------------------------------------------------------------------
 
 #[derive(Debug, Default)]
@@ -1369,7 +1369,7 @@ struct Payload {
     log: Mutex<Vec<u64>>,
 }
 
-// Semantic 10 (single-thread proxy; the cross-thread check is elsewhere).
+// Guarantee 10 (single-thread proxy; the cross-thread check is elsewhere).
 #[test]
 fn data_written_before_insert_is_seen_by_the_resolved_future() {
     let map = Arc::new(AwaitMap::<u64, Arc<Payload>>::new());
@@ -1398,10 +1398,10 @@ fn data_written_before_insert_is_seen_by_the_resolved_future() {
 }
 
 // ---------------------------------------------------------------------------
-// Semantic 12: completed futures.
+// Guarantee 12: completed futures.
 // ---------------------------------------------------------------------------
 
-// Semantic 12.
+// Guarantee 12.
 #[test]
 fn polling_get_and_take_after_ready_panics() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1433,7 +1433,7 @@ fn polling_get_and_take_after_ready_panics() {
     assert_eq!(map.waiters(), 1);
 }
 
-// Semantic 12.
+// Guarantee 12.
 #[test]
 fn polling_owned_futures_after_ready_panics() {
     let map = Arc::new(AwaitMap::<u64, u64>::new());
@@ -1462,7 +1462,7 @@ fn polling_owned_futures_after_ready_panics() {
     assert_eq!(Arc::strong_count(&map), 1);
 }
 
-// Semantic 12.
+// Guarantee 12.
 #[test]
 fn polling_after_an_error_result_panics() {
     let map = AwaitMap::<u64, u64>::new();
@@ -1484,10 +1484,10 @@ fn polling_after_an_error_result_panics() {
 }
 
 // ---------------------------------------------------------------------------
-// Call shapes the semantics rely on.
+// Call shapes the guarantees rely on.
 // ---------------------------------------------------------------------------
 
-// Semantics 1, 7 and 8 through borrowed keys.
+// Guarantees 1, 7 and 8 through borrowed keys.
 #[test]
 fn borrowed_str_keys_reach_the_same_entry_as_owned_ones() {
     let map = AwaitMap::<String, u32>::new();
@@ -1522,7 +1522,7 @@ fn borrowed_str_keys_reach_the_same_entry_as_owned_ones() {
 
 fn assert_static<T: 'static>(_: &T) {}
 
-// Semantics 1 and 3 through owned futures.
+// Guarantees 1 and 3 through owned futures.
 #[test]
 fn owned_futures_hold_their_own_arc_and_outlive_the_callers_handle() {
     let map = Arc::new(AwaitMap::<u64, String>::new());
