@@ -101,8 +101,10 @@ where
     /// # Errors
     ///
     /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value,
-    /// [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel) fails the wait.
-    /// Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the future in your
+    /// [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel) fails the wait,
+    /// [`WaitError::Abandoned`](crate::WaitError::Abandoned) if the key's [`Promise`](crate::Promise)
+    /// (or [`get_or_promise`](Self::get_or_promise) producer) is dropped unfulfilled while the future
+    /// waits. Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the future in your
     /// runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety
@@ -155,7 +157,9 @@ where
     ///
     /// [`WaitError::Closed`](crate::WaitError::Closed) if the map is closed while the key has no value
     /// for this `take`, [`WaitError::Cancelled`](crate::WaitError::Cancelled) if [`cancel`](Self::cancel)
-    /// fails the wait. Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the
+    /// fails the wait, [`WaitError::Abandoned`](crate::WaitError::Abandoned) if the key's
+    /// [`Promise`](crate::Promise) (or [`get_or_promise`](Self::get_or_promise) producer) is dropped
+    /// unfulfilled while the future waits. Never [`WaitError::TimedOut`](crate::WaitError::TimedOut): for a deadline, wrap the
     /// future in your runtime's timeout (dropping it deregisters it).
     ///
     /// # Cancel safety

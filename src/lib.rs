@@ -87,7 +87,13 @@
 //!     so a waker, or a key's `Hash` or `Clone`, may call back into the map.
 //!     `K: Eq` and `V: Clone` must not: with `CsLock`, and with `SpinLock` in
 //!     debug builds, that panics with a message saying so (in release builds
-//!     the spin lock would spin forever). When any of this user code panics
+//!     the spin lock would spin forever). The whole-map methods are the one
+//!     exception, and say so: [`retain`](AwaitMap::retain) runs its
+//!     predicate under the lock, and the snapshots
+//!     ([`keys`](AwaitMap::keys), [`values`](AwaitMap::values),
+//!     [`entries`](AwaitMap::entries), [`awaited`](AwaitMap::awaited)) clone
+//!     keys and values under it, so that each sees the map at one instant;
+//!     the same rule holds for that code. When any of this user code panics
 //!     and the caller catches the panic:
 //!     - no value is destroyed, except the one the panicking call was
 //!       itself replacing or removing (an `insert` over a present value, a
@@ -278,7 +284,7 @@ pub use hashbrown::Equivalent;
 /// assert!(map.is_empty());
 /// ```
 pub type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
-pub use map::AwaitMap;
+pub use map::{AwaitMap, Waiting};
 /// The lock traits: `L: ScopedRawMutex` for every map, and `ConstInit` for
 /// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
 /// trait maitake-sync's locks use).

@@ -595,6 +595,197 @@ where
     }
 }
 
+/// How many futures wait on one key: an item of [`AwaitMap::awaited`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Waiting {
+    /// Waiting `get`s (and `get_or_promise`s that wait for another
+    /// caller's promise), owned and blocking forms included.
+    pub gets: usize,
+    /// Waiting `take`s, owned and blocking forms included.
+    pub takes: usize,
+}
+
+// Whole-map operations. Each takes the lock once for the whole map, so it
+// holds it for time proportional to the number of keys; user code that
+// runs under the lock is named in each method's docs.
+impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
+    /// Removes every value, as [`remove`](Self::remove) of each key would:
+    /// futures waiting on keys keep waiting, and a limited map lets as many
+    /// waiting producers in as values left. The values (and the keys of
+    /// entries left empty) are dropped after the lock is released.
+    ///
+    /// Runs no user code under the lock. Allocates a buffer for what it
+    /// drops.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, "a");
+    /// map.insert(2, "b");
+    /// map.clear();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn clear(&self) {
+        self.retain(|_, _| false);
+    }
+
+    /// Keeps only the values for which `keep` returns `true`; the others
+    /// are removed as [`remove`](Self::remove) would (futures waiting on
+    /// those keys keep waiting). The removed values (and the keys of entries
+    /// left empty) are dropped after the lock is released, and a limited map
+    /// lets as many waiting producers in as values left.
+    ///
+    /// # What runs under the lock
+    ///
+    /// `keep`, once for each stored value, with the map locked: keep it
+    /// short, and do not call into this map from it (with `SpinLock` that
+    /// spins forever in release builds). If it panics, the values it had
+    /// rejected so far are removed and the map stays usable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// for k in 0..6 {
+    ///     map.insert(k, k * 10);
+    /// }
+    /// map.retain(|k, _| k % 2 == 0);
+    /// assert_eq!(map.len(), 3);
+    /// assert_eq!(map.try_get(&3), None);
+    /// ```
+    pub fn retain(&self, keep: impl FnMut(&K, &mut V) -> bool) {
+        let mut values = alloc::vec::Vec::new();
+        let mut keys = alloc::vec::Vec::new();
+        let mut panic = None;
+        caught(
+            || {
+                self.state
+                    .with(|st| st.retain(keep, &mut values, &mut keys))
+            },
+            &mut panic,
+        );
+        if !values.is_empty() && self.limit != usize::MAX {
+            caught(|| self.events.room(values.len()), &mut panic);
+        }
+        // Last: a destructor that panics can no longer cost anyone a wake-up.
+        caught(|| drop(values), &mut panic);
+        caught(|| drop(keys), &mut panic);
+        resume(panic);
+    }
+
+    /// A snapshot of the keys that have a value, in no particular order.
+    ///
+    /// # What runs under the lock
+    ///
+    /// `K::clone`, once for each stored value (the snapshot is taken in one
+    /// trip through the lock, so it is consistent): do not call into this map
+    /// from it. Allocates the vector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert("b", 2);
+    /// map.insert("a", 1);
+    /// let mut keys = map.keys();
+    /// keys.sort();
+    /// assert_eq!(keys, ["a", "b"]);
+    /// ```
+    pub fn keys(&self) -> alloc::vec::Vec<K>
+    where
+        K: Clone,
+    {
+        let mut out = alloc::vec::Vec::new();
+        self.state
+            .with(|st| st.for_each_value(|k, _| out.push(k.clone())));
+        out
+    }
+
+    /// A snapshot of the stored values, in no particular order.
+    ///
+    /// # What runs under the lock
+    ///
+    /// `V::clone`, once for each stored value: do not call into this map
+    /// from it. Allocates the vector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, "one");
+    /// assert_eq!(map.values(), ["one"]);
+    /// ```
+    pub fn values(&self) -> alloc::vec::Vec<V>
+    where
+        V: Clone,
+    {
+        let mut out = alloc::vec::Vec::new();
+        self.state
+            .with(|st| st.for_each_value(|_, v| out.push(v.clone())));
+        out
+    }
+
+    /// A snapshot of the stored entries, `(key, value)`, in no particular
+    /// order.
+    ///
+    /// # What runs under the lock
+    ///
+    /// `K::clone` and `V::clone`, once for each stored value: do not call
+    /// into this map from them. Allocates the vector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let map = awaitmap::AwaitMap::new();
+    /// map.insert(1, "one");
+    /// assert_eq!(map.entries(), [(1, "one")]);
+    /// ```
+    pub fn entries(&self) -> alloc::vec::Vec<(K, V)>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut out = alloc::vec::Vec::new();
+        self.state
+            .with(|st| st.for_each_value(|k, v| out.push((k.clone(), v.clone()))));
+        out
+    }
+
+    /// A snapshot of the keys that futures wait on, with how many `get`s
+    /// and `take`s wait on each, in no particular order: what a hung task
+    /// is waiting for. Futures that a [`cancel`](Self::cancel) or an
+    /// abandoned promise failed are not counted; a future woken (by an
+    /// `insert`, or by [`close`](Self::close)) and not polled yet still is.
+    ///
+    /// # What runs under the lock
+    ///
+    /// `K::clone`, once for each awaited key: do not call into this map
+    /// from it. Allocates the vector.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use awaitmap::{AwaitMap, Waiting};
+    /// use futures::FutureExt;
+    ///
+    /// let map: AwaitMap<&str, u32> = AwaitMap::new();
+    /// let mut reply = map.take(&"reply-7");
+    /// assert!((&mut reply).now_or_never().is_none());
+    /// assert_eq!(map.awaited(), [("reply-7", Waiting { gets: 0, takes: 1 })]);
+    /// ```
+    pub fn awaited(&self) -> alloc::vec::Vec<(K, Waiting)>
+    where
+        K: Clone,
+    {
+        let mut out = alloc::vec::Vec::new();
+        self.state.with(|st| {
+            st.for_each_awaited(|k, gets, takes| out.push((k.clone(), Waiting { gets, takes })));
+        });
+        out
+    }
+}
+
 // A panic in user code (`Eq`, `Clone`, a waker) leaves the map consistent
 // (see "When user code panics" in the crate docs), so the map can be
 // used after a caught panic, as a poisoning std `Mutex` can.

@@ -285,6 +285,20 @@ impl Slab {
 
     /// Whether `slot` is the only node of `list`.
     #[inline]
+    /// How many nodes `list` holds.
+    pub(crate) fn count(&self, list: u32) -> usize {
+        let mut n = 0;
+        let mut slot = list;
+        while slot != NIL {
+            n += 1;
+            slot = self.next_of(slot);
+            if slot == list {
+                break;
+            }
+        }
+        n
+    }
+
     pub(crate) fn is_only(&self, list: u32, slot: u32) -> bool {
         list == slot && self.nodes[slot as usize].next == slot
     }

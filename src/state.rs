@@ -311,6 +311,30 @@ fn ghost_hash(g: &Ghost) -> u64 {
     g.hash
 }
 
+/// Ends a `retain`, even one whose predicate panicked: the entries it
+/// left with nothing in them go (a failed inline waiter's as a ghost), their
+/// keys to be dropped with the lock released.
+struct Tidy<'a, K, V> {
+    st: &'a mut State<K, V>,
+    keys: &'a mut alloc::vec::Vec<K>,
+}
+
+impl<K, V> Drop for Tidy<'_, K, V> {
+    fn drop(&mut self) {
+        let st = &mut *self.st;
+        for e in st.table.extract_if(|e| e.leftover() != Leftover::Keep) {
+            if e.leftover() == Leftover::Ghost {
+                let failure = e.inline_failure().expect("a ghost's waiter failed");
+                let (hash, id) = (e.hash, e.id());
+                st.ghosts
+                    .insert_unique(hash, Ghost { hash, id, failure }, ghost_hash);
+            }
+            self.keys.push(e.key);
+        }
+        renew_if_worn(&mut st.table);
+    }
+}
+
 /// See [`Entry::leftover`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Leftover {
@@ -848,6 +872,54 @@ impl<K, V> State<K, V> {
             unreachable!("checked above");
         };
         (Some(value), Some(e.key))
+    }
+
+    /// Takes out every value that `keep` rejects, as `remove` would each
+    /// (waiting futures keep waiting); the values go to `values`, the keys
+    /// of entries that nothing keeps any more to `keys`, all to be dropped
+    /// with the lock released. `keep` is user code run under the lock: if
+    /// it panics, the values taken out so far stay taken and the entries
+    /// they leave empty still go (see [`Tidy`]).
+    pub(crate) fn retain(
+        &mut self,
+        mut keep: impl FnMut(&K, &mut V) -> bool,
+        values: &mut alloc::vec::Vec<V>,
+        keys: &mut alloc::vec::Vec<K>,
+    ) {
+        let tidy = Tidy { st: self, keys };
+        for e in tidy.st.table.iter_mut() {
+            if let Slot::Value(v) = &mut e.slot {
+                if !keep(&e.key, v) {
+                    values.extend(e.take_value());
+                    tidy.st.len -= 1;
+                }
+            }
+        }
+    }
+
+    /// Calls `f` with each key that has a value, and the value.
+    pub(crate) fn for_each_value(&self, mut f: impl FnMut(&K, &V)) {
+        for e in &self.table {
+            if let Some(v) = e.value() {
+                f(&e.key, v);
+            }
+        }
+    }
+
+    /// Calls `f` with each key that futures wait on, and how many `get`s
+    /// (with `get_or_promise`s) and `take`s wait (failed ones not counted).
+    pub(crate) fn for_each_awaited(&self, mut f: impl FnMut(&K, usize, usize)) {
+        for e in &self.table {
+            let (mut gets, mut takes) = (self.slab.count(e.gets), self.slab.count(e.takes));
+            match e.inline() {
+                Inline::Get => gets += 1,
+                Inline::Take => takes += 1,
+                _ => {}
+            }
+            if gets + takes > 0 {
+                f(&e.key, gets, takes);
+            }
+        }
     }
 
     /// `remove` of a value from an entry that waiters (woken or not) or a
