@@ -32,8 +32,7 @@ use core::pin::{Pin, pin};
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::task::{Context, Poll, Waker};
 
-use awaitmap::{AwaitMap, CsLock, WaitError};
-use foldhash::fast::FixedState;
+use awaitmap::{AwaitMap, CsLock, FixedHashBuilder, WaitError};
 
 // The keys: pin numbers (0..64) and request ids (64..).
 const BUTTON_PIN: u8 = 2;
@@ -43,8 +42,7 @@ const LOST_REQUEST: u8 = 71; // a request whose reply never comes
 
 /// Pins and request ids to values. A fixed seed: no_std has no randomness
 /// (fine for keys an attacker does not choose).
-static MAP: AwaitMap<u8, u32, FixedState, CsLock> =
-    AwaitMap::with_hasher_and_lock(FixedState::with_seed(0x5eed), CsLock::new());
+static MAP: AwaitMap<u8, u32, FixedHashBuilder, CsLock> = AwaitMap::const_new();
 
 // ---------------------------------------------------------------------------
 // The interrupt handler: it produces, never waits.

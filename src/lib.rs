@@ -202,10 +202,13 @@
 //!   `static`). For guarantee 11 to hold, it must release the lock when the
 //!   closure unwinds, as both of the crate's locks do.
 //!
-//! A map can live in a `static` with no lazy initialisation:
-//! [`AwaitMap::with_hasher_and_lock`] is a `const fn`, given a hasher that
-//! can be built in a constant (`foldhash::fast::FixedState::with_seed`, or
-//! `BuildHasherDefault::new()`). [`AwaitMap::reserve`] makes room up front,
+//! A map can live in a `static` with no lazy initialisation and no extra
+//! dependency: [`AwaitMap::const_new`] is a `const fn` with a fixed-seed
+//! hasher ([`FixedHashBuilder`]: right for keys your code makes, not for keys
+//! an attacker chooses) and the lock the type names, so
+//! `static M: AwaitMap<u8, u32, FixedHashBuilder, CsLock> = AwaitMap::const_new();`
+//! is the whole line. [`AwaitMap::with_hasher_and_lock`] is a `const fn`
+//! too, for any hasher that can be built in a constant. [`AwaitMap::reserve`] makes room up front,
 //! and the type docs list which operations may allocate, so an interrupt
 //! handler can `insert` into reserved space without allocating.
 //!
@@ -284,7 +287,7 @@ pub use hashbrown::Equivalent;
 /// assert!(map.is_empty());
 /// ```
 pub type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
-pub use map::{AwaitMap, Waiting};
+pub use map::{AwaitMap, ConstLock, FixedHashBuilder, Waiting};
 /// The lock traits: `L: ScopedRawMutex` for every map, and `ConstInit` for
 /// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
 /// trait maitake-sync's locks use).

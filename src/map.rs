@@ -138,6 +138,73 @@ impl<K, V> AwaitMap<K, V, DefaultHashBuilder, SpinLock> {
     }
 }
 
+/// A hasher that can be built in a constant: foldhash's fast hasher (the
+/// same as [`DefaultHashBuilder`](crate::DefaultHashBuilder)) with a seed
+/// fixed at compile time instead of drawn at run time. What
+/// [`AwaitMap::const_new`] uses.
+///
+/// Every map and every run hashes a key the same way, so someone who
+/// chooses the keys (an attacker sending request ids) can choose keys that
+/// collide and make each lookup slow. Use it for keys your own code makes
+/// (counters, pin numbers, ids you assign); for keys that come from outside,
+/// build the map with a keyed hasher through
+/// [`with_hasher_and_lock`](AwaitMap::with_hasher_and_lock).
+pub type FixedHashBuilder = foldhash::fast::FixedState;
+
+/// The seed of [`AwaitMap::const_new`]'s hasher.
+const FIXED_SEED: u64 = 0x6177_6169_746d_6170;
+
+/// A lock that can be built in a constant, as a `static` map needs:
+/// any [`ScopedRawMutex`] that is also [`ConstInit`] (both of the crate's
+/// locks are).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot guard a map built in a constant",
+    label = "this map's lock",
+    note = "a map built with `AwaitMap::const_new` needs a lock that implements `ConstInit`",
+    note = "without feature `spin` there is no default lock (`DefaultLock` is `NoDefaultLock`): \
+            name one, as in `AwaitMap<K, V, FixedHashBuilder, CsLock>`"
+)]
+pub trait ConstLock: ScopedRawMutex + ConstInit {}
+
+impl<L: ScopedRawMutex + ConstInit> ConstLock for L {}
+
+impl<K, V, L: ConstLock> AwaitMap<K, V, FixedHashBuilder, L> {
+    const_fn_unless_loom! {
+        /// An empty map built in a constant, for a `static`: hashing with
+        /// [`FixedHashBuilder`] (read when that is not the right choice)
+        /// and guarded by the lock `L` (the default one, `SpinLock`, unless
+        /// the type names another, such as `CsLock`).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use awaitmap::{AwaitMap, FixedHashBuilder};
+        ///
+        /// static REPLIES: AwaitMap<u32, u32, FixedHashBuilder> = AwaitMap::const_new();
+        ///
+        /// REPLIES.insert(7, 49);
+        /// assert_eq!(REPLIES.try_get(&7), Some(49));
+        /// ```
+        ///
+        /// With the critical-section lock, for a map that interrupt handlers
+        /// use (feature `critical-section`):
+        ///
+        /// ```
+        /// # #[cfg(feature = "critical-section")] {
+        /// use awaitmap::{AwaitMap, CsLock, FixedHashBuilder};
+        ///
+        /// static PINS: AwaitMap<u8, bool, FixedHashBuilder, CsLock> = AwaitMap::const_new();
+        ///
+        /// PINS.insert(4, true);
+        /// assert_eq!(PINS.try_get(&4), Some(true));
+        /// # }
+        /// ```
+        pub fn const_new() -> Self {
+            Self::with_hasher_and_lock(FixedHashBuilder::with_seed(FIXED_SEED), L::INIT)
+        }
+    }
+}
+
 // The constructors that do not name a lock build the default one; they exist
 // with feature `spin` (without it, there is no default lock).
 #[cfg(feature = "spin")]

@@ -249,12 +249,6 @@ impl<K, V> Entry<K, V> {
 
     /// Whether the key has waiters (waiting, not failed) and nobody serves
     /// it: no value and no promise.
-    /// A future waits on the key (waiting or woken, not failed): a value
-    /// inserted now goes to it.
-    pub(crate) fn awaited(&self) -> bool {
-        matches!(self.inline(), Inline::Get | Inline::Take) || self.gets != NIL || self.takes != NIL
-    }
-
     fn wanted(&self) -> bool {
         !self.has_value()
             && !self.promised()

@@ -67,26 +67,32 @@ pub type DefaultLock = SpinLock;
 #[cfg(not(feature = "spin"))]
 pub type DefaultLock = NoDefaultLock;
 
-/// Stands in for the default lock when feature `spin` is off. It has no
-/// values, so a map with this lock cannot be built: name a lock instead.
+/// Stands in for the default lock when feature `spin` is off. Nothing can
+/// build one, so a map with this lock cannot be built: name a lock instead.
+/// (It is not an empty enum, so that a `static` that names it fails with
+/// the clear error of [`AwaitMap::const_new`](crate::AwaitMap::const_new)
+/// rather than a warning about an uninhabited type.)
 #[cfg(not(feature = "spin"))]
 #[derive(Debug)]
-pub enum NoDefaultLock {}
+pub struct NoDefaultLock {
+    _never: (),
+}
 
-// SAFETY: the type has no values, so none of these methods can be called.
+// SAFETY: no value of the type is ever built (its field is private and the
+// crate builds none), so none of these methods can be called.
 #[allow(unsafe_code)]
 #[cfg(not(feature = "spin"))]
 unsafe impl ScopedRawMutex for NoDefaultLock {
     fn try_with_lock<R>(&self, _: impl FnOnce() -> R) -> Option<R> {
-        match *self {}
+        unreachable!("a `NoDefaultLock` is never built")
     }
 
     fn with_lock<R>(&self, _: impl FnOnce() -> R) -> R {
-        match *self {}
+        unreachable!("a `NoDefaultLock` is never built")
     }
 
     fn is_locked(&self) -> bool {
-        match *self {}
+        unreachable!("a `NoDefaultLock` is never built")
     }
 }
 

@@ -583,3 +583,30 @@ fn future_debug_does_not_print_keys() {
         assert!(!s.contains("hidden"), "{s}");
     }
 }
+
+// A `static` map in one line, with no hasher crate of the user's own: the
+// default lock, and the critical-section lock where it is built. Both hash
+// with the same fixed seed, so two maps agree on every key's hash.
+static REPLIES: AwaitMap<u32, u32, awaitmap::FixedHashBuilder> = AwaitMap::const_new();
+
+#[cfg(feature = "critical-section")]
+static PINS: AwaitMap<u8, bool, awaitmap::FixedHashBuilder, awaitmap::CsLock> =
+    AwaitMap::const_new();
+
+#[test]
+fn const_new_builds_a_static_map_with_either_lock() {
+    assert!(REPLIES.is_empty());
+    REPLIES.insert(7, 49);
+    assert_eq!(ready(&mut REPLIES.take(&7)), Ok(49));
+    assert!(REPLIES.is_empty());
+    #[cfg(feature = "critical-section")]
+    {
+        PINS.insert(4, true);
+        assert_eq!(PINS.try_get(&4), Some(true));
+    }
+    let a: AwaitMap<u64, u8, awaitmap::FixedHashBuilder> = AwaitMap::const_new();
+    let b: AwaitMap<u64, u8, awaitmap::FixedHashBuilder> = AwaitMap::const_new();
+    for k in [0_u64, 1, 0xdead_beef] {
+        assert_eq!(a.hasher().hash_one(k), b.hasher().hash_one(k));
+    }
+}
