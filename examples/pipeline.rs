@@ -102,9 +102,9 @@ async fn job(promise: OwnedPromise<u32, String>, key: u32) -> Result<(), &'stati
     if key == PANICS {
         panic!("simulated crash");
     }
-    // `fulfil` ignores the limit, but a cold value always has a consumer
+    // `fulfill` ignores the limit, but a cold value always has a consumer
     // waiting for it, so it leaves the map at once.
-    promise.fulfil(make(key));
+    promise.fulfill(make(key));
     Ok(())
 }
 

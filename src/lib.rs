@@ -141,7 +141,7 @@
 //! # Producers
 //!
 //! - **Promises:** [`AwaitMap::promise`] reserves an absent key for one
-//!   producer; [`Promise::fulfil`] inserts the value, and a promise dropped
+//!   producer; [`Promise::fulfill`] inserts the value, and a promise dropped
 //!   unfulfilled (an error path, a panic, a cancelled task) fails the
 //!   futures waiting on the key with [`WaitError::Abandoned`] at once.
 //! - **Coalescing:** [`AwaitMap::get_or_promise`] returns the value, or makes
@@ -293,7 +293,7 @@ pub use map::{AwaitMap, ConstLock, FixedHashBuilder, Waiting};
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
 #[cfg(target_has_atomic = "ptr")]
-pub use owned::{GetOwned, OwnedPromise, TakeOwned};
+pub use owned::{GetOrPromiseOwned, GetOwned, OwnedPromise, OwnedValueOrPromise, TakeOwned};
 #[cfg(target_has_atomic = "ptr")]
 pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};

@@ -14,7 +14,7 @@ use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
 use crate::future::debug_future;
-use crate::state::waiter::{EntryRef, Kind, Waiter};
+use crate::state::waiter::{EntryRef, Kind, Outcome, Waiter};
 use crate::sync::DefaultLock;
 use crate::{AwaitMap, WaitError};
 
@@ -247,7 +247,7 @@ where
     /// let map = Arc::new(awaitmap::AwaitMap::new());
     /// let promise = map.promise_owned("k").unwrap();
     /// assert!(map.promise_owned("k").is_none());
-    /// promise.fulfil(1);
+    /// promise.fulfill(1);
     /// assert_eq!(map.try_get("k"), Some(1));
     /// ```
     pub fn promise_owned(self: &Arc<Self>, key: K) -> Option<OwnedPromise<K, V, S, L>> {
@@ -257,6 +257,132 @@ where
             map: Arc::clone(self),
             entry,
         })
+    }
+}
+
+impl<K, V, S, L> AwaitMap<K, V, S, L>
+where
+    K: Eq + Hash,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    /// As [`get_or_promise`](Self::get_or_promise), with a future that holds
+    /// its own `Arc` of the map and an owned key, and a promise that holds
+    /// its own `Arc` too ([`OwnedPromise`]): both can be handed to a spawned
+    /// task.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_promise`](Self::get_or_promise).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_promise`](Self::get_or_promise).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use awaitmap::{AwaitMap, OwnedValueOrPromise};
+    /// use futures::executor::block_on;
+    ///
+    /// let cache: Arc<AwaitMap<u32, u64>> = Arc::new(AwaitMap::new());
+    /// let fut = cache.get_or_promise_owned(&21);
+    /// let worker = std::thread::spawn(move || match block_on(fut) {
+    ///     // The promise moves into the thread with the future's result.
+    ///     Ok(OwnedValueOrPromise::Promise(p)) => p.fulfill(42),
+    ///     other => panic!("expected the promise, got {other:?}"),
+    /// });
+    /// assert_eq!(worker.join().unwrap(), None);
+    /// assert_eq!(cache.try_get(&21), Some(42));
+    /// ```
+    pub fn get_or_promise_owned<Q>(self: &Arc<Self>, key: &Q) -> GetOrPromiseOwned<K, V, S, L>
+    where
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+        K: Clone,
+        V: Clone,
+    {
+        GetOrPromiseOwned {
+            map: Arc::clone(self),
+            key: key.to_owned().into(),
+            waiter: Waiter::new(),
+        }
+    }
+}
+
+/// What an [`AwaitMap::get_or_promise_owned`] future resolves with: the
+/// value, or the promise to produce it, holding its own `Arc` of the map.
+#[derive(Debug)]
+pub enum OwnedValueOrPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    /// The key had a value (or it arrived while this caller waited).
+    Value(V),
+    /// Nobody was producing the key: this caller is now its producer.
+    Promise(OwnedPromise<K, V, S, L>),
+}
+
+/// The future returned by [`AwaitMap::get_or_promise_owned`]: `'static`,
+/// `Unpin`, lazy, and deregistered when dropped.
+///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use awaitmap::{AwaitMap, GetOrPromiseOwned, OwnedValueOrPromise};
+///
+/// let map: Arc<AwaitMap<u8, u8>> = Arc::new(AwaitMap::new());
+/// map.insert(2, 4);
+/// let fut: GetOrPromiseOwned<u8, u8> = map.get_or_promise_owned(&2);
+/// assert!(matches!(futures::executor::block_on(fut), Ok(OwnedValueOrPromise::Value(4))));
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct GetOrPromiseOwned<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
+    key: K,
+    waiter: Waiter,
+}
+
+// Never structurally pinned: `key` is only read through `&`.
+impl<K, V, S, L: ScopedRawMutex> Unpin for GetOrPromiseOwned<K, V, S, L> {}
+
+impl<K, V, S, L> Future for GetOrPromiseOwned<K, V, S, L>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    type Output = Result<OwnedValueOrPromise<K, V, S, L>, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = this.map.poll_or_promise(&mut this.waiter, &this.key, cx);
+        outcome.map(|outcome| match outcome {
+            Outcome::Value(v) => Ok(OwnedValueOrPromise::Value(v)),
+            Outcome::Promise => Ok(OwnedValueOrPromise::Promise(OwnedPromise {
+                map: Arc::clone(&this.map),
+                entry: Some(this.waiter.entry()),
+            })),
+            Outcome::Failed(err) => Err(err),
+        })
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for GetOrPromiseOwned<K, V, S, L> {
+    fn drop(&mut self) {
+        self.map.deregister(Kind::Get, &mut self.waiter);
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for GetOrPromiseOwned<K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetOrPromiseOwned")
+            .field("registered", &self.waiter.is_registered())
+            .finish_non_exhaustive()
     }
 }
 
@@ -274,7 +400,7 @@ where
 /// let map: Arc<AwaitMap<u32, String>> = Arc::new(AwaitMap::new());
 /// let job = map.promise_owned(1).unwrap();
 /// let worker = std::thread::spawn(move || {
-///     job.fulfil("done".to_owned());
+///     job.fulfill("done".to_owned());
 /// });
 /// assert_eq!(map.get_blocking(&1).as_deref(), Ok("done"));
 /// worker.join().unwrap();
@@ -298,7 +424,7 @@ pub struct OwnedPromise<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = Defaul
 }
 
 impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
-    /// As [`Promise::fulfil`](crate::Promise::fulfil): stores the value and wakes the key's waiters;
+    /// As [`Promise::fulfill`](crate::Promise::fulfill): stores the value and wakes the key's waiters;
     /// returns a value a plain `insert` stored meanwhile.
     ///
     /// # Examples
@@ -308,12 +434,18 @@ impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
     ///
     /// let map = Arc::new(awaitmap::AwaitMap::new());
     /// let promise = map.promise_owned(1).unwrap();
-    /// assert_eq!(promise.fulfil('a'), None);
+    /// assert_eq!(promise.fulfill('a'), None);
     /// assert_eq!(map.try_get(&1), Some('a'));
     /// ```
-    pub fn fulfil(mut self, value: V) -> Option<V> {
+    pub fn fulfill(mut self, value: V) -> Option<V> {
         let r = self.entry.take().expect("a promise is fulfilled once");
         self.map.fulfil_entry(r, value)
+    }
+
+    /// The former name of [`fulfill`](Self::fulfill).
+    #[deprecated(since = "0.2.0", note = "renamed to `fulfill`, the usual spelling")]
+    pub fn fulfil(self, value: V) -> Option<V> {
+        self.fulfill(value)
     }
 
     /// As [`Promise::abandon`](crate::Promise::abandon): gives the key up and returns how many
@@ -343,7 +475,7 @@ impl<K, V, S, L: ScopedRawMutex> OwnedPromise<K, V, S, L> {
     /// let map: Arc<awaitmap::AwaitMap<u8, u8>> = Arc::new(awaitmap::AwaitMap::new());
     /// let promise = map.promise_owned(1).unwrap();
     /// assert!(Arc::ptr_eq(promise.map(), &map));
-    /// # promise.fulfil(0);
+    /// # promise.fulfill(0);
     /// ```
     pub fn map(&self) -> &Arc<AwaitMap<K, V, S, L>> {
         &self.map

@@ -74,7 +74,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// So `len()` stays at most `limit` plus the values let in for waiting
     /// futures (which a `take` moves straight out; a `get` leaves its value
     /// stored). Plain [`insert`](Self::insert) (and
-    /// [`Promise::fulfil`](crate::Promise::fulfil)) ignore the limit: they
+    /// [`Promise::fulfill`](crate::Promise::fulfill)) ignore the limit: they
     /// never lose a value, so `len()` can exceed it. Replacing the value of
     /// a key that has one never waits. A `const fn`, so a limited map can
     /// live in a `static`.
@@ -176,6 +176,12 @@ where
     /// value and no future waits on it (replacing a value, and a value that
     /// a waiting future will receive, are always let in). Never waits. On a
     /// map without a limit, or a closed one, it is [`insert`](Self::insert).
+    ///
+    /// The name follows the async convention of `try_send` and `try_lock`:
+    /// the form of [`insert_async`](Self::insert_async) that never waits.
+    /// It is not `HashMap::try_insert` (unstable in `std`), which refuses
+    /// to replace a present key: here replacing is always allowed, and only
+    /// a full map refuses.
     ///
     /// # Errors
     ///

@@ -23,7 +23,7 @@ use crate::{AwaitMap, WaitError};
 /// A reservation of one absent key by its producer, from
 /// [`AwaitMap::promise`] or [`AwaitMap::get_or_promise`].
 ///
-/// [`fulfil`](Self::fulfil) inserts the value and wakes the key's waiters.
+/// [`fulfill`](Self::fulfill) inserts the value and wakes the key's waiters.
 /// Dropping the promise unfulfilled fails every future then waiting on the
 /// key with [`WaitError::Abandoned`] (futures that would resolve `Ok` if
 /// polled now, because a plain `insert` stored a value meanwhile, are left
@@ -48,7 +48,7 @@ use crate::{AwaitMap, WaitError};
 ///
 /// let mut waiting = map.get("answer");
 /// assert!((&mut waiting).now_or_never().is_none());
-/// promise.fulfil(42);
+/// promise.fulfill(42);
 /// assert_eq!(block_on(waiting), Ok(42));
 ///
 /// // A producer that fails: its consumers learn it at once.
@@ -87,12 +87,18 @@ impl<'a, K, V, S, L: ScopedRawMutex> Promise<'a, K, V, S, L> {
     /// ```
     /// let map = awaitmap::AwaitMap::new();
     /// let promise = map.promise(7).unwrap();
-    /// assert_eq!(promise.fulfil("seven"), None);
+    /// assert_eq!(promise.fulfill("seven"), None);
     /// assert_eq!(map.try_get(&7), Some("seven"));
     /// ```
-    pub fn fulfil(mut self, value: V) -> Option<V> {
+    pub fn fulfill(mut self, value: V) -> Option<V> {
         let r = self.entry.take().expect("a promise is fulfilled once");
         self.map.fulfil_entry(r, value)
+    }
+
+    /// The former name of [`fulfill`](Self::fulfill).
+    #[deprecated(since = "0.2.0", note = "renamed to `fulfill`, the usual spelling")]
+    pub fn fulfil(self, value: V) -> Option<V> {
+        self.fulfill(value)
     }
 
     /// Gives up the key, as dropping the promise does, and returns how many
@@ -133,9 +139,9 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Promise<'_, K, V, S, L> {
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
-    /// Stores a promise's value (`Promise::fulfil`).
+    /// Stores a promise's value (`Promise::fulfill`).
     pub(crate) fn fulfil_entry(&self, r: EntryRef, value: V) -> Option<V> {
-        self.locked(|st, after| st.fulfil(r, value, after))
+        self.locked(|st, after| st.fulfill(r, value, after))
     }
 
     /// Gives a promise's key up (`Promise::abandon`, or a dropped promise).
@@ -157,7 +163,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 /// let Ok(ValueOrPromise::Promise(p)) = block_on(map.get_or_promise(&1)) else {
 ///     panic!("nobody produces key 1 yet");
 /// };
-/// p.fulfil(7);
+/// p.fulfill(7);
 /// assert!(matches!(block_on(map.get_or_promise(&1)), Ok(ValueOrPromise::Value(7))));
 /// ```
 #[derive(Debug)]
@@ -259,7 +265,10 @@ where
     /// `None` if the key has a value, already has a promise, or the map is
     /// [closed](Self::close) (nobody new can wait for it). The key is moved
     /// into the map only if it had no entry; otherwise it is dropped after
-    /// the lock is released.
+    /// the lock is released. It takes the key by value, as
+    /// [`insert`](Self::insert) does, because the map may keep it: a
+    /// borrowed key would cost a copy every time (the futures borrow theirs,
+    /// since they copy only when they must register).
     ///
     /// # Examples
     ///
@@ -269,7 +278,7 @@ where
     /// assert!(map.promise(1).is_none()); // has a value
     /// let two = map.promise(2).unwrap();
     /// assert!(map.promise(2).is_none()); // promised already
-    /// two.fulfil("two");
+    /// two.fulfill("two");
     /// assert_eq!(map.try_get(&2), Some("two"));
     /// ```
     pub fn promise(&self, key: K) -> Option<Promise<'_, K, V, S, L>> {
@@ -319,7 +328,7 @@ where
     ///             ValueOrPromise::Value(v) => Ok(v),
     ///             ValueOrPromise::Promise(p) => {
     ///                 let v = u64::from(n) * 2; // the expensive work, done once
-    ///                 p.fulfil(v);
+    ///                 p.fulfill(v);
     ///                 Ok::<_, awaitmap::WaitError>(v)
     ///             }
     ///         }

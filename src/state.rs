@@ -1067,7 +1067,7 @@ impl<K, V> State<K, V> {
     /// Fulfils a promise: stores the value (as `insert` does) and releases
     /// the reservation. Returns the value it replaced (a plain `insert` may
     /// have stored one meanwhile).
-    pub(crate) fn fulfil(&mut self, mut r: EntryRef, value: V, after: &mut After<K>) -> Option<V> {
+    pub(crate) fn fulfill(&mut self, mut r: EntryRef, value: V, after: &mut After<K>) -> Option<V> {
         let bucket = self.bucket_of(&mut r);
         let e = self
             .table

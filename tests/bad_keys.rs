@@ -277,7 +277,7 @@ fn chaos<K: BadKey>(
                 // The producer delivers, or gives up.
                 let p = promises.swap_remove(rng.below(promises.len()));
                 if rng.coin() {
-                    let _ = p.fulfil(Tracked::new(step as u64, values));
+                    let _ = p.fulfill(Tracked::new(step as u64, values));
                 }
             }
             15 => {
@@ -286,7 +286,7 @@ fn chaos<K: BadKey>(
                 let mut co = map.get_or_promise(&k);
                 if let Poll::Ready(Ok(ValueOrPromise::Promise(p))) = poll_once(&mut co, &w) {
                     if rng.coin() {
-                        let _ = p.fulfil(Tracked::new(step as u64, values));
+                        let _ = p.fulfill(Tracked::new(step as u64, values));
                     }
                 }
             }

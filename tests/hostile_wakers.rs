@@ -1345,7 +1345,7 @@ fn producer_side_key_hash_and_clone_run_outside_the_lock() {
         assert_eq!(refused, Err((HookKey(5), 5)));
         drop(demand);
         drop(want);
-        promise.fulfil(1);
+        promise.fulfill(1);
         drop(second);
         assert_eq!(map.waiters(), 0);
     });
@@ -1353,7 +1353,7 @@ fn producer_side_key_hash_and_clone_run_outside_the_lock() {
 
 // Guarantee 11 on the producer side: keys and values the map lets go of are
 // dropped with the lock released: a refused promise's key, an abandoned
-// promise's emptied entry, a replaced value `fulfil` hands back, a key the
+// promise's emptied entry, a replaced value `fulfill` hands back, a key the
 // demand skips or still holds when its last handle goes.
 #[test]
 fn producer_side_drops_keys_and_values_outside_the_lock() {
@@ -1373,8 +1373,8 @@ fn producer_side_drops_keys_and_values_outside_the_lock() {
 
         let promise = map.promise(DropKey::new(3)).expect("key 3 is free");
         map.insert(DropKey::new(3), DropVal::new(30));
-        let old = drops("fulfil over a plain insert", 0, 0, || {
-            promise.fulfil(DropVal::new(31))
+        let old = drops("fulfill over a plain insert", 0, 0, || {
+            promise.fulfill(DropVal::new(31))
         });
         assert!(matches!(old, Some(DropVal(30))));
         drops("the replaced value", 0, 1, || drop(old));
@@ -1831,7 +1831,7 @@ fn get_or_promise_restarting_with_a_panicking_eq_still_tells_drained() {
         // The caller starts over and becomes the producer.
         match poll_once(&mut waiting, &wg) {
             Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
-                assert_eq!(p.fulfil(10), None);
+                assert_eq!(p.fulfill(10), None);
             }
             other => panic!("the restarted caller should produce key 1: {other:?}"),
         }
@@ -2029,7 +2029,7 @@ fn get_or_promise_taking_over_while_its_stored_waker_panics_on_drop_leaves_no_or
                 *outcome.lock().unwrap() = Some(format!("{r:?}"));
                 match r {
                     Ok(awaitmap::ValueOrPromise::Promise(p)) => {
-                        p.fulfil(40);
+                        p.fulfill(40);
                         "promise"
                     }
                     Ok(awaitmap::ValueOrPromise::Value(_)) => "value",
@@ -2057,7 +2057,7 @@ fn get_or_promise_taking_over_while_its_stored_waker_panics_on_drop_leaves_no_or
         assert!(poll_slot(&got, &bomb.waker()).is_pending());
         armed.store(true, SeqCst);
 
-        assert_eq!(promise.fulfil(5), None);
+        assert_eq!(promise.fulfill(5), None);
         assert_eq!(taker.acted(), 1);
         drop(got.lock().unwrap().take());
         // Whatever the caller saw, the key is not left reserved.
@@ -2066,7 +2066,7 @@ fn get_or_promise_taking_over_while_its_stored_waker_panics_on_drop_leaves_no_or
         match poll_once(&mut fresh, &w) {
             Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => assert_eq!(v, 40),
             Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
-                assert_eq!(p.fulfil(41), None);
+                assert_eq!(p.fulfill(41), None);
             }
             Poll::Ready(Err(e)) => panic!("a fresh caller failed: {e:?}"),
             Poll::Pending => panic!(
@@ -2479,7 +2479,7 @@ fn hash_panicking_changes_nothing_and_the_futures_start_over() {
         assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(10)));
         match poll_once(&mut coalesced, &w) {
             Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
-                assert_eq!(p.fulfil(30), None);
+                assert_eq!(p.fulfill(30), None);
             }
             other => panic!("the first caller on key 3 produces it: {other:?}"),
         }
@@ -2556,8 +2556,8 @@ fn value_drop_panicking_never_runs_inside_the_map() {
         assert_eq!(taken, Poll::Ready(Ok(BombVal(50))));
         let promise = map.promise(4).expect("key 4 is free");
         map.insert(4, BombVal(40));
-        let old = handed_back(40, "fulfil over a plain insert", || {
-            promise.fulfil(BombVal(41))
+        let old = handed_back(40, "fulfill over a plain insert", || {
+            promise.fulfill(BombVal(41))
         });
         assert_eq!(old, Some(BombVal(40)));
         drop((got, taken, removed, refused, waiting, take));

@@ -40,7 +40,7 @@
 //! - **Values exactly once.** Each inserted value has a unique id and counts
 //!   its live instances. A reference model knows which value each key holds:
 //!   a `get` must return that one, a `take` must return it and empties the
-//!   key, `insert`, `remove` and `fulfil` must return the one they replaced
+//!   key, `insert`, `remove` and `fulfill` must return the one they replaced
 //!   or removed. So a value delivered twice, lost, or changed is caught where
 //!   it happens; at the end every key's value is compared with the model and,
 //!   after everything and the map are dropped, no value or key may be alive.
@@ -209,10 +209,10 @@ enum AnyPromise<'a> {
 }
 
 impl AnyPromise<'_> {
-    fn fulfil(self, value: Tracked) -> Option<Tracked> {
+    fn fulfill(self, value: Tracked) -> Option<Tracked> {
         match self {
-            AnyPromise::Borrowed(p) => p.fulfil(value),
-            AnyPromise::Owned(p) => p.fulfil(value),
+            AnyPromise::Borrowed(p) => p.fulfill(value),
+            AnyPromise::Owned(p) => p.fulfill(value),
         }
     }
 
@@ -456,7 +456,7 @@ impl fmt::Display for Ev {
                 replaced,
             } => write!(
                 f,
-                "P{promise}.fulfil(#{value}) (key {key}) -> {}",
+                "P{promise}.fulfill(#{value}) (key {key}) -> {}",
                 Id(replaced)
             ),
             Ev::Abandon { promise, key, woke } => match woke {
@@ -972,7 +972,7 @@ impl<'a, 't> Sim<'a, 't> {
         self.stored(key, id, replaced, "insert")
     }
 
-    /// A value was stored (by `insert` or `fulfil`), which returned
+    /// A value was stored (by `insert` or `fulfill`), which returned
     /// `replaced`.
     fn stored(&mut self, key: usize, id: u64, replaced: Option<u64>, by: &'static str) -> Step {
         let m = &mut self.model[key];
@@ -1113,11 +1113,11 @@ impl<'a, 't> Sim<'a, 't> {
         Ok(())
     }
 
-    fn fulfil(&mut self, j: usize) -> Step {
+    fn fulfill(&mut self, j: usize) -> Step {
         let held = self.promises.swap_remove(j);
         let v = self.new_value(held.key);
         let id = v.id;
-        let replaced = held.promise.fulfil(v).map(|old| old.id);
+        let replaced = held.promise.fulfill(v).map(|old| old.id);
         self.trace.push(Ev::Fulfil {
             promise: held.id,
             key: held.key,
@@ -1126,7 +1126,7 @@ impl<'a, 't> Sim<'a, 't> {
         });
         self.note_wakes();
         self.model[held.key].promised = false;
-        self.stored(held.key, id, replaced, "fulfil")
+        self.stored(held.key, id, replaced, "fulfill")
     }
 
     /// Gives up a promise: with `abandon()`, or by dropping it.
@@ -1377,7 +1377,7 @@ impl<'a, 't> Sim<'a, 't> {
                     let by_drop = self.rng.one_in(2);
                     self.abandon(j, by_drop)?;
                 } else {
-                    self.fulfil(j)?;
+                    self.fulfill(j)?;
                 }
             } else {
                 let i = self.rng.below(self.tasks.len());
@@ -1506,7 +1506,7 @@ impl<'a, 't> Sim<'a, 't> {
                     return None;
                 }
                 let j = self.rng.below(self.promises.len());
-                self.fulfil(j)
+                self.fulfill(j)
             }
             Op::Abandon => {
                 if self.promises.is_empty() {

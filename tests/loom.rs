@@ -789,7 +789,7 @@ fn dropped_promise_hands_the_work_to_a_racing_get_or_promise() {
         // The work is this caller's alone, and its value reaches the map.
         assert!(map.promise(K).is_none());
         assert_eq!(map.waiters(), 0);
-        assert_eq!(promise.fulfil(8), None);
+        assert_eq!(promise.fulfill(8), None);
         assert_eq!(map.try_get(&K), Some(8));
         assert_eq!(counter.wakes(), woken);
         (poll, woken)
@@ -805,7 +805,7 @@ fn fulfilled_promise_delivers_its_value_to_a_racing_take_exactly_once() {
     let legal = [Poll::Ready(Ok(6)), Poll::Pending];
     model_outcomes(PREEMPTIONS, &legal, || {
         let map = Arc::new(new_map());
-        let producer = spawn_promised(&map, |promise| promise.fulfil(6));
+        let producer = spawn_promised(&map, |promise| promise.fulfill(6));
         let (counter, waker) = counting_waker();
         let mut take = map.take(&K);
         let first = poll_once(&mut take, &waker);

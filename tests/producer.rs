@@ -1,4 +1,4 @@
-//! The producer's side: `promise`, `Promise::fulfil`/`abandon` (and drop),
+//! The producer's side: `promise`, `Promise::fulfill`/`abandon` (and drop),
 //! and coalescing with `get_or_promise`. Hand-polled with counting wakers
 //! first; then real threads and tokio tasks.
 //!
@@ -81,7 +81,7 @@ async fn lookup(map: &Map, k: u32, runs: &AtomicUsize) -> Result<u32, WaitError>
         ValueOrPromise::Promise(p) => {
             runs.fetch_add(1, Ordering::SeqCst);
             let v = map.get(&INPUT).await? * 2;
-            assert_eq!(p.fulfil(v), None, "nobody else stored key {k}");
+            assert_eq!(p.fulfill(v), None, "nobody else stored key {k}");
             Ok(v)
         }
     }
@@ -115,7 +115,7 @@ fn promise_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_closed() 
     assert!(map.promise(3).is_none(), "the map is closed");
     assert!(map.promise(2).is_none(), "still promised, and closed");
     // A promise made before the close still stores, as `insert` does.
-    assert_eq!(two.fulfil(20), None);
+    assert_eq!(two.fulfill(20), None);
     assert_eq!(map.try_get(&2), Some(20));
     drop(one);
     assert!(
@@ -125,7 +125,7 @@ fn promise_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_closed() 
     assert_eq!((map.len(), map.waiters()), (1, 0));
 }
 
-// P, 1: `fulfil` stores the value, wakes every waiting get (once each) and the earliest waiting take, and frees the key's reservation.
+// P, 1: `fulfill` stores the value, wakes every waiting get (once each) and the earliest waiting take, and frees the key's reservation.
 #[test]
 fn fulfil_stores_then_wakes_every_get_and_one_take() {
     let map = Map::new();
@@ -140,7 +140,7 @@ fn fulfil_stores_then_wakes_every_get_and_one_take() {
     }
     assert_eq!((map.waiters(), map.len()), (5, 0));
 
-    assert_eq!(p.fulfil(50), None);
+    assert_eq!(p.fulfill(50), None);
     assert_eq!(map.len(), 1);
     let get_wakes: Vec<usize> = gets.iter().map(|((c, _), _)| c.wakes()).collect();
     let take_wakes: Vec<usize> = takes.iter().map(|((c, _), _)| c.wakes()).collect();
@@ -156,14 +156,14 @@ fn fulfil_stores_then_wakes_every_get_and_one_take() {
     let ((c1, w1), t1) = &mut takes[1];
     pending(poll_once(t1, w1));
     assert_eq!((c1.wakes(), map.waiters(), map.len()), (0, 1, 0));
-    let again = map.promise(5).expect("fulfil released the reservation");
-    assert_eq!(again.fulfil(51), None);
+    let again = map.promise(5).expect("fulfill released the reservation");
+    assert_eq!(again.fulfill(51), None);
     assert_eq!(c1.wakes(), 1);
     assert_eq!(ready(poll_once(t1, w1)), Ok(51));
     assert_eq!((map.waiters(), map.len()), (0, 0));
 }
 
-// P, 1: `fulfil` returns the value a plain `insert` stored meanwhile; the get woken by that insert is not woken twice and sees the newest value.
+// P, 1: `fulfill` returns the value a plain `insert` stored meanwhile; the get woken by that insert is not woken twice and sees the newest value.
 #[test]
 fn fulfil_returns_the_value_a_plain_insert_stored_meanwhile() {
     let map = Map::new();
@@ -174,7 +174,7 @@ fn fulfil_returns_the_value_a_plain_insert_stored_meanwhile() {
     assert_eq!(map.insert(1, 10), None);
     assert_eq!(c.wakes(), 1);
     assert!(map.promise(1).is_none(), "still promised, and has a value");
-    assert_eq!(p.fulfil(11), Some(10));
+    assert_eq!(p.fulfill(11), Some(10));
     assert_eq!(c.wakes(), 1, "woken once for the two stores");
     assert_eq!(ready(poll_once(&mut g, &w)), Ok(11));
     assert_eq!(
@@ -303,7 +303,7 @@ fn the_key_is_free_again_after_abandon() {
     pending(poll_once(&mut g, &w));
     assert_eq!(map.waiters(), 1);
     let p = map.promise(3).expect("the key is free");
-    assert_eq!(p.fulfil(30), None);
+    assert_eq!(p.fulfill(30), None);
     assert_eq!(c.wakes(), 2);
     assert_eq!(ready(poll_once(&mut g, &w)), Ok(30));
 
@@ -312,7 +312,7 @@ fn the_key_is_free_again_after_abandon() {
     drop(p);
     let mut gp = map.get_or_promise(&3);
     let p = promise(ready(poll_once(&mut gp, &w)));
-    assert_eq!(p.fulfil(31), None);
+    assert_eq!(p.fulfill(31), None);
     assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 2));
 }
 
@@ -325,7 +325,7 @@ fn a_promise_dropped_during_a_panic_fails_its_waiters() {
         if fail {
             panic!("the producer failed (this panic is expected by the test)");
         }
-        held.fulfil(4);
+        held.fulfill(4);
         4
     };
 
@@ -363,7 +363,7 @@ fn get_or_promise_of_a_present_key_is_ready_at_once_and_an_unpolled_one_does_not
     let p = map
         .promise(1)
         .expect("an unpolled get_or_promise took nothing");
-    p.fulfil(10);
+    p.fulfill(10);
     let mut gp = map.get_or_promise(&1);
     assert_eq!(value(ready(poll_once(&mut gp, &w))), 10);
     assert_eq!(
@@ -372,7 +372,7 @@ fn get_or_promise_of_a_present_key_is_ready_at_once_and_an_unpolled_one_does_not
     );
 }
 
-// P, 1: N get_or_promise callers on a miss: the first gets the promise, the others wait (as gets) and are woken once each by its fulfil, all with the value.
+// P, 1: N get_or_promise callers on a miss: the first gets the promise, the others wait (as gets) and are woken once each by its fulfill, all with the value.
 #[test]
 fn coalesced_callers_share_one_promise_and_all_get_the_value() {
     const N: usize = 6;
@@ -391,7 +391,7 @@ fn coalesced_callers_share_one_promise_and_all_get_the_value() {
     assert_eq!(map.waiters(), N - 1);
     assert!(map.promise(9).is_none());
 
-    assert_eq!(promises.pop().unwrap().fulfil(90), None);
+    assert_eq!(promises.pop().unwrap().fulfill(90), None);
     for ((c, w), f) in &mut callers[1..] {
         assert_eq!(c.wakes(), 1);
         assert_eq!(value(ready(poll_once(f, w))), 90);
@@ -476,7 +476,7 @@ fn abandon_hands_the_work_to_exactly_one_waiting_caller() {
         assert_eq!(heir, order[0], "the first polled takes over");
         assert_eq!((map.waiters(), map.len()), (2, 0));
 
-        assert_eq!(p.fulfil(10), None);
+        assert_eq!(p.fulfill(10), None);
         for (i, ((c, w), f)) in callers.iter_mut().enumerate() {
             if i != heir {
                 assert_eq!(c.wakes(), 2);
@@ -515,7 +515,7 @@ fn the_work_is_taken_over_when_the_woken_callers_are_dropped() {
     assert_eq!(c2.wakes(), 2);
     let last = promise(ready(poll_once(f2.as_mut().unwrap(), w2)));
     assert_eq!(map.waiters(), 0);
-    assert_eq!(last.fulfil(20), None);
+    assert_eq!(last.fulfill(20), None);
     assert_eq!(
         (map.waiters(), map.len(), map.try_get(&2)),
         (0, 1, Some(20))
@@ -602,7 +602,7 @@ fn abandon_fails_plain_waiters_and_hands_get_or_promise_callers_the_work() {
     assert_eq!(ready(poll_once(&mut t, &wt)), Err(WaitError::Abandoned));
     let heir = promise(ready(poll_once(&mut co, &wc)));
     assert_eq!((map.waiters(), map.len()), (0, 0));
-    heir.fulfil(1);
+    heir.fulfill(1);
     assert_eq!((map.waiters(), map.len(), cc.wakes()), (0, 1, 1));
 }
 
@@ -618,7 +618,7 @@ fn a_waiting_get_or_promise_takes_a_value_a_plain_insert_stores() {
     assert_eq!(c.wakes(), 1);
     assert_eq!(value(ready(poll_once(&mut co, &w))), 5);
     assert!(map.promise(1).is_none(), "still promised");
-    assert_eq!(p.fulfil(6), Some(5));
+    assert_eq!(p.fulfill(6), Some(5));
     assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 1));
 }
 
@@ -633,7 +633,7 @@ fn get_or_promise_repolled_with_a_new_waker_wakes_only_the_newest() {
     pending(poll_once(&mut co, &wa));
     pending(poll_once(&mut co, &wb));
     assert_eq!((map.waiters(), kept(&ca), kept(&cb)), (1, 0, 1));
-    p.fulfil(1);
+    p.fulfill(1);
     assert_eq!((ca.wakes(), cb.wakes()), (0, 1));
     assert_eq!(value(ready(poll_once(&mut co, &wb))), 1);
     assert_eq!((map.waiters(), kept(&cb)), (0, 0));
@@ -660,7 +660,7 @@ fn cancel_fails_get_or_promise_waiters_with_cancelled() {
     let mut again = map.get_or_promise(&1);
     pending(poll_once(&mut again, &w));
     assert_eq!(map.waiters(), 1);
-    p.fulfil(10);
+    p.fulfill(10);
     assert_eq!(c.wakes(), 3);
     assert_eq!(value(ready(poll_once(&mut again, &w))), 10);
     assert_eq!((map.waiters(), map.len()), (0, 1));
@@ -704,7 +704,7 @@ fn close_fails_get_or_promise_waiters_with_closed() {
     assert!(map.promise(3).is_none());
 
     // The surviving producer still stores.
-    assert_eq!(p2.fulfil(20), None);
+    assert_eq!(p2.fulfill(20), None);
     let mut now = map.get_or_promise(&2);
     assert_eq!(value(ready(poll_once(&mut now, &w))), 20);
     assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 2, 0));
@@ -726,7 +726,7 @@ fn a_get_or_promise_dropped_mid_wait_deregisters() {
     assert_eq!((map.waiters(), kept(&c)), (1, 1));
     drop(co);
     assert_eq!((map.waiters(), kept(&c)), (0, 0));
-    assert_eq!(p.fulfil(7), None);
+    assert_eq!(p.fulfill(7), None);
     assert_eq!(c.wakes(), 0);
     assert_eq!(map.remove(&key), Some(7));
     assert_eq!(live(&keys), 1, "the entry is gone");
@@ -771,18 +771,18 @@ fn get_or_promise_polled_after_ready_panics() {
     assert_repoll_panics(&mut miss, &w);
     // The panic left the promise and the map alone.
     assert!(map.promise(2).is_none());
-    p.fulfil(2);
+    p.fulfill(2);
 
     let p = map.promise(3).unwrap();
     let mut waited = map.get_or_promise(&3);
     pending(poll_once(&mut waited, &w));
-    p.fulfil(3);
+    p.fulfill(3);
     assert_eq!(value(ready(poll_once(&mut waited, &w))), 3);
     assert_repoll_panics(&mut waited, &w);
     assert_eq!((map.waiters(), map.len()), (0, 3));
 }
 
-// P: a woken get_or_promise caller that finds neither a value nor a producer (the value was removed or taken between the fulfil and its poll) must not wait for a producer that does not exist: it takes the work, as a fresh call would.
+// P: a woken get_or_promise caller that finds neither a value nor a producer (the value was removed or taken between the fulfill and its poll) must not wait for a producer that does not exist: it takes the work, as a fresh call would.
 #[test]
 fn a_woken_caller_that_finds_the_value_gone_takes_the_work() {
     for by_take in [false, true] {
@@ -791,7 +791,7 @@ fn a_woken_caller_that_finds_the_value_gone_takes_the_work() {
         let (c, w) = counting_waker();
         let mut co = map.get_or_promise(&1);
         pending(poll_once(&mut co, &w));
-        assert_eq!(p.fulfil(10), None);
+        assert_eq!(p.fulfill(10), None);
         assert_eq!(c.wakes(), 1);
         // The value leaves before the waiter runs: evicted, or taken by a
         // fresh take (guarantee 2).
@@ -806,7 +806,7 @@ fn a_woken_caller_that_finds_the_value_gone_takes_the_work() {
         // an insert that may never come.
         let p = promise(ready(poll_once(&mut co, &w)));
         assert_eq!(map.waiters(), 0);
-        p.fulfil(11);
+        p.fulfill(11);
         assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 1));
     }
 }
@@ -870,7 +870,7 @@ fn threads_coalesce_and_survive_failing_producers() {
                                             continue;
                                         }
                                         successes[k as usize].fetch_add(1, Ordering::SeqCst);
-                                        assert_eq!(p.fulfil(value_of(k)), None);
+                                        assert_eq!(p.fulfill(value_of(k)), None);
                                         break value_of(k);
                                     }
                                     Err(e) => panic!("thread {t}, key {k}: Err({e:?})"),
@@ -943,7 +943,7 @@ fn tokio_tasks_aborted_while_holding_a_promise() {
                             ValueOrPromise::Promise(p) => {
                                 runs.fetch_add(1, Ordering::SeqCst);
                                 tokio::task::yield_now().await;
-                                p.fulfil(k * 11);
+                                p.fulfill(k * 11);
                                 Ok::<_, WaitError>(k * 11)
                             }
                         }
@@ -958,7 +958,7 @@ fn tokio_tasks_aborted_while_holding_a_promise() {
                         let p = map.promise(1).expect("key 1 is free");
                         held_tx.send(()).unwrap();
                         std::future::pending::<()>().await;
-                        p.fulfil(0);
+                        p.fulfill(0);
                     }
                 });
                 held_rx.await.unwrap();
@@ -991,7 +991,7 @@ fn tokio_tasks_aborted_while_holding_a_promise() {
                         };
                         held_tx.send(()).unwrap();
                         std::future::pending::<()>().await;
-                        p.fulfil(0);
+                        p.fulfill(0);
                     }
                 });
                 held_rx.await.unwrap();
@@ -1046,7 +1046,7 @@ fn promise_owned_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_clo
         "free, but the map is closed"
     );
     // A promise made before the close still stores, as `insert` does.
-    assert_eq!(two.fulfil(20), None);
+    assert_eq!(two.fulfill(20), None);
     assert_eq!(map.try_get(&k(2)), Some(20));
     assert_eq!(
         (Arc::strong_count(&map), map.len(), map.waiters()),
@@ -1061,7 +1061,7 @@ fn promise_owned_is_refused_when_the_key_has_a_value_a_promise_or_the_map_is_clo
 fn an_owned_promise_fulfilled_from_a_spawned_tokio_task_wakes_its_waiter_once() {
     no_hang_or(
         "owned promise, fulfilled in a task",
-        "the waiters were not woken by the task's fulfil",
+        "the waiters were not woken by the task's fulfill",
         || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -1078,7 +1078,7 @@ fn an_owned_promise_fulfilled_from_a_spawned_tokio_task_wakes_its_waiter_once() 
                 until_waiters(&map, 2).await;
                 let producer = tokio::spawn(async move {
                     tokio::task::yield_now().await; // the work
-                    promise.fulfil(33)
+                    promise.fulfill(33)
                 });
                 assert_eq!(producer.await.unwrap(), None);
                 assert_eq!(c.wakes(), 1);
@@ -1112,7 +1112,7 @@ fn a_tokio_task_aborted_while_holding_an_owned_promise() {
                 let promise = map.promise_owned(1).expect("key 1 is free");
                 let producer = tokio::spawn(async move {
                     std::future::pending::<()>().await; // work that never ends
-                    promise.fulfil(0);
+                    promise.fulfill(0);
                 });
                 let (c, w) = counting_waker();
                 let mut get = map.get(&1);
@@ -1127,7 +1127,7 @@ fn a_tokio_task_aborted_while_holding_an_owned_promise() {
                                 ValueOrPromise::Promise(p) => {
                                     runs.fetch_add(1, Ordering::SeqCst);
                                     tokio::task::yield_now().await;
-                                    p.fulfil(11);
+                                    p.fulfill(11);
                                     Ok::<_, WaitError>(11)
                                 }
                             }
@@ -1180,7 +1180,7 @@ fn a_thread_that_panics_holding_an_owned_promise_abandons_it() {
     assert_eq!(ready(poll_once(&mut take, &wt)), Err(WaitError::Abandoned));
     let heir = promise(ready(poll_once(&mut co, &wc)));
     assert_eq!(map.waiters(), 0);
-    assert_eq!(heir.fulfil(44), None);
+    assert_eq!(heir.fulfill(44), None);
     assert_eq!((map.len(), map.try_get(&4)), (1, Some(44)));
     assert_eq!((cg.wakes(), ct.wakes(), cc.wakes()), (1, 1, 1));
 }
@@ -1233,8 +1233,8 @@ fn an_owned_promise_gives_its_arc_back_and_keeps_the_map_alive_until_then() {
     assert_eq!(Arc::strong_count(&map), 2);
     let shown = format!("{p:?}");
     assert!(shown.contains("OwnedPromise") && shown.contains("fulfilled: false"));
-    assert_eq!(p.fulfil(v(1)), None);
-    assert_eq!(Arc::strong_count(&map), 1, "fulfil gave the `Arc` back");
+    assert_eq!(p.fulfill(v(1)), None);
+    assert_eq!(Arc::strong_count(&map), 1, "fulfill gave the `Arc` back");
     drop(map.promise_owned(k(2)).unwrap());
     assert_eq!(Arc::strong_count(&map), 1, "drop gave the `Arc` back");
     assert_eq!(map.promise_owned(k(3)).unwrap().abandon(), 0);
@@ -1248,7 +1248,7 @@ fn an_owned_promise_gives_its_arc_back_and_keeps_the_map_alive_until_then() {
     drop(map);
     assert_eq!(weak.strong_count(), 1, "the promise keeps the map alive");
     assert_eq!(last.map().try_get(&k(1)).map(|v| v.id), Some(1));
-    assert_eq!(last.fulfil(v(4)), None);
+    assert_eq!(last.fulfill(v(4)), None);
     assert_eq!(weak.strong_count(), 0, "the map went with the promise");
     assert_eq!((live(&live_keys), live(&live_values)), (0, 0));
 
@@ -1262,4 +1262,104 @@ fn an_owned_promise_gives_its_arc_back_and_keeps_the_map_alive_until_then() {
     drop(last);
     assert_eq!(weak.strong_count(), 0);
     assert_eq!((live(&live_keys), live(&live_values)), (0, 0));
+}
+
+// P, 1: `get_or_promise_owned` gives a `'static` future whose promise can be
+// handed to a spawned tokio task (the borrowed form cannot outlive the map
+// reference); concurrent callers wait for that task's value, and the value
+// path needs no promise.
+#[test]
+fn get_or_promise_owned_hands_the_work_to_a_spawned_task() {
+    use awaitmap::OwnedValueOrPromise;
+    no_hang_or(
+        "get_or_promise_owned",
+        "the callers were not woken by the spawned producer",
+        || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            let map: Arc<Map> = Arc::new(AwaitMap::new());
+            let runs = Arc::new(AtomicUsize::new(0));
+            rt.block_on(async {
+                let lookup = |k: u32| {
+                    let (map, runs) = (Arc::clone(&map), Arc::clone(&runs));
+                    async move {
+                        let fut = map.get_or_promise_owned(&k);
+                        assert_send_static(&fut);
+                        match fut.await? {
+                            OwnedValueOrPromise::Value(v) => Ok(v),
+                            OwnedValueOrPromise::Promise(p) => {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                // The promise itself goes to another task.
+                                let producer = tokio::spawn(async move {
+                                    tokio::task::yield_now().await;
+                                    p.fulfill(k * 2);
+                                });
+                                producer.await.unwrap();
+                                Ok::<u32, WaitError>(k * 2)
+                            }
+                        }
+                    }
+                };
+                let callers: Vec<_> = (0..8).map(|_| tokio::spawn(lookup(21))).collect();
+                for c in callers {
+                    assert_eq!(c.await.unwrap(), Ok(42));
+                }
+            });
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                1,
+                "the work ran more than once"
+            );
+            assert_eq!(map.try_get(&21), Some(42));
+            assert_eq!(map.waiters(), 0);
+        },
+    );
+}
+
+// P: an owned promise from `get_or_promise_owned` dropped unfulfilled hands
+// the work to the next waiting caller; plain gets fail with `Abandoned`.
+#[test]
+fn an_abandoned_owned_get_or_promise_hands_the_work_over() {
+    use awaitmap::OwnedValueOrPromise;
+    let map: Arc<Map> = Arc::new(AwaitMap::new());
+    let (_c, waker) = counting_waker();
+    let mut first = map.get_or_promise_owned(&5);
+    let promise = match ready(poll_once(&mut first, &waker)) {
+        Ok(OwnedValueOrPromise::Promise(p)) => p,
+        other => panic!("expected the promise, got {other:?}"),
+    };
+    let mut second = map.get_or_promise_owned(&5);
+    let mut plain = map.get(&5);
+    pending(poll_once(&mut second, &waker));
+    pending(poll_once(&mut plain, &waker));
+    assert_eq!(map.waiters(), 2);
+    drop(promise);
+    assert_eq!(
+        ready(poll_once(&mut plain, &waker)),
+        Err(WaitError::Abandoned)
+    );
+    let promise = match ready(poll_once(&mut second, &waker)) {
+        Ok(OwnedValueOrPromise::Promise(p)) => p,
+        other => panic!("expected the work handed over, got {other:?}"),
+    };
+    drop(first);
+    assert_eq!(promise.fulfill(9), None);
+    assert!(matches!(
+        ready(poll_once(&mut map.get_or_promise_owned(&5), &waker)),
+        Ok(OwnedValueOrPromise::Value(9))
+    ));
+    assert_eq!(map.waiters(), 0);
+}
+
+// P: the former spelling `fulfil` still works (deprecated).
+#[test]
+#[allow(deprecated)]
+fn the_former_fulfil_still_fulfills() {
+    let map = Map::new();
+    assert_eq!(map.promise(1).unwrap().fulfil(10), None);
+    let arc = Arc::new(Map::new());
+    assert_eq!(arc.promise_owned(2).unwrap().fulfil(20), None);
+    assert_eq!((map.try_get(&1), arc.try_get(&2)), (Some(10), Some(20)));
 }

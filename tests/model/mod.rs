@@ -17,7 +17,7 @@
 //!
 //! Checked after every step: each poll's outcome (`Pending`, or `Ready` with
 //! which value, error, promise or key), the answers of `insert`, `try_insert`,
-//! `remove`, `try_get`, `cancel`, `promise`, `fulfil` and `abandon`; the wake
+//! `remove`, `try_get`, `cancel`, `promise`, `fulfill` and `abandon`; the wake
 //! counts of every waker of every consumer, `insert_async` and `closed()`
 //! future, exactly; for `drained()` and `demand.next()` futures, that no
 //! wake-up the model owes them is missing; `len`, `is_empty`, `waiters`,
@@ -276,10 +276,10 @@ enum RealPromise<'a> {
 }
 
 impl RealPromise<'_> {
-    fn fulfil(self, value: Tracked) -> Option<Tracked> {
+    fn fulfill(self, value: Tracked) -> Option<Tracked> {
         match self {
-            RealPromise::Borrowed(p) => p.fulfil(value),
-            RealPromise::Owned(p) => p.fulfil(value),
+            RealPromise::Borrowed(p) => p.fulfill(value),
+            RealPromise::Owned(p) => p.fulfill(value),
         }
     }
 
@@ -717,12 +717,12 @@ impl<'a> Harness<'a> {
                 let k = usize::from(key);
                 if let Some(p) = self.promises[k].take() {
                     let (value, tracked) = self.fresh_value();
-                    let replaced = p.fulfil(tracked).map(|v| v.id);
-                    let expected = self.model.fulfil(k, value);
+                    let replaced = p.fulfill(tracked).map(|v| v.id);
+                    let expected = self.model.fulfill(k, value);
                     check!(
                         replaced == expected,
                         at,
-                        "fulfil replaced {replaced:?}, the model expected {expected:?}"
+                        "fulfill replaced {replaced:?}, the model expected {expected:?}"
                     );
                     if let Some(old) = replaced {
                         self.left(old, at)?;

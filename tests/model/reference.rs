@@ -255,7 +255,7 @@ impl Model {
     /// producer waiting for room and not let in yet is woken to look again
     /// (the one holding this key's value now gets in). A `get_or_promise`
     /// that starts over after an abandoned promise does not count: its key
-    /// has a promise, whose `fulfil` ignores the limit.
+    /// has a promise, whose `fulfill` ignores the limit.
     fn started_waiting(&mut self) {
         if self.limit.is_none() {
             return;
@@ -353,7 +353,7 @@ impl Model {
 
     /// Store, then wake: every waiting `get` (and `get_or_promise`) and,
     /// unless a take holds the baton, the earliest waiting `take`. What
-    /// `insert`, `try_insert`, `insert_async` and `fulfil` share.
+    /// `insert`, `try_insert`, `insert_async` and `fulfill` share.
     fn store(&mut self, key: usize, v: u64) -> Option<u64> {
         let k = &mut self.keys[key];
         let old = k.value.replace(v);
@@ -760,7 +760,7 @@ impl Model {
 
     /// Stores as `insert` does (even beyond the limit, even closed) and
     /// releases the reservation.
-    pub(crate) fn fulfil(&mut self, key: usize, v: u64) -> Option<u64> {
+    pub(crate) fn fulfill(&mut self, key: usize, v: u64) -> Option<u64> {
         self.keys[key].promised = false;
         self.store(key, v)
     }
