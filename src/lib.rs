@@ -6,7 +6,11 @@
 //! [`take`](AwaitMap::take) does the same but moves the value out: the
 //! request/response correlation an RPC client needs (send request `id`, await
 //! `take(&id)`, while the reader task inserts responses by id in whatever
-//! order they arrive, even before the request registered).
+//! order they arrive, even before the request registered). A client whose
+//! calls can time out [`claim`](AwaitMap::claim)s each id before it sends
+//! the request and has its reader [`deliver`](AwaitMap::deliver) the
+//! responses: a response whose caller gave up is then refused instead of
+//! kept forever.
 //!
 //! ```
 //! use awaitmap::AwaitMap;
@@ -254,6 +258,7 @@ extern crate std;
 mod after;
 #[cfg(feature = "std")]
 mod blocking;
+mod claim;
 mod error;
 mod future;
 mod map;
@@ -266,6 +271,7 @@ mod slab;
 mod state;
 mod sync;
 
+pub use claim::Claim;
 pub use error::WaitError;
 pub use future::{Get, Take};
 pub use hashbrown::Equivalent;
@@ -293,7 +299,9 @@ pub use map::{AwaitMap, ConstLock, FixedHashBuilder, Waiting};
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
 #[cfg(target_has_atomic = "ptr")]
-pub use owned::{GetOrPromiseOwned, GetOwned, OwnedPromise, OwnedValueOrPromise, TakeOwned};
+pub use owned::{
+    GetOrPromiseOwned, GetOwned, OwnedClaim, OwnedPromise, OwnedValueOrPromise, TakeOwned,
+};
 #[cfg(target_has_atomic = "ptr")]
 pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};

@@ -499,3 +499,109 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedPromise<K, V, S, L> {
             .finish_non_exhaustive()
     }
 }
+
+impl<K, V, S, L> AwaitMap<K, V, S, L>
+where
+    K: Eq + Hash + Clone,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    /// As [`claim`](Self::claim), with a future that holds its own `Arc` of
+    /// the map: `'static`, for a call made in one task and awaited in
+    /// another, or spawned.
+    ///
+    /// # Errors
+    ///
+    /// As [`take`](Self::take).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let replies: Arc<awaitmap::AwaitMap<u64, u64>> = Arc::new(awaitmap::AwaitMap::new());
+    /// let reply = replies.claim_owned(1);
+    /// let caller = std::thread::spawn(move || futures::executor::block_on(reply));
+    /// replies.deliver(1, 100).unwrap();
+    /// assert_eq!(caller.join().unwrap(), Ok(100));
+    /// ```
+    pub fn claim_owned(self: &Arc<Self>, key: K) -> OwnedClaim<K, V, S, L> {
+        let mut waiter = Waiter::new();
+        let early = crate::claim::register_now(self, &mut waiter, &key);
+        OwnedClaim {
+            map: Arc::clone(self),
+            key,
+            waiter,
+            early,
+            armed: false,
+        }
+    }
+}
+
+/// The future returned by [`AwaitMap::claim_owned`]: a
+/// [`Claim`](crate::Claim) that holds its own `Arc` of the map.
+///
+/// # Panics
+///
+/// Polling it again after it returned `Ready` panics.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use awaitmap::{AwaitMap, OwnedClaim};
+///
+/// let map: Arc<AwaitMap<u8, u8>> = Arc::new(AwaitMap::new());
+/// let claim: OwnedClaim<u8, u8> = map.claim_owned(1);
+/// drop(claim); // releases key 1
+/// assert_eq!(map.deliver(1, 1), Err((1, 1)));
+/// ```
+#[must_use = "a claim receives nothing unless awaited; dropping it releases the key"]
+pub struct OwnedClaim<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
+    map: Arc<AwaitMap<K, V, S, L>>,
+    key: K,
+    waiter: Waiter,
+    early: Option<Result<V, WaitError>>,
+    armed: bool,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Unpin for OwnedClaim<K, V, S, L> {}
+
+impl<K, V, S, L> Future for OwnedClaim<K, V, S, L>
+where
+    K: Eq + Hash + Clone,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    type Output = Result<V, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(early) = this.early.take() {
+            return Poll::Ready(early);
+        }
+        crate::claim::poll_claim(
+            &this.map,
+            &mut this.waiter,
+            &this.key,
+            &mut this.armed,
+            cx,
+            "OwnedClaim",
+        )
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for OwnedClaim<K, V, S, L> {
+    fn drop(&mut self) {
+        self.map.release_claim(&mut self.waiter);
+    }
+}
+
+impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedClaim<K, V, S, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedClaim")
+            .field("registered", &self.waiter.is_registered())
+            .field("ready", &self.early.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -249,6 +249,13 @@ impl<K, V> Entry<K, V> {
 
     /// Whether the key has waiters (waiting, not failed) and nobody serves
     /// it: no value and no promise.
+    /// A future waits on the key (waiting or woken, not failed): a value
+    /// inserted now goes to it (so the limit lets it in, and `deliver`
+    /// stores it).
+    pub(crate) fn awaited(&self) -> bool {
+        matches!(self.inline(), Inline::Get | Inline::Take) || self.gets != NIL || self.takes != NIL
+    }
+
     fn wanted(&self) -> bool {
         !self.has_value()
             && !self.promised()
@@ -327,6 +334,39 @@ impl<K, V> Drop for Tidy<'_, K, V> {
         }
         renew_if_worn(&mut st.table);
     }
+}
+
+/// Stores `value` in an entry whose only waiter, if any, is its inline
+/// one; returns the value it replaced and the inline waiter's waker, due.
+#[inline(always)]
+fn store_inline<K, V>(
+    e: &mut Entry<K, V>,
+    len: &mut usize,
+    value: V,
+) -> (Option<V>, Option<Waker>) {
+    let (old, waker) = match mem::replace(&mut e.slot, Slot::Value(value)) {
+        Slot::Value(old) => (Some(old), None),
+        Slot::Waker(w) => (None, Some(w)),
+        Slot::Empty => (None, None),
+    };
+    if old.is_none() {
+        *len += 1;
+        if e.inline() == Inline::Take {
+            // The inline take is the first in line: the value is its.
+            e.set_handoff(true);
+        }
+    }
+    (old, waker)
+}
+
+/// What [`State::deliver_fast`] did with a value.
+pub(crate) enum Delivery<V> {
+    /// Stored: the value it replaced, and the inline waiter's waker, due.
+    Stored(Option<V>, Option<Waker>),
+    /// Nobody waits for the key: handed back.
+    Refused(V),
+    /// The key has waiters beyond its inline one: the general path.
+    General(V),
 }
 
 /// See [`Entry::leftover`].
@@ -766,6 +806,29 @@ impl<K, V> State<K, V> {
             .is_some_and(Entry::has_value)
     }
 
+    /// The fast path of a `deliver`: as [`insert_fast`](Self::insert_fast)
+    /// for a key whose only waiter is its inline one; a key that nobody
+    /// waits for refuses the value; anything else goes the general way.
+    #[inline(always)]
+    pub(crate) fn deliver_fast(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&K) -> bool,
+        value: V,
+    ) -> Delivery<V> {
+        let Some(e) = self.table.find_mut(hash, |e| e.is(&mut eq)) else {
+            return Delivery::Refused(value);
+        };
+        if e.gets != NIL || e.takes != NIL {
+            return Delivery::General(value);
+        }
+        if !e.awaited() {
+            return Delivery::Refused(value);
+        }
+        let (old, waker) = store_inline(e, &mut self.len, value);
+        Delivery::Stored(old, waker)
+    }
+
     /// The fast path of an insert, for the common case: the key has an
     /// entry whose only waiter, if any, is its inline one. Stores the value
     /// and returns the value it replaced and the inline waiter's waker, due
@@ -784,19 +847,7 @@ impl<K, V> State<K, V> {
         if e.gets != NIL || e.takes != NIL {
             return Err(value);
         }
-        let (old, waker) = match mem::replace(&mut e.slot, Slot::Value(value)) {
-            Slot::Value(old) => (Some(old), None),
-            Slot::Waker(w) => (None, Some(w)),
-            Slot::Empty => (None, None),
-        };
-        if old.is_none() {
-            self.len += 1;
-            if e.inline() == Inline::Take {
-                // The inline take is the first in line: the value is its.
-                e.set_handoff(true);
-            }
-        }
-        Ok((old, waker))
+        Ok(store_inline(e, &mut self.len, value))
     }
 
     /// Stores `value` if `allowed(the key has a value)`, then queues the

@@ -609,3 +609,65 @@ fn every_key_and_value_is_dropped_exactly_once() {
     assert_eq!(live(&values), 0, "values leaked or dropped twice");
     assert_eq!(live(&keys), 0, "keys leaked or dropped twice");
 }
+
+// The RPC pattern with claims (`claim` when the request is sent, `deliver`
+// by the reader): a tenth of the calls give up (their claims are dropped,
+// some after their reply came, most before) and their replies arrive late
+// and are refused. Nothing allocates once warmed up, and no late reply is
+// left in the map.
+#[test]
+fn rpc_claims_with_timeouts_allocate_nothing_and_keep_no_late_replies() {
+    start_counting();
+    let map = Map::new();
+    let (_, w) = counting_waker();
+    let n = 64_u64;
+    let mut late = Vec::with_capacity(n as usize);
+    let mut claims = Vec::with_capacity(n as usize);
+    let mut round = |base: u64| {
+        claims.extend((0..n).map(|i| Some(map.claim(base + i))));
+        for (i, c) in claims.iter_mut().enumerate() {
+            // The caller awaits: one poll registers its waker.
+            if i % 3 != 0 {
+                assert!(poll_once(c.as_mut().unwrap(), &w).is_pending());
+            }
+        }
+        for i in 0..n {
+            let times_out = i % 10 == 0;
+            if times_out && i % 20 == 0 {
+                // Gave up before its reply came.
+                claims[i as usize] = None;
+            }
+            if times_out && i % 20 != 0 {
+                // Its reply came, then it gave up without receiving it.
+                assert_eq!(map.deliver(base + i, i), Ok(None));
+                claims[i as usize] = None;
+                late.push(base + i);
+                continue;
+            }
+            if claims[i as usize].is_none() {
+                late.push(base + i);
+                continue;
+            }
+            assert_eq!(map.deliver(base + i, i), Ok(None));
+        }
+        for (i, c) in claims.iter_mut().enumerate() {
+            if let Some(c) = c {
+                assert_eq!(poll_once(c, &w), Poll::Ready(Ok(i as u64)));
+            }
+        }
+        claims.clear();
+        // The late replies: refused, handed back.
+        for k in late.drain(..) {
+            assert_eq!(map.deliver(k, 0), Err((k, 0)));
+        }
+        assert!(map.is_empty(), "late replies were kept");
+        assert_eq!(map.waiters(), 0);
+    };
+    round(0);
+    let ((), c) = measure(|| {
+        for r in 1..=scaled(100) {
+            round(r * n);
+        }
+    });
+    assert_eq!(c, Counts::default());
+}

@@ -4,17 +4,8 @@
 use alloc::collections::VecDeque;
 use core::mem;
 
-use super::{Entry, Inline, State};
+use super::{Entry, State};
 use crate::after::After;
-use crate::slab::NIL;
-
-impl<K, V> Entry<K, V> {
-    /// A future waits on the key (waiting or woken, not failed): a value
-    /// inserted now goes to it, so the limit lets it in.
-    fn awaited(&self) -> bool {
-        matches!(self.inline(), Inline::Get | Inline::Take) || self.gets != NIL || self.takes != NIL
-    }
-}
 
 impl<K, V> State<K, V> {
     /// A `drained()` future starts or stops watching; returns whether the

@@ -714,6 +714,31 @@ impl<K, V> State<K, V> {
         Ok(store_waker(e, &mut self.slab, slot, waker))
     }
 
+    /// A registered claim is dropped: it leaves its key's waiters as a take
+    /// does (passing the hand-off on to another waiting take), and a value
+    /// that no other future waits for and no promise keeps (a reply that
+    /// came too late to be received) leaves with it, to be dropped with the
+    /// lock released.
+    pub(crate) fn release(&mut self, w: &mut Waiter, after: &mut After<K>) -> Option<V> {
+        let (hash, id) = (w.entry.hash(), w.entry.id());
+        self.deregister(Kind::Take, w, after);
+        let Ok(mut occ) = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && e.id() == id)
+        else {
+            return None;
+        };
+        let e = occ.get_mut();
+        if !e.has_value() || e.awaited() || e.promised() {
+            return None;
+        }
+        let value = e.take_value();
+        e.set_handoff(false);
+        self.len -= 1;
+        settle(occ, &mut self.ghosts, after);
+        value
+    }
+
     /// A registered future is dropped (or its poll panicked): it leaves its
     /// key's waiters. A `take` holding the hand-off passes it to the next
     /// waiting take if the value is still there.

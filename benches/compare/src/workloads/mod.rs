@@ -21,6 +21,10 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     ("awaitmap-try_get", "`AwaitMap::try_get` (hit only)"),
     (
+        "awaitmap-claim",
+        "`AwaitMap::claim` (registered when made), polled once, `deliver` of the response, polled again (rpc only): the pattern that refuses late replies",
+    ),
+    (
         "mutex-std-sip",
         "`std::sync::Mutex<std::collections::HashMap<u64, V>>`, default SipHash `RandomState`: lock, lookup, clone",
     ),
@@ -133,6 +137,11 @@ pub fn all() -> Vec<Pair> {
         ($w:literal, $n:literal) => {
             v.extend([
                 pair!($w, "awaitmap", Run(|it, m| rpc::awaitmap($n, it, m))),
+                pair!(
+                    $w,
+                    "awaitmap-claim",
+                    Run(|it, m| rpc::awaitmap_claim($n, it, m))
+                ),
                 pair!(
                     $w,
                     "oneshot-std-sip",

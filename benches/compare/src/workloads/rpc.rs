@@ -66,6 +66,36 @@ pub fn awaitmap(n: usize, iters: u64, m: &mut Meter) {
     });
 }
 
+/// The same round trip with a claim: `claim(id)` registers when the
+/// request is sent, the first poll hands it the waker, the reader
+/// `deliver`s each response, and the second poll receives it.
+pub fn awaitmap_claim(n: usize, iters: u64, m: &mut Meter) {
+    let map: AwaitMap<u64, u64, _> = AwaitMap::with_hasher(fixed());
+    let ids = keys();
+    let order = shuffled(n);
+    let mut cx = cx();
+    let mut futs = Vec::with_capacity(n);
+    batch_loop(n, iters, m, |b| {
+        let ids = chunk(&ids, n, b);
+        futs.extend(ids.iter().map(|&id| map.claim(id)));
+        for f in &mut futs {
+            assert!(Pin::new(f).poll(&mut cx).is_pending());
+        }
+        for &i in &order {
+            assert_eq!(map.deliver(ids[i], ids[i]), Ok(None));
+        }
+        for f in &mut futs {
+            match Pin::new(f).poll(&mut cx) {
+                Poll::Ready(Ok(v)) => {
+                    black_box(v);
+                }
+                _ => panic!("not ready after the response"),
+            }
+        }
+        futs.clear();
+    });
+}
+
 fn oneshot_map<S, L>(n: usize, iters: u64, m: &mut Meter, hasher: S)
 where
     S: BuildHasher,
