@@ -936,3 +936,26 @@ fn close_lets_a_producer_waiting_for_room_store_its_value() {
         (first, woken)
     });
 }
+
+// C, 6: a claim dropped on one thread while the reader delivers its reply
+// on another: the reply is refused (the claim was gone) or stored and then
+// taken away with the claim; either way the map ends empty and nothing
+// waits.
+#[test]
+fn a_claim_dropped_while_its_reply_is_delivered_leaves_nothing_behind() {
+    model_outcomes(PREEMPTIONS, &[true, false], || {
+        let map = Arc::new(new_map());
+        let mut claim = map.claim(1);
+        let (_counter, waker) = counting_waker();
+        assert!(poll_once(&mut claim, &waker).is_pending());
+        let reader = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.deliver(1, 10).is_ok())
+        };
+        drop(claim);
+        let stored = reader.join().unwrap();
+        assert!(map.is_empty(), "a late reply was kept");
+        assert_eq!(map.waiters(), 0);
+        stored
+    });
+}
