@@ -671,3 +671,38 @@ fn rpc_claims_with_timeouts_allocate_nothing_and_keep_no_late_replies() {
     });
     assert_eq!(c, Counts::default());
 }
+
+// The first waiter of a key waits in the key's entry, whatever made the
+// entry: a `get` or a `take` registering on a promised key (the entry exists
+// already, so the general path registers it) allocates nothing: no waiter
+// storage is needed for one waiter per key.
+#[test]
+fn the_first_waiter_of_a_promised_key_waits_in_its_entry() {
+    start_counting();
+    for take in [false, true] {
+        let map = Map::with_capacity(4);
+        let promise = map.promise(1).expect("key 1 is free");
+        let (_c, w) = counting_waker();
+        let (polled, c) = measure(|| {
+            if take {
+                let mut f = map.take(&1);
+                let p = poll_once(&mut f, &w).is_pending();
+                (p, Some(f), None)
+            } else {
+                let mut f = map.get(&1);
+                let p = poll_once(&mut f, &w).is_pending();
+                (p, None, Some(f))
+            }
+        });
+        assert!(polled.0);
+        assert_eq!(c.allocs, 0, "take: {take}");
+        assert_eq!(map.waiters(), 1);
+        promise.fulfill(10);
+        let got = match polled {
+            (_, Some(mut f), None) => poll_once(&mut f, &w),
+            (_, None, Some(mut f)) => poll_once(&mut f, &w),
+            _ => unreachable!(),
+        };
+        assert_eq!(got, Poll::Ready(Ok(10)));
+    }
+}
