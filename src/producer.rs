@@ -452,14 +452,26 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 /// [`AwaitMap::demand`] (or [`AwaitMap::demand_owned`], for an
 /// `Arc<AwaitMap>`, as [`OwnedDemand`]).
 ///
-/// While a `Demand` lives, every key that becomes wanted (a `get` or `take`
-/// registers on a key with no value, no promise and no other waiter) is
-/// queued once, and [`next`](Self::next) hands each queued key to one
-/// caller: several producers sharing the map's `Demand` handles split the
-/// work. A key that stopped being wanted before it was handed out (its
-/// waiters left, or a value or promise arrived) is skipped. Keys wanted
-/// before the first `Demand` was made are not announced, so make it before
-/// the consumers start.
+/// A key is *wanted* while futures wait on it and nobody serves it: no
+/// value, no promise. While a `Demand` lives, a key is announced **each
+/// time it becomes wanted**, whatever the path: a `get` or `take` registers
+/// on a key that had nothing; or a value leaves a key that still has
+/// waiters (a `take` took it and others wait, or it was removed before the
+/// woken futures polled). [`next`](Self::next) hands each announced key to
+/// one caller, once per time it became wanted: several producers sharing
+/// the map's `Demand` handles split the work. A key that stopped being
+/// wanted before it was handed out (its waiters left, or a value or promise
+/// arrived) is skipped. Keys that became wanted before the first `Demand`
+/// was made are not announced, so make it before the consumers start.
+///
+/// When a value leaves a key that still has waiters, the announcement is
+/// made by one of those waiters, with its own copy of the key (the map
+/// never copies a key under its lock): the futures woken for the value
+/// announce it when they poll again and find it gone; if none of them is
+/// due to poll (the take that got the value leaves others that were never
+/// woken), the map wakes the first remaining take (or every remaining get)
+/// for that purpose. So a waiter may see one extra wake-up, only while a
+/// `Demand` lives.
 ///
 /// The queue is the only allocation. It holds the keys announced and not yet
 /// handed out; when waiters come and go while nobody calls `next`, it is

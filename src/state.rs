@@ -92,6 +92,15 @@ pub(crate) struct Entry<K, V> {
 pub(crate) const INLINE_BITS: u64 = 0b111;
 pub(crate) const HANDOFF: u64 = 1 << 3;
 pub(crate) const PROMISED: u64 = 1 << 4;
+/// The key's current wanted spell (waiters, no value, no promise) was
+/// announced to the demand, or needs no announcement (nobody watched when
+/// it began). Cleared when the spell ends: a value or a promise arrives.
+pub(crate) const ANNOUNCED: u64 = 1 << 5;
+/// A `Demand` handed the key out during its current wanted spell: a second
+/// queued announcement of it is stale. Cleared with `ANNOUNCED`.
+pub(crate) const HANDED: u64 = 1 << 6;
+/// The bits of the demand's bookkeeping.
+pub(crate) const DEMAND_BITS: u64 = ANNOUNCED | HANDED;
 pub(crate) const ID_SHIFT: u32 = 8;
 
 impl<K, V> Entry<K, V> {
@@ -180,6 +189,36 @@ impl<K, V> Entry<K, V> {
     #[inline]
     pub(crate) fn set_promised(&mut self, promised: bool) {
         self.set_flag(PROMISED, promised);
+        if promised {
+            // Served by a producer: a wanted spell, if any, ends.
+            self.meta &= !DEMAND_BITS;
+        }
+    }
+
+    /// A value arrived: a wanted spell, if any, ends.
+    #[inline]
+    fn served(&mut self) {
+        self.meta &= !DEMAND_BITS;
+    }
+
+    #[inline]
+    pub(crate) fn announced(&self) -> bool {
+        self.flag(ANNOUNCED)
+    }
+
+    #[inline]
+    pub(crate) fn set_announced(&mut self) {
+        self.meta |= ANNOUNCED;
+    }
+
+    #[inline]
+    pub(crate) fn handed(&self) -> bool {
+        self.flag(HANDED)
+    }
+
+    #[inline]
+    pub(crate) fn set_handed(&mut self) {
+        self.meta |= HANDED;
     }
 
     #[inline]
@@ -351,6 +390,7 @@ fn store_inline<K, V>(
     };
     if old.is_none() {
         *len += 1;
+        e.served();
         if e.inline() == Inline::Take {
             // The inline take is the first in line: the value is its.
             e.set_handoff(true);
@@ -404,6 +444,7 @@ fn store<K, V>(
     };
     if old.is_none() {
         *len += 1;
+        e.served();
     }
     if e.gets != NIL {
         slab.enqueue_list(e.gets);
@@ -507,6 +548,72 @@ pub(crate) fn pass_handoff<K, V>(e: &mut Entry<K, V>, slab: &mut Slab) {
             debug_assert!(next != INLINE);
             slab.enqueue(next);
         }
+    }
+}
+
+/// A value left the entry or a waiter left it. If that leaves the key
+/// wanted (waiters, no value, no promise) in a spell not yet announced: with
+/// nobody watching the demand, there is nothing to announce; otherwise the
+/// first waiter is woken (if it is not already), and its next poll, which
+/// finds it still waiting, announces the key with its own copy of it (the
+/// map never copies a key under the lock).
+#[inline]
+pub(crate) fn nudge<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    watchers: usize,
+    after: &mut After<K>,
+) {
+    // Most entries are announced (or needed no announcement) when they are
+    // made and lose the flag only when a value or a promise arrives.
+    if e.announced() || !e.wanted() {
+        return;
+    }
+    nudge_unannounced(e, slab, watchers, after);
+}
+
+#[cold]
+#[inline(never)]
+fn nudge_unannounced<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    watchers: usize,
+    after: &mut After<K>,
+) {
+    if watchers == 0 {
+        e.set_announced();
+        return;
+    }
+    // The first take; with no take, every get.
+    match e.first_take() {
+        INLINE => wake_inline(e, after),
+        NIL => {
+            if e.inline() == Inline::Get {
+                wake_inline(e, after);
+            }
+            if e.gets != NIL {
+                slab.enqueue_list(e.gets);
+            }
+        }
+        take => slab.enqueue(take),
+    }
+}
+
+/// Wakes the entry's inline waiter, if it holds a waker.
+fn wake_inline<K, V>(e: &mut Entry<K, V>, after: &mut After<K>) {
+    if matches!(e.slot, Slot::Waker(_)) {
+        if let Slot::Waker(w) = mem::replace(&mut e.slot, Slot::Empty) {
+            after.wake(w);
+        }
+    }
+}
+
+/// As [`nudge`], where every waiter of the entry is known to be woken
+/// already (a value was just removed: while it was there, every waiting get
+/// had been woken, and the first take held the hand-off): only the flag.
+pub(crate) fn nudge_woken<K, V>(e: &mut Entry<K, V>, watchers: usize) {
+    if watchers == 0 && e.wanted() {
+        e.set_announced();
     }
 }
 
@@ -908,7 +1015,7 @@ impl<K, V> State<K, V> {
         }
         self.len -= 1;
         if e.meta & (INLINE_BITS | PROMISED) != 0 || e.gets != NIL || e.takes != NIL {
-            return Self::remove_kept(occ, &mut self.ghosts);
+            return Self::remove_kept(occ, &mut self.ghosts, self.demand_watchers);
         }
         // Nothing but the value keeps the entry: it goes with it.
         let (e, vacant) = occ.remove();
@@ -936,6 +1043,7 @@ impl<K, V> State<K, V> {
             if let Slot::Value(v) = &mut e.slot {
                 if !keep(&e.key, v) {
                     values.extend(e.take_value());
+                    nudge_woken(e, tidy.st.demand_watchers);
                     tidy.st.len -= 1;
                 }
             }
@@ -973,8 +1081,10 @@ impl<K, V> State<K, V> {
     fn remove_kept(
         mut occ: OccupiedEntry<'_, Entry<K, V>>,
         ghosts: &mut HashTable<Ghost>,
+        watchers: usize,
     ) -> (Option<V>, Option<K>) {
         let value = occ.get_mut().take_value();
+        nudge_woken(occ.get_mut(), watchers);
         let mut after = After::new();
         settle(occ, ghosts, &mut after);
         (value, after.into_key())

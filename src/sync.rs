@@ -632,7 +632,9 @@ impl Events {
     #[cold]
     #[inline(never)]
     pub(crate) fn awaited(&self) {
-        self.room.notify(usize::MAX);
+        // Additional: a producer let in this way and dropped before it
+        // looked passes the turn on, as one let in by a freed value does.
+        self.room.notify_additional(usize::MAX);
     }
 
     /// The last waiter left.

@@ -861,6 +861,103 @@ fn keys_are_announced_in_registration_order() {
     assert_eq!(demand.next().now_or_never(), None);
 }
 
+// F, 1: a key is announced each time it becomes wanted. Two takes wait on
+// key 1; it is announced once; the producer inserts once, the first take
+// takes the value, and the second waits on a key with no value and no
+// promise: it is announced again (the second take is woken to do so), so
+// the producer makes another value.
+#[test]
+fn a_key_left_wanted_after_a_take_is_announced_again() {
+    let map = Map::new();
+    let demand = map.demand();
+    let (c_a, w_a) = counting_waker();
+    let (c_b, w_b) = counting_waker();
+    let mut a = map.take(&1);
+    let mut b = map.take(&1);
+    pending(poll_once(&mut a, &w_a));
+    pending(poll_once(&mut b, &w_b));
+    assert_eq!(demand.next().now_or_never(), Some(Some(1)));
+    assert_eq!(demand.next().now_or_never(), None);
+    map.insert(1, 10);
+    assert_eq!((c_a.wakes(), c_b.wakes()), (1, 0));
+    assert_eq!(ready(poll_once(&mut a, &w_a)), Ok(10));
+    assert_eq!(c_b.wakes(), 1, "the waiter left unserved was not woken");
+    pending(poll_once(&mut b, &w_b));
+    assert_eq!(demand.next().now_or_never(), Some(Some(1)));
+    assert_eq!(demand.next().now_or_never(), None);
+    map.insert(1, 11);
+    assert_eq!(ready(poll_once(&mut b, &w_b)), Ok(11));
+    assert_eq!(demand.next().now_or_never(), None);
+}
+
+// F, 1, 7: a get registers while a promise is held (not wanted: somebody
+// produces it); the promise is fulfilled, the value removed before the get
+// polls: the get, polling again, finds its key wanted and unannounced, and
+// announces it.
+#[test]
+fn a_key_whose_value_was_removed_before_its_get_polled_is_announced() {
+    let map = Map::new();
+    let demand = map.demand();
+    let promise = map.promise(2).expect("key 2 is free");
+    let (counter, waker) = counting_waker();
+    let mut get = map.get(&2);
+    pending(poll_once(&mut get, &waker));
+    assert_eq!(demand.next().now_or_never(), None, "promised: not wanted");
+    promise.fulfill(20);
+    assert_eq!(counter.wakes(), 1);
+    assert_eq!(map.remove(&2), Some(20));
+    pending(poll_once(&mut get, &waker));
+    assert_eq!(demand.next().now_or_never(), Some(Some(2)));
+    // Once announced, polling again announces nothing more.
+    pending(poll_once(&mut get, &waker));
+    assert_eq!(demand.next().now_or_never(), None);
+    map.insert(2, 21);
+    assert_eq!(ready(poll_once(&mut get, &waker)), Ok(21));
+}
+
+// F, 1, 5: the take woken for a value that was then removed is dropped
+// before it polls: the take behind it, which nobody woke, is woken so that
+// the key is announced again.
+#[test]
+fn a_key_left_to_an_unwoken_take_is_announced_through_it() {
+    let map = Map::new();
+    let demand = map.demand();
+    let (_c_a, w_a) = counting_waker();
+    let (c_b, w_b) = counting_waker();
+    let mut a = map.take(&3);
+    let mut b = map.take(&3);
+    pending(poll_once(&mut a, &w_a));
+    pending(poll_once(&mut b, &w_b));
+    assert_eq!(demand.next().now_or_never(), Some(Some(3)));
+    map.insert(3, 30);
+    assert_eq!(map.remove(&3), Some(30));
+    drop(a);
+    assert_eq!(c_b.wakes(), 1);
+    pending(poll_once(&mut b, &w_b));
+    assert_eq!(demand.next().now_or_never(), Some(Some(3)));
+    assert_eq!(demand.next().now_or_never(), None);
+}
+
+// F: an announcement left in the queue from an earlier spell of the key,
+// and the new one, hand the key out once per spell.
+#[test]
+fn a_key_is_handed_out_once_per_wanted_spell() {
+    let map = Map::new();
+    let demand = map.demand();
+    let (_c, w) = counting_waker();
+    let mut a = map.take(&4);
+    let mut b = map.take(&4);
+    pending(poll_once(&mut a, &w));
+    pending(poll_once(&mut b, &w));
+    // Announced, not handed out yet; a value comes and the first take goes.
+    map.insert(4, 40);
+    assert_eq!(ready(poll_once(&mut a, &w)), Ok(40));
+    pending(poll_once(&mut b, &w));
+    // Two announcements are queued; the key is handed out once.
+    assert_eq!(demand.next().now_or_never(), Some(Some(4)));
+    assert_eq!(demand.next().now_or_never(), None);
+}
+
 // F, 5: a key that stopped being wanted before `next()` (waiter dropped, value stored, promise made) is skipped and its queued copy dropped.
 #[test]
 fn a_key_no_longer_wanted_is_skipped() {

@@ -4,7 +4,7 @@
 use alloc::collections::VecDeque;
 use core::mem;
 
-use super::{Entry, State};
+use super::State;
 use crate::after::After;
 
 impl<K, V> State<K, V> {
@@ -65,15 +65,22 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The next announced key and whether it is still wanted (a key that
-    /// stopped being wanted before it was handed out is skipped by the
-    /// caller).
+    /// The next announced key and whether it is to be handed out: still
+    /// wanted, and not handed out already in its current wanted spell (an
+    /// announcement left over from an earlier spell is then stale). The
+    /// caller skips the others.
     pub(crate) fn next_wanted(&mut self) -> Option<(bool, K)> {
         let (hash, id, key) = self.wanted.pop_front()?;
-        let still = self
+        let still = match self
             .table
-            .find(hash, |e| e.hash == hash && e.id() == id)
-            .is_some_and(Entry::wanted);
+            .find_mut(hash, |e| e.hash == hash && e.id() == id)
+        {
+            Some(e) if e.wanted() && !e.handed() => {
+                e.set_handed();
+                true
+            }
+            _ => false,
+        };
         Some((still, key))
     }
 }

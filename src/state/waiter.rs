@@ -43,8 +43,9 @@ use crate::sync::{caught, resume};
 use hashbrown::hash_table::Entry as TableEntry;
 
 use crate::state::{
-    Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash, free_waiter,
-    inline_of, pass_handoff, register, remove_entry, renew_if_worn, settle, store_waker,
+    DEMAND_BITS, Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash,
+    free_waiter, inline_of, nudge, pass_handoff, register, remove_entry, renew_if_worn, settle,
+    store_waker,
 };
 use crate::{AwaitMap, WaitError};
 
@@ -366,6 +367,8 @@ impl<K, V> State<K, V> {
                     };
                     let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
                     e.set_inline(inline_of(mode.kind()));
+                    // Announced now, or wanted before anyone watched.
+                    e.set_announced();
                     e
                 };
                 self.next_id += 1;
@@ -406,6 +409,7 @@ impl<K, V> State<K, V> {
         };
         if let Some(outcome) = outcome {
             w.slot = DONE;
+            nudge(e, &mut self.slab, self.demand_watchers, after);
             settle(occ, &mut self.ghosts, after);
             return Step::Ready(outcome);
         }
@@ -507,6 +511,7 @@ impl<K, V> State<K, V> {
                 pass_handoff(e, &mut self.slab);
             }
             w.slot = DONE;
+            nudge(e, &mut self.slab, self.demand_watchers, after);
             settle(occ, &mut self.ghosts, after);
             return Step::Ready(outcome);
         }
@@ -515,17 +520,20 @@ impl<K, V> State<K, V> {
             // line, and let the next insert hand it over again.
             e.set_handoff(false);
         }
+        // It waits on: in a wanted spell nobody announced yet (a value came
+        // and went), this poll announces the key.
+        let announce = self.demand_watchers != 0 && !e.announced() && e.wanted();
         if slot == INLINE {
             if matches!(&e.slot, Slot::Waker(old) if old.will_wake(cx_waker)) {
-                return Step::Pending;
+                return waits(e, announce);
             }
         } else if self.slab.will_wake(slot, cx_waker) {
-            return Step::Pending;
+            return waits(e, announce);
         }
         match supplies.waker.take() {
             Some(waker) => {
                 after.drop_waker(store_waker(e, &mut self.slab, slot, waker));
-                Step::Pending
+                waits(e, announce)
             }
             None => Step::Make(Needs::WAKER),
         }
@@ -560,6 +568,8 @@ impl<K, V> State<K, V> {
                 self.next_id += 1;
                 let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
                 e.set_inline(inline_of(kind));
+                // Announced now, or wanted before anyone watched.
+                e.set_announced();
                 let bucket = vacant.insert(e).bucket_index();
                 w.registered(EntryRef::new(hash, id, bucket), INLINE);
                 self.inline_live += 1;
@@ -598,7 +608,10 @@ impl<K, V> State<K, V> {
                 clone(e.value()?)
             }
             Mode::Take => {
-                if (slot == INLINE && inline != Inline::Take) || !e.has_value() {
+                if (slot == INLINE && inline != Inline::Take)
+                    || !e.has_value()
+                    || self.demand_watchers != 0
+                {
                     return None;
                 }
                 let first = e.first_take() == slot;
@@ -672,7 +685,11 @@ impl<K, V> State<K, V> {
         // One comparison checks the id, the inline take and no promise;
         // the hand-off may be set or not (the inline take is the first).
         let expected = (w.entry.id() << ID_SHIFT) | Inline::Take as u64;
-        if e.meta & !HANDOFF != expected || e.gets != NIL || e.takes != NIL || !e.has_value() {
+        if e.meta & !(HANDOFF | DEMAND_BITS) != expected
+            || e.gets != NIL
+            || e.takes != NIL
+            || !e.has_value()
+        {
             return None;
         }
         self.len -= 1;
@@ -708,6 +725,7 @@ impl<K, V> State<K, V> {
             || e.has_value()
             || (slot == INLINE && !matches!(e.inline(), Inline::Get | Inline::Take))
             || (e.handoff() && e.first_take() == slot)
+            || (self.demand_watchers != 0 && !e.announced())
         {
             return Err(waker);
         }
@@ -772,7 +790,19 @@ impl<K, V> State<K, V> {
         if passes {
             pass_handoff(e, &mut self.slab);
         }
+        nudge(e, &mut self.slab, self.demand_watchers, after);
         settle(occ, &mut self.ghosts, after);
+    }
+}
+
+/// A registered future waits on; `announce`: it is to announce its key.
+#[inline]
+fn waits<K, V>(e: &mut Entry<K, V>, announce: bool) -> Step<V> {
+    if announce {
+        e.set_announced();
+        Step::Announce
+    } else {
+        Step::Pending
     }
 }
 

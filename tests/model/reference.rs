@@ -125,6 +125,13 @@ struct ModelKey {
     /// promise or a waiting future, with a fresh id each time it arrives. A
     /// demand announcement names the stay it was made for.
     stay: Option<u64>,
+    /// The key's current wanted spell (waiters, no value, no promise) was
+    /// announced, or needed no announcement (nobody watched the demand when
+    /// it began). Cleared when a value or a promise arrives.
+    spell_announced: bool,
+    /// A `demand.next()` handed the key out in its current spell: another
+    /// announcement of it still queued is stale. Cleared with the above.
+    handed: bool,
 }
 
 impl ModelKey {
@@ -236,7 +243,48 @@ impl Model {
 
     fn still_wanted(&self, key: usize, stay: u64) -> bool {
         let k = &self.keys[key];
-        k.stay == Some(stay) && k.wanted()
+        k.stay == Some(stay) && k.wanted() && !k.handed
+    }
+
+    /// A value or a producer arrived for `key`: its wanted spell, if any,
+    /// ends.
+    fn served(&mut self, key: usize) {
+        let k = &mut self.keys[key];
+        k.spell_announced = false;
+        k.handed = false;
+    }
+
+    /// A value or a waiter left `key`. If that leaves the key wanted in a
+    /// spell not yet announced: with no demand handle there is nothing to
+    /// announce; otherwise the first take (or, with no take, every get) is
+    /// woken, so that its next poll announces the key.
+    fn nudge(&mut self, key: usize) {
+        let k = &self.keys[key];
+        if !k.wanted() || k.spell_announced {
+            return;
+        }
+        if self.demand_handles == 0 {
+            self.keys[key].spell_announced = true;
+            return;
+        }
+        let due: Vec<usize> = match k.takes.first() {
+            Some(&t) => vec![t],
+            None => k.gets.clone(),
+        };
+        for slot in due {
+            self.wake(slot);
+        }
+    }
+
+    /// A registered consumer polled again waits on: in a wanted spell not
+    /// yet announced, with a demand handle, it announces its key.
+    fn waits_on(&mut self, key: usize) {
+        let k = &mut self.keys[key];
+        if self.demand_handles > 0 && k.wanted() && !k.spell_announced {
+            k.spell_announced = true;
+            let stay = k.stay.expect("a wanted key is present");
+            self.announced.push_back((key, stay));
+        }
     }
 
     /// Room for a value of `key` under the limit: the map is closed, the
@@ -289,6 +337,8 @@ impl Model {
         for k in &mut self.keys {
             if !k.present() {
                 k.stay = None;
+                k.spell_announced = false;
+                k.handed = false;
             } else if k.stay.is_none() {
                 k.stay = Some(self.next_stay);
                 self.next_stay += 1;
@@ -355,6 +405,9 @@ impl Model {
     /// unless a take holds the baton, the earliest waiting `take`. What
     /// `insert`, `try_insert`, `insert_async` and `fulfill` share.
     fn store(&mut self, key: usize, v: u64) -> Option<u64> {
+        if self.keys[key].value.is_none() {
+            self.served(key);
+        }
         let k = &mut self.keys[key];
         let old = k.value.replace(v);
         let gets = k.gets.clone();
@@ -378,10 +431,8 @@ impl Model {
 
     fn let_in_next(&mut self) {
         let next = self.room_queue.iter().copied().find(|&s| {
-            !self.futures[s]
-                .as_ref()
-                .expect("a queued producer exists")
-                .let_in
+            let f = self.futures[s].as_ref().expect("a queued producer exists");
+            !f.let_in
         });
         if let Some(slot) = next {
             self.futures[slot].as_mut().expect("queued").let_in = true;
@@ -471,6 +522,7 @@ impl Model {
                     self.finish(slot);
                     if kind == Kind::Take {
                         self.keys[key].value = None;
+                        self.nudge(key);
                         self.freed();
                     }
                     return Poll::Ready(Ok(v));
@@ -490,6 +542,8 @@ impl Model {
                     let stay = self.next_stay;
                     self.next_stay += 1;
                     self.keys[key].stay = Some(stay);
+                    // Announced now, or wanted before anyone watched.
+                    self.keys[key].spell_announced = true;
                     if self.demand_handles > 0 {
                         self.announced.push_back((key, stay));
                     }
@@ -521,6 +575,7 @@ impl Model {
                     }
                     self.unlink(kind, key, slot);
                     self.finish(slot);
+                    self.nudge(key);
                     if kind == Kind::Take && mine {
                         self.freed();
                     }
@@ -532,6 +587,7 @@ impl Model {
                     k.baton = None;
                 }
                 f.armed = Some(w);
+                self.waits_on(key);
                 Poll::Pending
             }
         }
@@ -560,6 +616,8 @@ impl Model {
                     Err(WaitError::Closed)
                 } else if !k.promised {
                     k.promised = true;
+                    k.spell_announced = false;
+                    k.handed = false;
                     Ok(Coalesced::Promise)
                 } else {
                     k.gets.push(slot);
@@ -585,13 +643,17 @@ impl Model {
                     Err(WaitError::Closed)
                 } else if !k.promised {
                     k.promised = true;
+                    k.spell_announced = false;
+                    k.handed = false;
                     Ok(Coalesced::Promise)
                 } else {
                     f.armed = Some(w);
+                    self.waits_on(key);
                     return Poll::Pending;
                 };
                 self.unlink(Kind::GetOrPromise, key, slot);
                 self.finish(slot);
+                self.nudge(key);
                 Poll::Ready(done)
             }
         }
@@ -650,6 +712,7 @@ impl Model {
     fn poll_next(&mut self, slot: usize) -> Poll<Outcome> {
         while let Some((key, stay)) = self.announced.pop_front() {
             if self.still_wanted(key, stay) {
+                self.keys[key].handed = true;
                 self.finish(slot);
                 return Poll::Ready(Outcome::Wanted(Some(
                     u8::try_from(key).expect("a small key"),
@@ -686,6 +749,7 @@ impl Model {
                         self.pass_baton(f.key);
                     }
                 }
+                self.nudge(f.key);
             }
             Kind::InsertAsync => {
                 self.leave_room_queue(slot);
@@ -714,6 +778,13 @@ impl Model {
     pub(crate) fn remove(&mut self, key: usize) -> Option<u64> {
         let v = self.keys[key].value.take();
         if v.is_some() {
+            // Every waiter was woken while the value was there: the first
+            // to poll again announces the key; with no demand handle there
+            // is nothing to announce.
+            let k = &mut self.keys[key];
+            if self.demand_handles == 0 && k.wanted() {
+                k.spell_announced = true;
+            }
             self.freed();
         }
         v
@@ -739,11 +810,10 @@ impl Model {
                 self.wake(slot);
             }
         }
-        while self
-            .room_queue
-            .iter()
-            .any(|&s| !self.futures[s].as_ref().expect("queued").let_in)
-        {
+        while self.room_queue.iter().any(|&s| {
+            let f = self.futures[s].as_ref().expect("queued");
+            !f.let_in
+        }) {
             self.let_in_next();
         }
     }
@@ -755,6 +825,8 @@ impl Model {
             return false;
         }
         k.promised = true;
+        k.spell_announced = false;
+        k.handed = false;
         true
     }
 
