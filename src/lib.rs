@@ -173,6 +173,7 @@
 //! | `spin` | yes | `SpinLock`, the default lock, and the constructors that do not name a lock (`new`, `with_capacity`, `with_hasher`, `with_capacity_and_hasher`) |
 //! | `critical-section` | no | `CsLock`, a lock that holds a critical section: for maps that interrupt handlers use; needs no compare-and-swap |
 //! | `portable-atomic` | no | targets without compare-and-swap: `SpinLock`'s atomics go through `portable-atomic`; the final binary picks its backend |
+//! | `futures-core` | no | `Demand` and `OwnedDemand` implement `futures_core::Stream`, the stream of wanted keys |
 //!
 //! Features only add: enabling `critical-section` does not change the
 //! default lock, so a map that must be interrupt-safe names `CsLock`, and

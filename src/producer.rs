@@ -495,6 +495,9 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 #[must_use = "keys are announced only while a `Demand` lives"]
 pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
+    /// The stream's listener, between polls (feature `futures-core`).
+    #[cfg_attr(not(feature = "futures-core"), allow(dead_code))]
+    listener: Option<EventListener>,
 }
 
 /// A [`Demand`] that holds its own `Arc` of the map, from
@@ -520,6 +523,9 @@ pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultL
 #[must_use = "keys are announced only while a demand handle lives"]
 pub struct OwnedDemand<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: Arc<AwaitMap<K, V, S, L>>,
+    /// The stream's listener, between polls (feature `futures-core`).
+    #[cfg_attr(not(feature = "futures-core"), allow(dead_code))]
+    listener: Option<EventListener>,
 }
 
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
@@ -538,7 +544,10 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// ```
     pub fn demand(&self) -> Demand<'_, K, V, S, L> {
         self.state.with(State::watch_demand);
-        Demand { map: self }
+        Demand {
+            map: self,
+            listener: None,
+        }
     }
 
     /// Starts watching the demand, with a handle that holds its own `Arc` of
@@ -560,6 +569,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         self.state.with(State::watch_demand);
         OwnedDemand {
             map: Arc::clone(self),
+            listener: None,
         }
     }
 
@@ -675,24 +685,75 @@ impl<K, V, S, L: ScopedRawMutex> Future for NextWanted<'_, K, V, S, L> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<K>> {
         let this = self.get_mut();
-        let map = this.map;
-        loop {
-            let (next, closed) = map.state.with(|st| (st.next_wanted(), st.is_closed()));
-            match next {
-                Some((true, key)) => {
-                    retire(&mut this.listener);
-                    return Poll::Ready(Some(key));
-                }
-                // No longer wanted: dropped here, unlocked; look again.
-                Some((false, stale)) => drop(stale),
-                None if closed => return Poll::Ready(None),
-                None => {
-                    if listen_or_poll(&map.events.demand, &mut this.listener, cx).is_pending() {
-                        return Poll::Pending;
-                    }
+        poll_next_wanted(this.map, &mut this.listener, cx)
+    }
+}
+
+/// The next wanted key, `None` once the map is closed with none left, or
+/// `Pending` (listening on the demand event) until there is one.
+fn poll_next_wanted<K, V, S, L: ScopedRawMutex>(
+    map: &AwaitMap<K, V, S, L>,
+    listener: &mut Option<EventListener>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<K>> {
+    loop {
+        let (next, closed) = map.state.with(|st| (st.next_wanted(), st.is_closed()));
+        match next {
+            Some((true, key)) => {
+                retire(listener);
+                return Poll::Ready(Some(key));
+            }
+            // No longer wanted: dropped here, unlocked; look again.
+            Some((false, stale)) => drop(stale),
+            None if closed => return Poll::Ready(None),
+            None => {
+                if listen_or_poll(&map.events.demand, listener, cx).is_pending() {
+                    return Poll::Pending;
                 }
             }
         }
+    }
+}
+
+/// With feature `futures-core`, a `Demand` is a stream of the wanted keys:
+/// each item is what [`next`](Demand::next) would resolve with, and the
+/// stream ends once the map is closed and no announced key is left.
+///
+/// # Examples
+///
+/// ```
+/// use futures::{StreamExt, executor::block_on};
+///
+/// let map: awaitmap::AwaitMap<u32, u32> = awaitmap::AwaitMap::new();
+/// let demand = map.demand();
+/// let mut a = map.get(&1);
+/// let mut b = map.get(&2);
+/// assert!(futures::FutureExt::now_or_never(&mut a).is_none());
+/// assert!(futures::FutureExt::now_or_never(&mut b).is_none());
+/// map.close();
+/// let wanted: Vec<u32> = block_on(demand.collect());
+/// assert_eq!(wanted, [1, 2]);
+/// ```
+#[cfg(feature = "futures-core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-core")))]
+impl<K, V, S, L: ScopedRawMutex> futures_core::Stream for Demand<'_, K, V, S, L> {
+    type Item = K;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<K>> {
+        let this = self.get_mut();
+        poll_next_wanted(this.map, &mut this.listener, cx)
+    }
+}
+
+/// As the `Stream` of [`Demand`] (feature `futures-core`).
+#[cfg(feature = "futures-core")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-core")))]
+impl<K, V, S, L: ScopedRawMutex> futures_core::Stream for OwnedDemand<K, V, S, L> {
+    type Item = K;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<K>> {
+        let this = self.get_mut();
+        poll_next_wanted(&this.map, &mut this.listener, cx)
     }
 }
 

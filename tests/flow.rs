@@ -1571,3 +1571,34 @@ async fn an_aborted_producer_task_stops_announcing() {
         "key 2 was not announced"
     );
 }
+
+// F, 1: with feature `futures-core`, an `OwnedDemand` is a `Stream` of the
+// wanted keys: a producer task drives it with stream combinators, serving
+// each wanted key once; the stream ends when the map closes.
+#[cfg(feature = "futures-core")]
+#[test]
+fn an_owned_demand_is_a_stream_of_wanted_keys() {
+    use futures::StreamExt;
+    no_hang_or("demand stream", "the producer stream stalled", || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let map: Arc<Map> = Arc::new(AwaitMap::new());
+            let demand = map.demand_owned();
+            let producer = tokio::spawn({
+                let map = Arc::clone(&map);
+                demand.map(|k| (k, k * k)).for_each(move |(k, v)| {
+                    map.insert(k, v);
+                    async {}
+                })
+            });
+            for k in [3_u32, 1, 2, 3] {
+                assert_eq!(map.get(&k).await, Ok(k * k));
+            }
+            map.close();
+            producer.await.unwrap();
+            assert_eq!(map.len(), 3);
+        });
+    });
+}
