@@ -1546,3 +1546,26 @@ fn owned_futures_hold_their_own_arc_and_outlive_the_callers_handle() {
     assert_eq!(Arc::strong_count(&producer), 1);
     assert_eq!(producer.waiters(), 0);
 }
+
+// Guarantee 6: a take woken for a value that a fresh take got first waits
+// on; polled with a new waker, it stores that waker and gives up the
+// hand-off, so the next insert wakes it (the new waker) and it gets that
+// value.
+#[test]
+fn a_take_that_lost_its_value_and_changed_waker_is_woken_by_the_next_insert() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let (c1, w1) = counting_waker();
+    let (c2, w2) = counting_waker();
+    let mut t1 = map.take(&1);
+    pending(poll_once(&mut t1, &w1));
+    map.insert(1, 10);
+    assert_eq!(c1.wakes(), 1);
+    // A fresh take gets the value first.
+    assert_eq!(ready(poll_once(&mut map.take(&1), &w1)), Ok(10));
+    // T1 polls with another waker: the value is gone, it waits on.
+    pending(poll_once(&mut t1, &w2));
+    map.insert(1, 11);
+    assert_eq!(c2.wakes(), 1, "the next insert did not wake the take");
+    assert_eq!(ready(poll_once(&mut t1, &w2)), Ok(11));
+    assert_eq!(map.waiters(), 0);
+}
