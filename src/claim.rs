@@ -14,7 +14,7 @@ use core::fmt;
 use core::future::Future;
 use core::hash::{BuildHasher, Hash};
 use core::pin::Pin;
-use core::task::{Context, Poll, Waker};
+use core::task::{Context, Poll};
 
 use hashbrown::DefaultHashBuilder;
 use mutex::ScopedRawMutex;
@@ -121,8 +121,7 @@ where
     map.poll_take(waiter, key, cx, what)
 }
 
-/// Registers a claim's take with a waker that does nothing (the first real
-/// poll replaces it); `Some` if it resolved at once.
+/// Registers a claim's take at once; `Some` if it resolved at once.
 pub(crate) fn register_now<K, V, S, L>(
     map: &AwaitMap<K, V, S, L>,
     waiter: &mut Waiter,
@@ -133,11 +132,7 @@ where
     S: BuildHasher,
     L: ScopedRawMutex,
 {
-    let cx = Context::from_waker(Waker::noop());
-    match map.poll_take(waiter, key, &cx, "Claim") {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
-    }
+    map.register_claim(waiter, key)
 }
 
 impl<K, V, S, L> AwaitMap<K, V, S, L>

@@ -551,9 +551,9 @@ impl<K, V> State<K, V> {
         kind: Kind,
         w: &mut Waiter,
         mut eq: impl FnMut(&K) -> bool,
-        waker: Waker,
+        waker: Option<Waker>,
         key: K,
-    ) -> Result<bool, (Waker, K)> {
+    ) -> Result<bool, (Option<Waker>, K)> {
         if self.closed {
             return Err((waker, key));
         }
@@ -566,7 +566,12 @@ impl<K, V> State<K, V> {
             TableEntry::Vacant(vacant) => {
                 let id = self.next_id;
                 self.next_id += 1;
-                let mut e = Entry::new(hash, id, key, Slot::Waker(waker));
+                // Without a waker, the waiter counts as woken: it polls.
+                let slot = match waker {
+                    Some(w) => Slot::Waker(w),
+                    None => Slot::Empty,
+                };
+                let mut e = Entry::new(hash, id, key, slot);
                 e.set_inline(inline_of(kind));
                 // Announced now, or wanted before anyone watched.
                 e.set_announced();
@@ -1366,6 +1371,40 @@ where
         }
     }
 
+    /// Registers a claim's take when it is made, before any poll. The common
+    /// case (a request id with no entry yet) registers in one trip with no
+    /// waker (the waiter counts as woken until its first poll stores one);
+    /// anything else is a take's first poll with a waker that does nothing.
+    /// `Some` if it resolved at once.
+    #[inline(never)]
+    pub(crate) fn register_claim(&self, w: &mut Waiter, key: &K) -> Option<Result<V, WaitError>>
+    where
+        K: Clone,
+    {
+        w.entry.hash = self.hasher.hash_one(key);
+        let owned = key.clone();
+        let fast = self
+            .state
+            .with(|st| st.register_fast(Kind::Take, w, |k| k == key, None, owned));
+        match fast {
+            Ok(announce) => {
+                if announce {
+                    self.announce_for(Kind::Take, w, key);
+                }
+                self.started_waiting();
+                None
+            }
+            Err((_, owned)) => {
+                drop(owned);
+                let cx = Context::from_waker(Waker::noop());
+                match self.poll_take(w, key, &cx, "Claim") {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                }
+            }
+        }
+    }
+
     /// The first poll of a `take`: a take mostly waits (a response awaited
     /// before it arrives), so it clones its waker and makes an owned key
     /// before it takes the lock, and registers in one trip.
@@ -1402,7 +1441,7 @@ where
         let kind = mode.kind();
         let fast = self
             .state
-            .with(|st| st.register_fast(kind, w, |k| key.equivalent(k), waker, owned));
+            .with(|st| st.register_fast(kind, w, |k| key.equivalent(k), Some(waker), owned));
         let (waker, owned) = match fast {
             Ok(false) => return Poll::Pending,
             Ok(true) => {
@@ -1412,7 +1451,7 @@ where
             Err(back) => back,
         };
         let supplies = Supplies {
-            waker: Some(waker),
+            waker,
             key: Some(owned),
         };
         self.poll_slow(mode, w, key, cx, Needs::NOTHING, supplies)
