@@ -959,3 +959,33 @@ fn a_claim_dropped_while_its_reply_is_delivered_leaves_nothing_behind() {
         stored
     });
 }
+
+// F, 1: the value a first take gets comes from another thread while a
+// second take waits: whatever the interleaving, the second take is woken
+// (the key is wanted again and nobody announced it), and its next poll
+// announces the key to the demand a second time.
+#[test]
+fn a_key_left_wanted_is_announced_again_across_threads() {
+    model_outcomes(PREEMPTIONS, &[()], || {
+        let map = Arc::new(new_map());
+        let demand = map.demand();
+        let (_ca, wa) = counting_waker();
+        let (cb, wb) = counting_waker();
+        let mut a = map.take(&1);
+        let mut b = map.take(&1);
+        assert!(poll_once(&mut a, &wa).is_pending());
+        assert!(poll_once(&mut b, &wb).is_pending());
+        assert_eq!(block_on(demand.next()), Some(1));
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(1, 10))
+        };
+        assert_eq!(block_on(&mut a), Ok(10));
+        producer.join().unwrap();
+        assert_eq!(cb.wakes(), 1, "the take left waiting was not woken");
+        assert!(poll_once(&mut b, &wb).is_pending());
+        assert_eq!(block_on(demand.next()), Some(1));
+        drop(b);
+        drop(demand);
+    });
+}
