@@ -256,8 +256,10 @@ fn a_limited_reorder_buffer_finishes_under_every_arrival_order() {
         }
         all
     }
+    // Under miri, a sample of the orders.
+    let step = if cfg!(miri) { 17 } else { 1 };
     for limit in [1, 2] {
-        for order in permutations((0..5).collect()) {
+        for order in permutations((0..5).collect()).into_iter().step_by(step) {
             let map = Map::new().with_limit(limit);
             let mut producers: Vec<Producer<'_, u32>> = Vec::new();
             let mut stored_at_once = Vec::new();
