@@ -706,3 +706,38 @@ fn the_first_waiter_of_a_promised_key_waits_in_its_entry() {
         assert_eq!(got, Poll::Ready(Ok(10)));
     }
 }
+
+// `shrink_to_fit` gives back everything a burst took once its futures are
+// gone: the table grown for a thousand keys and the waiter storage grown
+// for three hundred waiters on one key.
+#[test]
+fn shrink_to_fit_gives_back_what_a_burst_took() {
+    start_counting();
+    let map = Map::new();
+    let (_c, w) = counting_waker();
+    let keys: Vec<u64> = (0..1000).collect();
+    let one = 5_000_u64;
+    let mut distinct = Vec::with_capacity(keys.len());
+    let mut same = Vec::with_capacity(300);
+    let baseline = counts().live;
+    distinct.extend(keys.iter().map(|k| map.get(k)));
+    same.extend((0..300).map(|_| map.take(&one)));
+    for f in &mut distinct {
+        assert!(poll_once(f, &w).is_pending());
+    }
+    for f in &mut same {
+        assert!(poll_once(f, &w).is_pending());
+    }
+    assert_eq!(map.waiters(), 1300);
+    let grown = counts().live - baseline;
+    assert!(grown > 0, "the burst took no memory");
+    distinct.clear();
+    same.clear();
+    assert_eq!(map.waiters(), 0);
+    map.shrink_to_fit();
+    assert_eq!(
+        counts().live - baseline,
+        0,
+        "of {grown} bytes the burst took, some stayed after shrink_to_fit"
+    );
+}

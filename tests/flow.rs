@@ -1604,3 +1604,28 @@ fn an_owned_demand_is_a_stream_of_wanted_keys() {
         });
     });
 }
+
+// F: an operation that frees no value wakes no producer waiting for room,
+// even when it has other news to carry out (here an insert that wakes a
+// get and a take, and drops the spare key).
+#[test]
+fn an_insert_that_frees_nothing_wakes_no_producer() {
+    let map = Map::new().with_limit(1);
+    map.insert(9, 90);
+    let (_w, waker) = counting_waker();
+    let mut get = map.get(&1);
+    let mut take = map.take(&1);
+    pending(poll_once(&mut get, &waker));
+    pending(poll_once(&mut take, &waker));
+    // Started after the consumers, so their registration woke nobody.
+    let mut producers = [Producer::waiting(0, &map, 5, 50)];
+    map.insert(1, 10);
+    assert!(!producers[0].woken(), "woken with no room made");
+    assert!(run_woken(&mut producers).is_empty());
+    assert_eq!(ready(poll_once(&mut get, &waker)), Ok(10));
+    assert_eq!(ready(poll_once(&mut take, &waker)), Ok(10));
+    // Key 9 still fills the map; once it leaves, the producer gets in.
+    assert!(run_woken(&mut producers).is_empty());
+    assert_eq!(map.remove(&9), Some(90));
+    assert_eq!(run_woken(&mut producers), vec![0]);
+}

@@ -1569,3 +1569,42 @@ fn a_take_that_lost_its_value_and_changed_waker_is_woken_by_the_next_insert() {
     assert_eq!(ready(poll_once(&mut t1, &w2)), Ok(11));
     assert_eq!(map.waiters(), 0);
 }
+
+/// A waker that records its name in a shared log when woken.
+struct Named {
+    name: &'static str,
+    log: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Wake for Named {
+    fn wake(self: Arc<Self>) {
+        self.log.lock().unwrap().push(self.name);
+    }
+}
+
+// Guarantee 1: an insert wakes the waiting gets first, in the order they
+// registered, and then the take, also when the take waits in the key's
+// entry and the gets behind it in the waiter storage.
+#[test]
+fn insert_wakes_the_gets_before_the_take() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let waker = |name| {
+        Waker::from(Arc::new(Named {
+            name,
+            log: Arc::clone(&log),
+        }))
+    };
+    let (wt, wg1, wg2) = (waker("take"), waker("get 1"), waker("get 2"));
+    let mut take = map.take(&1);
+    let mut g1 = map.get(&1);
+    let mut g2 = map.get(&1);
+    pending(poll_once(&mut take, &wt));
+    pending(poll_once(&mut g1, &wg1));
+    pending(poll_once(&mut g2, &wg2));
+    map.insert(1, 10);
+    assert_eq!(*log.lock().unwrap(), ["get 1", "get 2", "take"]);
+    assert_eq!(ready(poll_once(&mut g1, &wg1)), Ok(10));
+    assert_eq!(ready(poll_once(&mut g2, &wg2)), Ok(10));
+    assert_eq!(ready(poll_once(&mut take, &wt)), Ok(10));
+}
