@@ -1629,3 +1629,19 @@ fn an_insert_that_frees_nothing_wakes_no_producer() {
     assert_eq!(map.remove(&9), Some(90));
     assert_eq!(run_woken(&mut producers), vec![0]);
 }
+
+// F: a key that becomes wanted again while no `Demand` lives (its value was
+// removed before the woken take polled) is not announced to a `Demand`
+// made afterwards, as for any key wanted before the first `Demand`.
+#[test]
+fn a_key_wanted_again_before_any_demand_is_not_announced_later() {
+    let map = Map::new();
+    let (_c, waker) = counting_waker();
+    let mut take = map.take(&1);
+    pending(poll_once(&mut take, &waker));
+    map.insert(1, 10);
+    assert_eq!(map.remove(&1), Some(10));
+    let demand = map.demand();
+    pending(poll_once(&mut take, &waker));
+    assert_eq!(demand.next().now_or_never(), None);
+}

@@ -1,0 +1,119 @@
+//! Corners of the waiter machine that the broader suites reach only by
+//! chance: colliding hashes after the table moved its entries, and the key
+//! copies a poll makes. Hand-polled with counting wakers.
+//!
+//! Each test names the crate guarantees it leans on (1 store-then-wake,
+//! 4 one registration per future, 11 user code and the lock, 13 bad keys).
+
+mod common;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use awaitmap::{AwaitMap, ValueOrPromise};
+use common::{counting_waker, pending, poll_once, ready};
+
+/// A key whose every value hashes the same: all keys collide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Same(u64);
+
+impl Hash for Same {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        0_u64.hash(state);
+    }
+}
+
+// Guarantees 1, 13: two futures wait on keys whose hashes collide; the table
+// then grows (moving every entry), so each future finds its entry again by
+// its hash and id: each gets its own key's value, in either order.
+#[test]
+fn waiters_on_colliding_keys_find_their_own_entries_after_the_table_grows() {
+    let map: AwaitMap<Same, u64> = AwaitMap::new();
+    let (c1, w1) = counting_waker();
+    let (c2, w2) = counting_waker();
+    let (one, two) = (Same(1), Same(2));
+    let mut first = map.get(&one);
+    let mut second = map.take(&two);
+    pending(poll_once(&mut first, &w1));
+    pending(poll_once(&mut second, &w2));
+    for k in 3..100 {
+        map.insert(Same(k), k);
+    }
+    map.insert(Same(2), 20);
+    assert_eq!((c1.wakes(), c2.wakes()), (0, 1));
+    // Polled with other wakers, so the polls look their entries up.
+    let (_c3, w3) = counting_waker();
+    pending(poll_once(&mut first, &w3));
+    assert_eq!(ready(poll_once(&mut second, &w3)), Ok(20));
+    map.insert(Same(1), 10);
+    assert_eq!(ready(poll_once(&mut first, &w3)), Ok(10));
+    assert_eq!(map.waiters(), 0);
+}
+
+/// A key that counts its clones.
+#[derive(Debug)]
+struct Counted {
+    id: u64,
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Counted {
+            id: self.id,
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl PartialEq for Counted {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Counted {}
+
+impl Hash for Counted {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+// Guarantees 4, 11: a registered future polled again, even with a new
+// waker, makes no copy of its key (only an unregistered one needs one, for
+// the entry it may create).
+#[test]
+fn a_registered_future_polled_again_copies_no_key() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let key = Counted {
+        id: 1,
+        clones: Arc::clone(&clones),
+    };
+    let map: AwaitMap<Counted, u64> = AwaitMap::new();
+    let promise = map.promise(key.clone()).expect("key 1 is free");
+    let (_c1, w1) = counting_waker();
+    let (_c2, w2) = counting_waker();
+    let mut get = map.get(&key);
+    let mut coalesced = map.get_or_promise(&key);
+    pending(poll_once(&mut get, &w1));
+    assert!(poll_once(&mut coalesced, &w1).is_pending());
+    let copies = clones.load(Ordering::SeqCst);
+    for waker in [&w2, &w1, &w2] {
+        pending(poll_once(&mut get, waker));
+        assert!(poll_once(&mut coalesced, waker).is_pending());
+    }
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        copies,
+        "a re-poll copied the key"
+    );
+    promise.fulfill(7);
+    assert_eq!(ready(poll_once(&mut get, &w2)), Ok(7));
+    assert!(matches!(
+        ready(poll_once(&mut coalesced, &w2)),
+        Ok(ValueOrPromise::Value(7))
+    ));
+}
