@@ -117,3 +117,20 @@ fn a_registered_future_polled_again_copies_no_key() {
         Ok(ValueOrPromise::Value(7))
     ));
 }
+
+// Guarantee 13: promises on keys whose hashes collide, fulfilled after the
+// table grew (moving every entry): each value lands under its own key.
+#[test]
+fn promises_on_colliding_keys_fulfil_their_own_keys_after_the_table_grows() {
+    let map: AwaitMap<Same, u64> = AwaitMap::new();
+    let first = map.promise(Same(1)).expect("free");
+    let second = map.promise(Same(2)).expect("free");
+    for k in 3..100 {
+        map.insert(Same(k), k);
+    }
+    assert_eq!(second.fulfill(20), None);
+    assert_eq!(map.try_get(&Same(2)), Some(20));
+    assert_eq!(map.try_get(&Same(1)), None);
+    assert_eq!(first.fulfill(10), None);
+    assert_eq!(map.try_get(&Same(1)), Some(10));
+}
