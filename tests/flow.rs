@@ -1645,3 +1645,20 @@ fn a_key_wanted_again_before_any_demand_is_not_announced_later() {
     pending(poll_once(&mut take, &waker));
     assert_eq!(demand.next().now_or_never(), None);
 }
+
+// F, 1: on a limited map, a take that was waiting and then receives its
+// value (the ready poll of an RPC response) frees a value: a producer
+// waiting for room is let in.
+#[test]
+fn a_waiting_take_that_receives_its_value_lets_a_producer_in() {
+    let map = Map::new().with_limit(1);
+    let (_w, waker) = counting_waker();
+    let mut take = map.take(&1);
+    pending(poll_once(&mut take, &waker));
+    map.insert(1, 10);
+    let mut producers = [Producer::waiting(0, &map, 2, 20)];
+    assert!(run_woken(&mut producers).is_empty());
+    assert_eq!(ready(poll_once(&mut take, &waker)), Ok(10));
+    assert_eq!(run_woken(&mut producers), vec![0]);
+    assert_eq!(map.try_get(&2), Some(20));
+}
