@@ -151,7 +151,9 @@ where
     /// A `take` that gives up (dropped, say by a timeout) deregisters; a
     /// value inserted for it afterwards stays in the map until someone takes
     /// or [`remove`](Self::remove)s it. An RPC client that times calls out
-    /// should `remove(&id)` responses that arrive too late.
+    /// should [`claim`](Self::claim) its ids instead and have its reader
+    /// [`deliver`](Self::deliver) the responses: one that arrives after its
+    /// caller gave up is then refused, not kept.
     ///
     /// # Errors
     ///
