@@ -1225,6 +1225,18 @@ impl<K, V> State<K, V> {
         EntryRef::new(hash, id, bucket)
     }
 
+    /// The announcement of the entry `r` names was never made (the key's
+    /// copy panicked): its wanted spell is unannounced again.
+    pub(crate) fn unannounce(&mut self, r: EntryRef) {
+        let (hash, id) = (r.hash(), r.id());
+        if let Some(e) = self
+            .table
+            .find_mut(hash, |e| e.hash == hash && e.id() == id)
+        {
+            e.meta &= !ANNOUNCED;
+        }
+    }
+
     /// Fulfils a promise: stores the value (as `insert` does) and releases
     /// the reservation. Returns the value it replaced (a plain `insert` may
     /// have stored one meanwhile).

@@ -2580,3 +2580,62 @@ fn value_drop_panicking_never_runs_inside_the_map() {
         assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(BombVal(60))));
     });
 }
+
+/// A key whose copies panic while `PANIC_ON_CLONE` is set (per thread).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FragileKey(u32);
+
+thread_local! {
+    static PANIC_ON_CLONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Clone for FragileKey {
+    fn clone(&self) -> Self {
+        if PANIC_ON_CLONE.get() {
+            panic!("the key's clone fails");
+        }
+        FragileKey(self.0)
+    }
+}
+
+// Guarantee 11 with a demand: three takes wait on a key; the first gets a
+// value, which leaves the key wanted again; the second, woken to announce
+// it, panics copying the key (and gives up its place). The third, left
+// behind, is woken in turn and announces the key: the demand forgets no one.
+#[test]
+fn a_key_copy_that_panics_while_announcing_leaves_the_announcement_to_the_next_waiter() {
+    let map: AwaitMap<FragileKey, u32> = AwaitMap::new();
+    let demand = map.demand();
+    let key = FragileKey(1);
+    let (_ca, wa) = counting_waker();
+    let (cb, wb) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut a = map.take(&key);
+    let mut b = map.take(&key);
+    let mut c = map.take(&key);
+    assert!(poll_once(&mut a, &wa).is_pending());
+    assert!(poll_once(&mut b, &wb).is_pending());
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(
+        futures::FutureExt::now_or_never(demand.next()),
+        Some(Some(FragileKey(1)))
+    );
+    map.insert(FragileKey(1), 10);
+    assert_eq!(poll_once(&mut a, &wa), Poll::Ready(Ok(10)));
+    assert_eq!(cb.wakes(), 1);
+    PANIC_ON_CLONE.set(true);
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut b, &wb)));
+    PANIC_ON_CLONE.set(false);
+    assert!(polled.is_err(), "the key's copy did not panic");
+    map.check_invariants();
+    assert_eq!(cc.wakes(), 1, "the take left behind was not woken");
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(
+        futures::FutureExt::now_or_never(demand.next()),
+        Some(Some(FragileKey(1)))
+    );
+    map.insert(FragileKey(1), 11);
+    assert_eq!(poll_once(&mut c, &wc), Poll::Ready(Ok(11)));
+    drop(b);
+    assert_eq!(map.waiters(), 0);
+}

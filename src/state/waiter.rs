@@ -1030,7 +1030,7 @@ where
         Q::Owned: Into<K>,
     {
         let entry = w.entry;
-        let unwind = DeregisterOnUnwind { map: self, kind, w };
+        let unwind = UnannounceOnUnwind { map: self, kind, w };
         let owned: K = key.to_owned().into();
         core::mem::forget(unwind);
         self.announce(entry, owned);
@@ -1076,6 +1076,28 @@ struct DeregisterOnUnwind<'a, K, V, S, L: ScopedRawMutex> {
     map: &'a AwaitMap<K, V, S, L>,
     kind: Kind,
     w: &'a mut Waiter,
+}
+
+/// As [`DeregisterOnUnwind`], for a future whose copy of its key for the
+/// demand panicked: the key's wanted spell is marked unannounced again in
+/// the same trip, so that the waiters left behind announce it.
+struct UnannounceOnUnwind<'a, K, V, S, L: ScopedRawMutex> {
+    map: &'a AwaitMap<K, V, S, L>,
+    kind: Kind,
+    w: &'a mut Waiter,
+}
+
+impl<K, V, S, L: ScopedRawMutex> Drop for UnannounceOnUnwind<'_, K, V, S, L> {
+    fn drop(&mut self) {
+        let (kind, w) = (self.kind, &mut *self.w);
+        if w.is_registered() {
+            let entry = w.entry;
+            self.map.locked(|st, after| {
+                st.unannounce(entry);
+                st.deregister(kind, w, after);
+            });
+        }
+    }
 }
 
 impl<K, V, S, L: ScopedRawMutex> Drop for DeregisterOnUnwind<'_, K, V, S, L> {
