@@ -212,16 +212,6 @@ impl<K, V> Entry<K, V> {
     }
 
     #[inline]
-    pub(crate) fn handed(&self) -> bool {
-        self.flag(HANDED)
-    }
-
-    #[inline]
-    pub(crate) fn set_handed(&mut self) {
-        self.meta |= HANDED;
-    }
-
-    #[inline]
     pub(crate) fn handoff(&self) -> bool {
         self.flag(HANDOFF)
     }

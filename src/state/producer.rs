@@ -4,8 +4,21 @@
 use alloc::collections::VecDeque;
 use core::mem;
 
-use super::State;
+use super::{Entry, HANDED, State};
 use crate::after::After;
+
+impl<K, V> Entry<K, V> {
+    /// A `Demand` handed the key out during its current wanted spell.
+    #[inline]
+    fn handed(&self) -> bool {
+        self.flag(HANDED)
+    }
+
+    #[inline]
+    fn set_handed(&mut self) {
+        self.meta |= HANDED;
+    }
+}
 
 impl<K, V> State<K, V> {
     /// A `drained()` future starts or stops watching; returns whether the
