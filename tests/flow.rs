@@ -1662,3 +1662,21 @@ fn a_waiting_take_that_receives_its_value_lets_a_producer_in() {
     assert_eq!(run_woken(&mut producers), vec![0]);
     assert_eq!(map.try_get(&2), Some(20));
 }
+
+// F, 5: a key announced while two takes waited, whose first (in the
+// entry) left before the key was handed out, is still wanted by the take
+// left in the waiter storage: it is handed out.
+#[test]
+fn a_key_still_wanted_by_a_later_take_is_handed_out() {
+    let map = Map::new();
+    let demand = map.demand();
+    let (_c, waker) = counting_waker();
+    let mut a = map.take(&1);
+    let mut b = map.take(&1);
+    pending(poll_once(&mut a, &waker));
+    pending(poll_once(&mut b, &waker));
+    drop(a);
+    assert_eq!(demand.next().now_or_never(), Some(Some(1)));
+    map.insert(1, 10);
+    assert_eq!(ready(poll_once(&mut b, &waker)), Ok(10));
+}
