@@ -78,7 +78,7 @@ where
     /// ```
     pub fn claim(&self, key: K) -> Claim<'_, K, V, S, L> {
         let mut waiter = Waiter::new();
-        let early = register_now(self, &mut waiter, &key);
+        let early = self.register_claim(&mut waiter, &key);
         Claim {
             map: self,
             key,
@@ -89,13 +89,15 @@ where
     }
 }
 
-/// Polls a claim. Its first poll after the registration hands the map its
-/// real waker in one trip, in place of the one that does nothing; anything
-/// else (its value came, it failed) is a `take`'s poll.
+/// Polls a claim: `Ready` at once if it resolved when it registered. Its
+/// first poll after that hands the map its waker in one trip (it registered
+/// with none); anything else (its value came, it failed) is a `take`'s
+/// poll.
 pub(crate) fn poll_claim<K, V, S, L>(
     map: &AwaitMap<K, V, S, L>,
     waiter: &mut Waiter,
     key: &K,
+    early: &mut Option<Result<V, WaitError>>,
     armed: &mut bool,
     cx: &Context<'_>,
     what: &'static str,
@@ -105,6 +107,10 @@ where
     S: BuildHasher,
     L: ScopedRawMutex,
 {
+    // Resolved when it registered.
+    if let Some(early) = early.take() {
+        return Poll::Ready(early);
+    }
     if !*armed && waiter.is_registered() {
         // Cloned before the lock: if the clone panics, nothing changed.
         let waker = cx.waker().clone();
@@ -119,20 +125,6 @@ where
     }
     *armed = true;
     map.poll_take(waiter, key, cx, what)
-}
-
-/// Registers a claim's take at once; `Some` if it resolved at once.
-pub(crate) fn register_now<K, V, S, L>(
-    map: &AwaitMap<K, V, S, L>,
-    waiter: &mut Waiter,
-    key: &K,
-) -> Option<Result<V, WaitError>>
-where
-    K: Eq + Hash + Clone,
-    S: BuildHasher,
-    L: ScopedRawMutex,
-{
-    map.register_claim(waiter, key)
 }
 
 impl<K, V, S, L> AwaitMap<K, V, S, L>
@@ -187,30 +179,16 @@ where
 
     #[inline(never)]
     fn deliver_general(&self, hash: u64, key: K, value: V) -> Result<Option<V>, (K, V)> {
-        let mut key = Some(key);
-        let mut value = Some(value);
-        let stored = self.locked(|st, after| {
-            let old = st.insert_if(
+        self.insert_guarded(key, value, |st, key, value, after| {
+            st.insert_if(
                 hash,
-                &mut key,
-                &mut value,
+                key,
+                value,
                 |a, b| a == b,
                 |e| e.is_some_and(Entry::awaited),
                 after,
-            );
-            if old.is_some() {
-                // The key the entry already had stays; this one is dropped.
-                after.drop_key(key.take());
-            }
-            old
-        });
-        match stored {
-            Some(old) => Ok(old),
-            None => Err((
-                key.expect("refused keeps the key"),
-                value.expect("refused keeps the value"),
-            )),
-        }
+            )
+        })
     }
 }
 
@@ -281,13 +259,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(early) = this.early.take() {
-            return Poll::Ready(early);
-        }
         poll_claim(
             this.map,
             &mut this.waiter,
             &this.key,
+            &mut this.early,
             &mut this.armed,
             cx,
             "Claim",

@@ -535,14 +535,45 @@ where
     /// no entry: out of line, so the common case stays small.
     #[inline(never)]
     fn insert_general(&self, hash: u64, key: K, value: V) -> Option<V> {
+        self.insert_guarded(key, value, |st, key, value, after| {
+            st.insert_if(hash, key, value, |a, b| a == b, |_| true, after)
+        })
+        .ok()
+        .expect("a plain insert always stores")
+    }
+
+    /// One trip of an insert that `store` may refuse (`State::insert_if`
+    /// and its kin: `None` keeps key and value in their options). Stored:
+    /// the value it replaced, and the passed key, if the entry kept its own,
+    /// is dropped with the lock released. Refused: both handed back.
+    pub(crate) fn insert_guarded(
+        &self,
+        key: K,
+        value: V,
+        store: impl FnOnce(
+            &mut State<K, V>,
+            &mut Option<K>,
+            &mut Option<V>,
+            &mut After<K>,
+        ) -> Option<Option<V>>,
+    ) -> Result<Option<V>, (K, V)> {
         let mut key = Some(key);
         let mut value = Some(value);
-        self.locked(|st, after| {
-            let old = st.insert_if(hash, &mut key, &mut value, |a, b| a == b, |_| true, after);
-            // The key the entry already had stays; this one is dropped.
-            after.drop_key(key.take());
-            old.expect("a plain insert always stores")
-        })
+        let stored = self.locked(|st, after| {
+            let old = store(st, &mut key, &mut value, after);
+            if old.is_some() {
+                // The key the entry already had stays; this one is dropped.
+                after.drop_key(key.take());
+            }
+            old
+        });
+        match stored {
+            Some(old) => Ok(old),
+            None => Err((
+                key.expect("refused keeps the key"),
+                value.expect("refused keeps the value"),
+            )),
+        }
     }
 
     /// A clone of the key's value, if it has one; never waits.
@@ -763,10 +794,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     where
         K: Clone,
     {
-        let mut out = alloc::vec::Vec::new();
-        self.state
-            .with(|st| st.for_each_value(|k, _| out.push(k.clone())));
-        out
+        self.snapshot(|k, _| k.clone())
     }
 
     /// A snapshot of the stored values, in no particular order.
@@ -787,10 +815,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     where
         V: Clone,
     {
-        let mut out = alloc::vec::Vec::new();
-        self.state
-            .with(|st| st.for_each_value(|_, v| out.push(v.clone())));
-        out
+        self.snapshot(|_, v| v.clone())
     }
 
     /// A snapshot of the stored entries, `(key, value)`, in no particular
@@ -813,9 +838,14 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
         K: Clone,
         V: Clone,
     {
+        self.snapshot(|k, v| (k.clone(), v.clone()))
+    }
+
+    /// `f` of each stored key and value, in one trip through the lock.
+    fn snapshot<T>(&self, mut f: impl FnMut(&K, &V) -> T) -> alloc::vec::Vec<T> {
         let mut out = alloc::vec::Vec::new();
         self.state
-            .with(|st| st.for_each_value(|k, v| out.push((k.clone(), v.clone()))));
+            .with(|st| st.for_each_value(|k, v| out.push(f(k, v))));
         out
     }
 

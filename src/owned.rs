@@ -527,7 +527,7 @@ where
     /// ```
     pub fn claim_owned(self: &Arc<Self>, key: K) -> OwnedClaim<K, V, S, L> {
         let mut waiter = Waiter::new();
-        let early = crate::claim::register_now(self, &mut waiter, &key);
+        let early = self.register_claim(&mut waiter, &key);
         OwnedClaim {
             map: Arc::clone(self),
             key,
@@ -577,13 +577,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(early) = this.early.take() {
-            return Poll::Ready(early);
-        }
         crate::claim::poll_claim(
             &this.map,
             &mut this.waiter,
             &this.key,
+            &mut this.early,
             &mut this.armed,
             cx,
             "OwnedClaim",

@@ -202,24 +202,10 @@ where
     /// ```
     pub fn try_insert(&self, key: K, value: V) -> Result<Option<V>, (K, V)> {
         let hash = self.hasher.hash_one(&key);
-        let mut key = Some(key);
-        let mut value = Some(value);
         let limit = self.limit;
-        let old = self.locked(|st, after| {
-            let old = st.insert_within(hash, &mut key, &mut value, limit, |a, b| a == b, after);
-            if old.is_some() {
-                // Stored: the key the entry already had stays.
-                after.drop_key(key.take());
-            }
-            old
-        });
-        match old {
-            Some(old) => Ok(old),
-            None => Err((
-                key.expect("refused keeps the key"),
-                value.expect("refused keeps the value"),
-            )),
-        }
+        self.insert_guarded(key, value, |st, key, value, after| {
+            st.insert_within(hash, key, value, limit, |a, b| a == b, after)
+        })
     }
 
     /// A future that inserts as soon as the map has room under its
