@@ -93,6 +93,7 @@ where
 /// first poll after that hands the map its waker in one trip (it registered
 /// with none); anything else (its value came, it failed) is a `take`'s
 /// poll.
+#[inline]
 pub(crate) fn poll_claim<K, V, S, L>(
     map: &AwaitMap<K, V, S, L>,
     waiter: &mut Waiter,
