@@ -1315,6 +1315,31 @@ fn cancel_and_close_drop_emptied_entry_keys_outside_the_lock() {
     });
 }
 
+// Guarantee 11: `remove` of a value from an entry that only a failed waiter
+// still names (its get was cancelled while a promise kept the entry, then the
+// promise was fulfilled) drops the entry's key outside the lock.
+#[test]
+fn remove_that_leaves_only_a_failed_waiter_drops_the_key_outside_the_lock() {
+    with_drop_map("remove past a failed waiter", |map| {
+        let k = DropKey::new(1);
+        let (_, w) = counting_waker();
+        let promise = map.promise(DropKey::new(1)).expect("no value, no promise");
+        let mut get = map.get(&k);
+        assert!(poll_once(&mut get, &w).is_pending());
+        // The promise keeps the entry: the failed get stays in it.
+        assert_eq!(drops("cancel", 0, 0, || map.cancel(&k)), 1);
+        drops("fulfill", 0, 0, || promise.fulfill(DropVal::new(7)));
+        let v = drops("remove", 1, 0, || map.remove(&k));
+        assert!(matches!(v, Some(DropVal(7))));
+        drops("dropping the removed value", 0, 1, || drop(v));
+        let r = drops("the failed get's poll", 0, 0, || poll_once(&mut get, &w));
+        assert_eq!(r, Poll::Ready(Err(WaitError::Cancelled)));
+        drop(get);
+        assert!(map.is_empty());
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // The producer side: the same rules.
 // ---------------------------------------------------------------------------
