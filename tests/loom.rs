@@ -989,3 +989,43 @@ fn a_key_left_wanted_is_announced_again_across_threads() {
         drop(demand);
     });
 }
+
+// Guarantee 1: a poll picks up a wake-up that another thread's insert queued
+// (the poll's trip takes the next due waker) while it also drops a key copy
+// it made and did not need (its key's entry appeared between its trips):
+// that wake-up is still delivered.
+#[test]
+fn a_poll_that_drops_a_spare_key_copy_still_delivers_the_wake_up_it_picked_up() {
+    model(|| {
+        // Keys with a destructor, so the spare copy is really dropped.
+        let map: Arc<AwaitMap<String, u64, FixedState>> =
+            Arc::new(AwaitMap::with_hasher(FixedState::with_seed(0x5eed)));
+        let (c0, w0) = counting_waker();
+        let (c1, w1) = counting_waker();
+        let mut g0 = map.get("a");
+        let mut g1 = map.get("a");
+        // The first in the entry, the second in the list queued by insert.
+        assert!(poll_once(&mut g0, &w0).is_pending());
+        assert!(poll_once(&mut g1, &w1).is_pending());
+        let other = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || {
+                let (_, w) = counting_waker();
+                let mut h = map.get("b");
+                assert!(poll_once(&mut h, &w).is_pending());
+                map.insert("a".to_string(), 1);
+                drop(h);
+            })
+        };
+        let (_, w) = counting_waker();
+        let mut g = map.get("b");
+        let _ = poll_once(&mut g, &w);
+        other.join().unwrap();
+        assert_eq!(c0.wakes(), 1);
+        assert_eq!(c1.wakes(), 1, "a queued wake-up was lost");
+        assert_eq!(poll_once(&mut g0, &w0), Poll::Ready(Ok(1)));
+        assert_eq!(poll_once(&mut g1, &w1), Poll::Ready(Ok(1)));
+        drop(g);
+        assert_eq!(map.waiters(), 0);
+    });
+}
