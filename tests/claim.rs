@@ -56,6 +56,33 @@ fn a_waiting_claim_is_woken_by_deliver() {
     assert!(map.is_empty());
 }
 
+// C, 1: claims cancelled before their first poll (a promise keeps their
+// key's entry) learn it on that poll, the second one (not first in line) as
+// well as the first; they do not wait on.
+#[test]
+fn claims_cancelled_before_their_first_poll_fail_on_it() {
+    let map = Map::new();
+    let promise = map.promise(4).expect("no value, no promise");
+    let mut first = map.claim(4);
+    let mut second = map.claim(4);
+    assert_eq!(map.waiters(), 2);
+    assert_eq!(map.cancel(&4), 2);
+    let (counter, waker) = counting_waker();
+    assert_eq!(
+        ready(poll_once(&mut second, &waker)),
+        Err(WaitError::Cancelled)
+    );
+    assert_eq!(
+        ready(poll_once(&mut first, &waker)),
+        Err(WaitError::Cancelled)
+    );
+    assert_eq!(counter.wakes(), 0);
+    assert_eq!(map.waiters(), 0);
+    // The promise still holds the key: its value is kept, nobody took it.
+    assert_eq!(promise.fulfill(40), None);
+    assert_eq!(map.try_get(&4), Some(40));
+}
+
 // C, 5: a claim dropped before its reply came releases the key: the late
 // reply is refused and handed back intact, and nothing is kept.
 #[test]
