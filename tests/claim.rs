@@ -83,6 +83,29 @@ fn claims_cancelled_before_their_first_poll_fail_on_it() {
     assert_eq!(map.try_get(&4), Some(40));
 }
 
+// C, 1: `deliver` to a key with a claim first in line and gets behind it
+// wakes them all: the gets see the value, the claim takes it.
+#[test]
+fn deliver_wakes_the_gets_behind_a_claim() {
+    let map = Map::new();
+    let mut claim = map.claim(5);
+    let (claim_wakes, claim_waker) = counting_waker();
+    pending(poll_once(&mut claim, &claim_waker));
+    let (get_wakes, get_waker) = counting_waker();
+    let mut gets: Vec<_> = (0..3).map(|_| map.get(&5)).collect();
+    for g in &mut gets {
+        pending(poll_once(g, &get_waker));
+    }
+    assert_eq!(map.deliver(5, 50), Ok(None));
+    assert_eq!(claim_wakes.wakes(), 1);
+    assert_eq!(get_wakes.wakes(), 3, "a get behind the claim was not woken");
+    for g in &mut gets {
+        assert_eq!(ready(poll_once(g, &get_waker)), Ok(50));
+    }
+    assert_eq!(ready(poll_once(&mut claim, &claim_waker)), Ok(50));
+    assert!(map.is_empty());
+}
+
 // C, 5: a claim dropped before its reply came releases the key: the late
 // reply is refused and handed back intact, and nothing is kept.
 #[test]
