@@ -337,6 +337,54 @@ fn wake_calling_into_the_map_from_close_wake_ups_does_not_deadlock() {
     });
 }
 
+// Guarantee 9: `close` wakes every waiting future even when a waker it
+// wakes midway grows the table (one insert into a full table moves every
+// entry) before `close` has reached the rest. Ten maps, each with its own
+// hasher seed: where the entries land differs from map to map.
+#[test]
+fn close_wakes_every_waiter_even_if_a_wake_up_grows_the_table() {
+    no_hang("close while the table grows", || {
+        for _ in 0..10 {
+            close_while_a_wake_up_grows_the_table();
+        }
+    });
+}
+
+fn close_while_a_wake_up_grows_the_table() {
+    let map = Arc::new(Map::new());
+    // 16 values and 40 waiting keys: 56 entries, a full table of 64
+    // buckets, so that the next new key grows it.
+    for k in 0..16 {
+        map.insert(k, k);
+    }
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let hooks: Vec<_> = (0..40)
+        .map(|_| {
+            let wakes = Arc::clone(&wakes);
+            on_wake(&map, move |m| {
+                if wakes.fetch_add(1, SeqCst) == 19 {
+                    m.insert(1_000, 0);
+                }
+            })
+        })
+        .collect();
+    let keys: Vec<u64> = (100..140).collect();
+    let mut gets: Vec<_> = keys.iter().map(|k| map.get(k)).collect();
+    for (f, h) in gets.iter_mut().zip(&hooks) {
+        register(f, h);
+    }
+    map.close();
+    assert_eq!(map.len(), 17, "the twentieth wake-up inserted");
+    let woken = hooks.iter().filter(|h| h.wakes() == 1).count();
+    assert_eq!(woken, 40, "close left waiters unwoken after the table grew");
+    let (_, w) = counting_waker();
+    for f in &mut gets {
+        assert_eq!(poll_once(f, &w), Poll::Ready(Err(WaitError::Closed)));
+    }
+    drop(gets);
+    assert_clean(&hooks);
+}
+
 // Guarantee 11: when a woken take is dropped, the wake-up it passes on to the
 // next take runs outside the lock.
 #[test]
