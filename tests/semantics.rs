@@ -1608,3 +1608,44 @@ fn insert_wakes_the_gets_before_the_take() {
     assert_eq!(ready(poll_once(&mut g2, &wg2)), Ok(10));
     assert_eq!(ready(poll_once(&mut take, &wt)), Ok(10));
 }
+
+// Guarantees 1 and 8: `cancel` wakes the futures it fails as `insert`
+// wakes them: the gets first, in the order they registered, then the takes,
+// also when the first take waits in the key's entry.
+#[test]
+fn cancel_wakes_the_gets_before_the_takes() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let waker = |name| {
+        Waker::from(Arc::new(Named {
+            name,
+            log: Arc::clone(&log),
+        }))
+    };
+    let (wt1, wt2, wg1, wg2) = (
+        waker("take 1"),
+        waker("take 2"),
+        waker("get 1"),
+        waker("get 2"),
+    );
+    let mut t1 = map.take(&1);
+    let mut g1 = map.get(&1);
+    let mut t2 = map.take(&1);
+    let mut g2 = map.get(&1);
+    pending(poll_once(&mut t1, &wt1));
+    pending(poll_once(&mut g1, &wg1));
+    pending(poll_once(&mut t2, &wt2));
+    pending(poll_once(&mut g2, &wg2));
+    assert_eq!(map.cancel(&1), 4);
+    let order = log.lock().unwrap().clone();
+    assert_eq!(order[..2], ["get 1", "get 2"]);
+    let mut takes = order[2..].to_vec();
+    takes.sort_unstable();
+    assert_eq!(takes, ["take 1", "take 2"]);
+    for (f, w) in [(&mut g1, &wg1), (&mut g2, &wg2)] {
+        assert_eq!(ready(poll_once(f, w)), Err(WaitError::Cancelled));
+    }
+    for (f, w) in [(&mut t1, &wt1), (&mut t2, &wt2)] {
+        assert_eq!(ready(poll_once(f, w)), Err(WaitError::Cancelled));
+    }
+}
