@@ -2712,3 +2712,65 @@ fn a_key_copy_that_panics_while_announcing_leaves_the_announcement_to_the_next_w
     drop(b);
     assert_eq!(map.waiters(), 0);
 }
+
+/// A [`FragileKey`] whose hash is the same for every key: all its keys
+/// collide, so entries are told apart by the map's own bookkeeping only.
+#[derive(Debug, PartialEq, Eq)]
+struct CollidingFragileKey(u32);
+
+impl Hash for CollidingFragileKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        7u32.hash(state);
+    }
+}
+
+impl Clone for CollidingFragileKey {
+    fn clone(&self) -> Self {
+        if PANIC_ON_CLONE.get() {
+            panic!("the key's clone fails");
+        }
+        CollidingFragileKey(self.0)
+    }
+}
+
+// Guarantees 11 and 13 with a demand: as above, on keys that all hash alike,
+// with another wanted key's entry made first: the announcement the panic
+// undid is the panicking key's, so its take left behind is woken to
+// announce it, and the other key is not announced twice.
+#[test]
+fn a_key_copy_that_panics_while_announcing_colliding_keys_undoes_its_own_announcement() {
+    let map: AwaitMap<CollidingFragileKey, u32> = AwaitMap::new();
+    let demand = map.demand();
+    let next = || futures::FutureExt::now_or_never(demand.next());
+    let (other_key, key) = (CollidingFragileKey(2), CollidingFragileKey(1));
+    let (co, wo) = counting_waker();
+    let mut other = map.take(&other_key);
+    assert!(poll_once(&mut other, &wo).is_pending());
+    assert_eq!(next(), Some(Some(CollidingFragileKey(2))));
+    let (_ca, wa) = counting_waker();
+    let (_cb, wb) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut a = map.take(&key);
+    let mut b = map.take(&key);
+    let mut c = map.take(&key);
+    assert!(poll_once(&mut a, &wa).is_pending());
+    assert!(poll_once(&mut b, &wb).is_pending());
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(next(), Some(Some(CollidingFragileKey(1))));
+    map.insert(CollidingFragileKey(1), 10);
+    assert_eq!(poll_once(&mut a, &wa), Poll::Ready(Ok(10)));
+    PANIC_ON_CLONE.set(true);
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut b, &wb)));
+    PANIC_ON_CLONE.set(false);
+    assert!(polled.is_err(), "the key's copy did not panic");
+    map.check_invariants();
+    assert_eq!(cc.wakes(), 1, "the take left behind was not woken");
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(next(), Some(Some(CollidingFragileKey(1))));
+    // The other key was announced once and still is: nothing more comes.
+    assert!(poll_once(&mut other, &wo).is_pending());
+    assert_eq!(co.wakes(), 0);
+    assert_eq!(next(), None);
+    drop((b, c, other));
+    assert_eq!(map.waiters(), 0);
+}
