@@ -2774,3 +2774,36 @@ fn a_key_copy_that_panics_while_announcing_colliding_keys_undoes_its_own_announc
     drop((b, c, other));
     assert_eq!(map.waiters(), 0);
 }
+
+// Guarantees 1, 5 and 11: a get's first look finds its key's entry (a take
+// waits there), and the clone of its waker, made with the lock released,
+// drops that take, so the entry is gone by the get's next trip. The get
+// makes the entry again itself and waits in it: it counts as a waiter, a
+// demand hears of the key again, and the next insert wakes it.
+#[test]
+fn a_get_whose_waker_clone_drops_the_only_other_waiter_still_registers() {
+    no_hang("waker clone drops the other waiter", || {
+        let map = Arc::new(Map::new());
+        let demand = map.demand();
+        let next = || futures::FutureExt::now_or_never(demand.next());
+        let (_, w) = counting_waker();
+        let take = slot(map.take_owned(&KEY));
+        assert!(poll_slot(&take, &w).is_pending());
+        assert_eq!(next(), Some(Some(KEY)));
+        let victim = Arc::clone(&take);
+        let hooks = Hooks::new(&map, move |_, ev| {
+            ev == Event::Clone && victim.lock().unwrap().take().is_some()
+        });
+        let mut get = map.get(&KEY);
+        register(&mut get, &hooks);
+        assert_eq!(hooks.acted(), 1, "the clone did not drop the take");
+        assert_eq!(map.waiters(), 1);
+        assert_eq!(next(), Some(Some(KEY)), "the key was not announced again");
+        assert_eq!(map.insert(KEY, 5), None);
+        assert_eq!(hooks.wakes(), 1);
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(5)));
+        drop(get);
+        assert_eq!(map.waiters(), 0);
+        assert_clean(&[hooks]);
+    });
+}
