@@ -316,6 +316,25 @@ fn the_key_is_free_again_after_abandon() {
     assert_eq!((map.waiters(), map.len(), c.wakes()), (0, 1, 2));
 }
 
+// P, 1: a get_or_promise of a key that futures already wait on (so it has an
+// entry, with no value and no promise) makes its caller the producer, and
+// the value it delivers wakes them.
+#[test]
+fn get_or_promise_of_an_awaited_key_makes_the_caller_its_producer() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let (c, w) = counting_waker();
+    let mut t = map.take(&5);
+    pending(poll_once(&mut t, &w));
+    let mut gp = map.get_or_promise(&5);
+    let p = promise(ready(poll_once(&mut gp, &w)));
+    assert_eq!(c.wakes(), 0);
+    assert_eq!(p.fulfill(50), None);
+    assert_eq!(c.wakes(), 1);
+    assert_eq!(ready(poll_once(&mut t, &w)), Ok(50));
+    assert!(map.is_empty());
+    assert_eq!(map.waiters(), 0);
+}
+
 // P: a promise dropped while its producer unwinds from a panic fails the plain waiters with Abandoned and hands the work to a waiting get_or_promise.
 #[test]
 fn a_promise_dropped_during_a_panic_fails_its_waiters() {

@@ -1609,6 +1609,36 @@ fn insert_wakes_the_gets_before_the_take() {
     assert_eq!(ready(poll_once(&mut take, &wt)), Ok(10));
 }
 
+// Guarantee 1: gets that join keys already waited on (each key has a take
+// in its entry), over thousands of keys, each register on their own key's
+// entry: every get sees its own key's value, and each take its own.
+#[test]
+fn gets_joining_thousands_of_awaited_keys_each_wait_on_their_own() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let (_, w) = counting_waker();
+    let keys: Vec<u32> = (0..3_000).collect();
+    let mut takes: Vec<_> = keys.iter().map(|k| map.take(k)).collect();
+    for t in &mut takes {
+        pending(poll_once(t, &w));
+    }
+    let mut gets: Vec<_> = keys.iter().map(|k| map.get(k)).collect();
+    for g in &mut gets {
+        pending(poll_once(g, &w));
+    }
+    assert_eq!(map.waiters(), 6_000);
+    for &k in &keys {
+        assert_eq!(map.insert(k, k * 10), None);
+    }
+    for (k, g) in keys.iter().zip(&mut gets) {
+        assert_eq!(ready(poll_once(g, &w)), Ok(k * 10), "the get of key {k}");
+    }
+    for (k, t) in keys.iter().zip(&mut takes) {
+        assert_eq!(ready(poll_once(t, &w)), Ok(k * 10), "the take of key {k}");
+    }
+    assert!(map.is_empty());
+    assert_eq!(map.waiters(), 0);
+}
+
 // Guarantees 1 and 8: `cancel` wakes the futures it fails as `insert`
 // wakes them: the gets first, in the order they registered, then the takes,
 // also when the first take waits in the key's entry.
