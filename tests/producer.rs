@@ -335,6 +335,27 @@ fn get_or_promise_of_an_awaited_key_makes_the_caller_its_producer() {
     assert_eq!(map.waiters(), 0);
 }
 
+// P, 1, 8: a get cancelled while a promise keeps its key's entry still
+// learns it after a take that came later has taken the promised value and
+// left: the entry it failed in is gone by then, its failure is not.
+#[test]
+fn a_cancelled_get_learns_it_after_a_later_take_empties_its_entry() {
+    let map: AwaitMap<u32, u32> = AwaitMap::new();
+    let (c, w) = counting_waker();
+    let p = map.promise(6).expect("the key is free");
+    let mut g = map.get(&6);
+    pending(poll_once(&mut g, &w));
+    assert_eq!(map.cancel(&6), 1);
+    let mut t = map.take(&6);
+    pending(poll_once(&mut t, &w));
+    assert_eq!(p.fulfill(60), None);
+    assert_eq!(c.wakes(), 2);
+    assert_eq!(ready(poll_once(&mut t, &w)), Ok(60));
+    assert_eq!(ready(poll_once(&mut g, &w)), Err(WaitError::Cancelled));
+    assert!(map.is_empty());
+    assert_eq!(map.waiters(), 0);
+}
+
 // P: a promise dropped while its producer unwinds from a panic fails the plain waiters with Abandoned and hands the work to a waiting get_or_promise.
 #[test]
 fn a_promise_dropped_during_a_panic_fails_its_waiters() {
