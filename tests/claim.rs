@@ -106,6 +106,62 @@ fn deliver_wakes_the_gets_behind_a_claim() {
     assert!(map.is_empty());
 }
 
+// C, 1: claims made before the table grows (thousands of other keys come
+// to be awaited, so every entry moves) are polled afterwards: each stores
+// its waker in its own key's entry, is woken by its own delivery and gets
+// its own reply, and the takes on the other keys are not disturbed.
+#[test]
+fn claims_polled_after_the_table_grew_wait_on_their_own_keys() {
+    let map = Map::new();
+    let ids: Vec<u64> = (0..200).collect();
+    let mut claims: Vec<_> = ids.iter().map(|&id| map.claim(id)).collect();
+    let others: Vec<u64> = (1_000..4_000).collect();
+    let (other_wakes, other_waker) = counting_waker();
+    let mut takes: Vec<_> = others.iter().map(|k| map.take(k)).collect();
+    for t in &mut takes {
+        pending(poll_once(t, &other_waker));
+    }
+    let (claim_wakes, claim_waker) = counting_waker();
+    for c in &mut claims {
+        pending(poll_once(c, &claim_waker));
+    }
+    for &id in &ids {
+        assert_eq!(map.deliver(id, id + 1), Ok(None));
+    }
+    assert_eq!(claim_wakes.wakes(), 200, "a claim was not woken");
+    assert_eq!(other_wakes.wakes(), 0);
+    for (id, c) in ids.iter().zip(&mut claims) {
+        assert_eq!(ready(poll_once(c, &claim_waker)), Ok(id + 1));
+    }
+    for &k in &others {
+        assert_eq!(map.deliver(k, k), Ok(None));
+    }
+    assert_eq!(other_wakes.wakes(), 3_000);
+    for (k, t) in others.iter().zip(&mut takes) {
+        assert_eq!(ready(poll_once(t, &other_waker)), Ok(*k));
+    }
+    assert!(map.is_empty());
+}
+
+// C, 1: a reply delivered before the first poll of the second claim on a
+// key is the first claim's; the second claim's first poll waits, and the
+// next delivery is its.
+#[test]
+fn the_second_claim_on_a_key_waits_behind_the_first_for_the_next_reply() {
+    let map = Map::new();
+    let mut first = map.claim(8);
+    let mut second = map.claim(8);
+    assert_eq!(map.deliver(8, 80), Ok(None));
+    let (c, w) = counting_waker();
+    pending(poll_once(&mut second, &w));
+    assert_eq!(ready(poll_once(&mut first, &w)), Ok(80));
+    assert_eq!(c.wakes(), 0);
+    assert_eq!(map.deliver(8, 81), Ok(None));
+    assert_eq!(c.wakes(), 1);
+    assert_eq!(ready(poll_once(&mut second, &w)), Ok(81));
+    assert!(map.is_empty());
+}
+
 // C, 5: a claim dropped before its reply came releases the key: the late
 // reply is refused and handed back intact, and nothing is kept.
 #[test]
