@@ -2807,3 +2807,34 @@ fn a_get_whose_waker_clone_drops_the_only_other_waiter_still_registers() {
         assert_clean(&[hooks]);
     });
 }
+
+// Guarantees 11 and P: a get_or_promise that waits behind another producer's
+// promise, and whose waker's clone (made with the lock released) drops that
+// promise unfulfilled, becomes the producer itself in the same poll instead
+// of waiting for a value nobody will make.
+#[test]
+fn a_get_or_promise_whose_waker_clone_drops_the_promise_becomes_the_producer() {
+    no_hang("waker clone drops the promise", || {
+        let map = Arc::new(Map::new());
+        let promise = map.promise_owned(KEY).expect("the key is free");
+        let holder = Arc::new(Mutex::new(Some(promise)));
+        let victim = Arc::clone(&holder);
+        let hooks = Hooks::new(&map, move |_, ev| {
+            ev == Event::Clone && victim.lock().unwrap().take().is_some()
+        });
+        let mut gop = map.get_or_promise(&KEY);
+        let w = hooks.waker();
+        let promise = match poll_once(&mut gop, &w) {
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => p,
+            Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
+            Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+            Poll::Pending => panic!("waits for a value nobody will make"),
+        };
+        assert_eq!(hooks.acted(), 1, "the clone did not drop the promise");
+        assert_eq!(promise.fulfill(9), None);
+        assert_eq!(map.try_get(&KEY), Some(9));
+        drop((gop, w));
+        assert_eq!(map.waiters(), 0);
+        assert_clean(&[hooks]);
+    });
+}
