@@ -892,6 +892,30 @@ fn a_key_left_wanted_after_a_take_is_announced_again() {
     assert_eq!(demand.next().now_or_never(), None);
 }
 
+// F, 1, 7: two gets wait on a key; a value comes, the first get (the one in
+// the key's entry) takes its copy and leaves, and the value is removed: the
+// key is wanted again by the second get alone, whose next poll announces it.
+#[test]
+fn a_key_left_wanted_by_a_later_get_alone_is_announced_again() {
+    let map = Map::new();
+    let demand = map.demand();
+    let (_, w) = counting_waker();
+    let mut first = map.get(&2);
+    let mut second = map.get(&2);
+    pending(poll_once(&mut first, &w));
+    pending(poll_once(&mut second, &w));
+    assert_eq!(demand.next().now_or_never(), Some(Some(2)));
+    map.insert(2, 20);
+    assert_eq!(ready(poll_once(&mut first, &w)), Ok(20));
+    drop(first);
+    assert_eq!(map.remove(&2), Some(20));
+    pending(poll_once(&mut second, &w));
+    assert_eq!(demand.next().now_or_never(), Some(Some(2)));
+    assert_eq!(demand.next().now_or_never(), None);
+    map.insert(2, 21);
+    assert_eq!(ready(poll_once(&mut second, &w)), Ok(21));
+}
+
 // F, 1, 7: a get registers while a promise is held (not wanted: somebody
 // produces it); the promise is fulfilled, the value removed before the get
 // polls: the get, polling again, finds its key wanted and unannounced, and
