@@ -2838,3 +2838,43 @@ fn a_get_or_promise_whose_waker_clone_drops_the_promise_becomes_the_producer() {
         assert_clean(&[hooks]);
     });
 }
+
+// Guarantees 1 and 11: an insert queues more wake-ups than one batch (many
+// gets, then the take); the first get's waker, woken before the queue is
+// worked through, inserts the key again, which finds those gets still
+// queued. Each waiter is still woken, the take included.
+#[test]
+fn a_wake_up_that_inserts_again_while_its_insert_s_wake_ups_are_queued_loses_none() {
+    no_hang("insert again with wake-ups queued", || {
+        let map = Arc::new(Map::new());
+        let again = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&again);
+        let first = on_wake(&map, move |m| {
+            if !flag.swap(true, SeqCst) {
+                m.insert(KEY, 2);
+            }
+        });
+        let mut g1 = map.get(&KEY);
+        register(&mut g1, &first);
+        let (gets_woken, w) = counting_waker();
+        let mut gets: Vec<_> = (0..19).map(|_| map.get(&KEY)).collect();
+        for g in &mut gets {
+            assert!(poll_once(g, &w).is_pending());
+        }
+        let (take_woken, wt) = counting_waker();
+        let mut take = map.take(&KEY);
+        assert!(poll_once(&mut take, &wt).is_pending());
+        assert_eq!(map.insert(KEY, 1), None);
+        assert!(again.load(SeqCst));
+        assert_eq!(first.wakes(), 1);
+        assert!(gets_woken.wakes() >= 19, "a get was not woken");
+        assert_eq!(take_woken.wakes(), 1, "the take was not woken");
+        for g in &mut gets {
+            assert_eq!(poll_once(g, &w), Poll::Ready(Ok(2)));
+        }
+        assert_eq!(poll_once(&mut take, &wt), Poll::Ready(Ok(2)));
+        drop((g1, gets, take));
+        assert_eq!(map.waiters(), 0);
+        assert_clean(&[first]);
+    });
+}
