@@ -1616,7 +1616,9 @@ fn insert_wakes_the_gets_before_the_take() {
 fn gets_joining_thousands_of_awaited_keys_each_wait_on_their_own() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
     let (_, w) = counting_waker();
-    let keys: Vec<u32> = (0..3_000).collect();
+    // Fewer under miri, still enough for many keys to share probe groups.
+    let n: u32 = if cfg!(miri) { 400 } else { 3_000 };
+    let keys: Vec<u32> = (0..n).collect();
     let mut takes: Vec<_> = keys.iter().map(|k| map.take(k)).collect();
     for t in &mut takes {
         pending(poll_once(t, &w));
@@ -1625,7 +1627,7 @@ fn gets_joining_thousands_of_awaited_keys_each_wait_on_their_own() {
     for g in &mut gets {
         pending(poll_once(g, &w));
     }
-    assert_eq!(map.waiters(), 6_000);
+    assert_eq!(map.waiters(), 2 * n as usize);
     for &k in &keys {
         assert_eq!(map.insert(k, k * 10), None);
     }
