@@ -258,4 +258,10 @@ fn awaited_lists_each_awaited_key_with_its_gets_and_takes() {
         ready(poll_once(&mut other, &waker)),
         Err(WaitError::Cancelled)
     );
+    // A key with a value, or with a promise, and no future on it is not
+    // awaited.
+    map.insert(3, 30);
+    let promise = map.promise(4).expect("no value, no promise");
+    assert!(map.awaited().is_empty());
+    drop(promise);
 }
