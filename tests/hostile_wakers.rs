@@ -2878,3 +2878,29 @@ fn a_wake_up_that_inserts_again_while_its_insert_s_wake_ups_are_queued_loses_non
         assert_clean(&[first]);
     });
 }
+
+// Guarantees 13 and F: with keys that all hash alike, a wanted key's
+// announcement waits in the demand's queue while many other keys are
+// wanted and given up again without anyone reading the demand, so the queue
+// drops the announcements that went stale. It keeps the one still wanted,
+// told apart from an earlier key with a value by the map's own bookkeeping.
+#[test]
+fn the_demand_queue_keeps_a_wanted_colliding_key_when_it_drops_stale_ones() {
+    let map: AwaitMap<CollidingFragileKey, u32> = AwaitMap::new();
+    let demand = map.demand();
+    map.insert(CollidingFragileKey(100), 1);
+    let (_, w) = counting_waker();
+    let wanted = CollidingFragileKey(1);
+    let mut take = map.take(&wanted);
+    assert!(poll_once(&mut take, &w).is_pending());
+    for i in 0..40 {
+        let gone = CollidingFragileKey(1_000 + i);
+        let mut t = map.take(&gone);
+        assert!(poll_once(&mut t, &w).is_pending());
+    }
+    let next = || futures::FutureExt::now_or_never(demand.next());
+    assert_eq!(next(), Some(Some(CollidingFragileKey(1))));
+    assert_eq!(next(), None);
+    map.insert(CollidingFragileKey(1), 10);
+    assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(10)));
+}
