@@ -2904,3 +2904,18 @@ fn the_demand_queue_keeps_a_wanted_colliding_key_when_it_drops_stale_ones() {
     map.insert(CollidingFragileKey(1), 10);
     assert_eq!(poll_once(&mut take, &w), Poll::Ready(Ok(10)));
 }
+
+// Guarantees 13 and C: with keys that all hash alike, a claim dropped with a
+// reply it never received drops that reply, not the value of an earlier
+// colliding key.
+#[test]
+fn a_dropped_claim_on_colliding_keys_drops_its_own_reply_only() {
+    let map: AwaitMap<CollidingFragileKey, u32> = AwaitMap::new();
+    map.insert(CollidingFragileKey(100), 1);
+    let claim = map.claim(CollidingFragileKey(1));
+    assert_eq!(map.deliver(CollidingFragileKey(1), 10), Ok(None));
+    drop(claim);
+    assert_eq!(map.try_get(&CollidingFragileKey(100)), Some(1));
+    assert_eq!(map.try_get(&CollidingFragileKey(1)), None);
+    assert_eq!(map.len(), 1);
+}
