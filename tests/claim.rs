@@ -163,6 +163,30 @@ fn the_second_claim_on_a_key_waits_behind_the_first_for_the_next_reply() {
     assert!(map.is_empty());
 }
 
+// C, 1, 6: a reply delivered to a claim before its first poll is taken by
+// a plain take that comes first (a present value goes at once); the claim,
+// first in line (behind a get that waits in the key's entry), then waits on
+// and is woken by the next delivery.
+#[test]
+fn a_claim_whose_early_reply_was_taken_is_woken_by_the_next() {
+    let map = Map::new();
+    let (c, w) = counting_waker();
+    let mut get = map.get(&9);
+    pending(poll_once(&mut get, &w));
+    let mut claim = map.claim(9);
+    assert_eq!(map.deliver(9, 90), Ok(None));
+    let mut take = map.take(&9);
+    assert_eq!(ready(poll_once(&mut take, &w)), Ok(90));
+    pending(poll_once(&mut get, &w));
+    pending(poll_once(&mut claim, &w));
+    let before = c.wakes();
+    assert_eq!(map.deliver(9, 91), Ok(None));
+    assert_eq!(c.wakes() - before, 2, "the claim or the get was not woken");
+    assert_eq!(ready(poll_once(&mut get, &w)), Ok(91));
+    assert_eq!(ready(poll_once(&mut claim, &w)), Ok(91));
+    assert!(map.is_empty());
+}
+
 // C, 5: a claim dropped before its reply came releases the key: the late
 // reply is refused and handed back intact, and nothing is kept.
 #[test]
