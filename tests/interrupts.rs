@@ -686,3 +686,115 @@ fn a_user_written_lock_guards_the_map() {
     assert_eq!(poll_once(&mut waiting, &w), Poll::Ready(Ok(Probe(true))));
     assert!(!HELD.load(Ordering::SeqCst), "released");
 }
+
+// ---------------------------------------------------------------------------
+// 8. A lock that opens the gap between two trips of one operation.
+// ---------------------------------------------------------------------------
+
+thread_local! {
+    /// Runs once a `HookLock` on this thread has released the lock after
+    /// its next `with_lock`.
+    static AFTER_UNLOCK: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A user-written lock over `std::sync::Mutex` that can run a closure right
+/// after its next `with_lock` releases it: a deterministic way into the gap
+/// between two trips of one operation through the lock.
+struct HookLock(Mutex<()>);
+
+// SAFETY: `f` runs only while this call holds the guard of `self.0`, a std
+// mutex, dropped (releasing it) only after `f` returns or unwinds; the mutex
+// admits one guard at a time, so two calls' `f` never overlap. The hook runs
+// after the guard is dropped.
+unsafe impl ScopedRawMutex for HookLock {
+    fn try_with_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let _guard = match self.0.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(f())
+    }
+
+    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let r = {
+            let _guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            f()
+        };
+        if let Some(after) = AFTER_UNLOCK.take() {
+            after();
+        }
+        r
+    }
+
+    fn is_locked(&self) -> bool {
+        matches!(self.0.try_lock(), Err(TryLockError::WouldBlock))
+    }
+}
+
+// P, 1, 11: a get_or_promise registers behind another producer's promise in
+// its first trip, without a waker yet; the promise is dropped unfulfilled
+// before its next trip, which would store the waker. That trip sees the
+// promise gone and makes the caller the producer, in the same poll: it does
+// not just store its waker and wait for a value nobody will make (a waiter
+// with no waker is not woken when the promise goes: it is mid-poll).
+#[test]
+fn a_get_or_promise_whose_promise_goes_between_its_trips_becomes_the_producer() {
+    let map = Arc::new(
+        AwaitMap::<u32, u32, FixedState, HookLock>::with_hasher_and_lock(
+            FixedState::with_seed(9),
+            HookLock(Mutex::new(())),
+        ),
+    );
+    let promise = map.promise_owned(5).expect("the key is free");
+    let mut gop = map.get_or_promise(&5);
+    AFTER_UNLOCK.set(Some(Box::new(move || drop(promise))));
+    let (_, w) = common::counting_waker();
+    match common::poll_once(&mut gop, &w) {
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+            assert_eq!(p.fulfill(50), None);
+        }
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
+        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+        Poll::Pending => panic!("waits for a value nobody will make"),
+    }
+    assert!(
+        AFTER_UNLOCK.with_borrow(Option::is_none),
+        "the promise was not dropped"
+    );
+    assert_eq!(map.try_get(&5), Some(50));
+    assert_eq!(map.waiters(), 0);
+}
+
+// P, 1, 7: as above, but between the get_or_promise's two trips the promise
+// is fulfilled and its value removed at once: the key has no value and no
+// producer again, so that same poll makes the caller the producer.
+#[test]
+fn a_get_or_promise_whose_value_comes_and_goes_between_its_trips_becomes_the_producer() {
+    let map = Arc::new(
+        AwaitMap::<u32, u32, FixedState, HookLock>::with_hasher_and_lock(
+            FixedState::with_seed(10),
+            HookLock(Mutex::new(())),
+        ),
+    );
+    let promise = map.promise_owned(6).expect("the key is free");
+    let mut gop = map.get_or_promise(&6);
+    let other = Arc::clone(&map);
+    AFTER_UNLOCK.set(Some(Box::new(move || {
+        assert_eq!(promise.fulfill(60), None);
+        assert_eq!(other.remove(&6), Some(60));
+    })));
+    let (_, w) = common::counting_waker();
+    match common::poll_once(&mut gop, &w) {
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+            assert_eq!(p.fulfill(61), None);
+        }
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
+        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+        Poll::Pending => panic!("waits although nobody produces the key"),
+    }
+    assert!(AFTER_UNLOCK.with_borrow(Option::is_none));
+    assert_eq!(map.try_get(&6), Some(61));
+    assert_eq!(map.waiters(), 0);
+}
