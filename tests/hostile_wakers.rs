@@ -2658,65 +2658,28 @@ fn value_drop_panicking_never_runs_inside_the_map() {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct FragileKey(u32);
 
-thread_local! {
-    static PANIC_ON_CLONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-impl Clone for FragileKey {
-    fn clone(&self) -> Self {
-        if PANIC_ON_CLONE.get() {
-            panic!("the key's clone fails");
-        }
-        FragileKey(self.0)
-    }
-}
-
-// Guarantee 11 with a demand: three takes wait on a key; the first gets a
-// value, which leaves the key wanted again; the second, woken to announce
-// it, panics copying the key (and gives up its place). The third, left
-// behind, is woken in turn and announces the key: the demand forgets no one.
-#[test]
-fn a_key_copy_that_panics_while_announcing_leaves_the_announcement_to_the_next_waiter() {
-    let map: AwaitMap<FragileKey, u32> = AwaitMap::new();
-    let demand = map.demand();
-    let key = FragileKey(1);
-    let (_ca, wa) = counting_waker();
-    let (cb, wb) = counting_waker();
-    let (cc, wc) = counting_waker();
-    let mut a = map.take(&key);
-    let mut b = map.take(&key);
-    let mut c = map.take(&key);
-    assert!(poll_once(&mut a, &wa).is_pending());
-    assert!(poll_once(&mut b, &wb).is_pending());
-    assert!(poll_once(&mut c, &wc).is_pending());
-    assert_eq!(
-        futures::FutureExt::now_or_never(demand.next()),
-        Some(Some(FragileKey(1)))
-    );
-    map.insert(FragileKey(1), 10);
-    assert_eq!(poll_once(&mut a, &wa), Poll::Ready(Ok(10)));
-    assert_eq!(cb.wakes(), 1);
-    PANIC_ON_CLONE.set(true);
-    let polled = panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut b, &wb)));
-    PANIC_ON_CLONE.set(false);
-    assert!(polled.is_err(), "the key's copy did not panic");
-    map.check_invariants();
-    assert_eq!(cc.wakes(), 1, "the take left behind was not woken");
-    assert!(poll_once(&mut c, &wc).is_pending());
-    assert_eq!(
-        futures::FutureExt::now_or_never(demand.next()),
-        Some(Some(FragileKey(1)))
-    );
-    map.insert(FragileKey(1), 11);
-    assert_eq!(poll_once(&mut c, &wc), Poll::Ready(Ok(11)));
-    drop(b);
-    assert_eq!(map.waiters(), 0);
-}
-
 /// A [`FragileKey`] whose hash is the same for every key: all its keys
 /// collide, so entries are told apart by the map's own bookkeeping only.
 #[derive(Debug, PartialEq, Eq)]
 struct CollidingFragileKey(u32);
+
+thread_local! {
+    static PANIC_ON_CLONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What copying a fragile key does first: panic if `PANIC_ON_CLONE` is set.
+fn fragile_copy() {
+    if PANIC_ON_CLONE.get() {
+        panic!("the key's clone fails");
+    }
+}
+
+impl Clone for FragileKey {
+    fn clone(&self) -> Self {
+        fragile_copy();
+        FragileKey(self.0)
+    }
+}
 
 impl Hash for CollidingFragileKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -2726,11 +2689,70 @@ impl Hash for CollidingFragileKey {
 
 impl Clone for CollidingFragileKey {
     fn clone(&self) -> Self {
-        if PANIC_ON_CLONE.get() {
-            panic!("the key's clone fails");
-        }
+        fragile_copy();
         CollidingFragileKey(self.0)
     }
+}
+
+/// Three takes wait on key 1; the first gets a value, which leaves the key
+/// wanted again; the second, woken to announce it, panics copying the key
+/// (and gives up its place). The third, left behind, must be woken in turn
+/// and announce the key. With `other_first`, a take on key 2 made the first
+/// entry and was announced before: it must not be announced again.
+fn announce_with_a_panicking_copy<K>(key: fn(u32) -> K, other_first: bool)
+where
+    K: Eq + Hash + Clone + Debug,
+{
+    let map: AwaitMap<K, u32> = AwaitMap::new();
+    let demand = map.demand();
+    let next = || futures::FutureExt::now_or_never(demand.next());
+    let (co, wo) = counting_waker();
+    let other_key = key(2);
+    let mut other = other_first.then(|| map.take(&other_key));
+    if let Some(other) = &mut other {
+        assert!(poll_once(other, &wo).is_pending());
+        assert_eq!(next(), Some(Some(key(2))));
+    }
+    let k = key(1);
+    let (_ca, wa) = counting_waker();
+    let (cb, wb) = counting_waker();
+    let (cc, wc) = counting_waker();
+    let mut a = map.take(&k);
+    let mut b = map.take(&k);
+    let mut c = map.take(&k);
+    assert!(poll_once(&mut a, &wa).is_pending());
+    assert!(poll_once(&mut b, &wb).is_pending());
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(next(), Some(Some(key(1))));
+    map.insert(key(1), 10);
+    assert_eq!(poll_once(&mut a, &wa), Poll::Ready(Ok(10)));
+    assert_eq!(cb.wakes(), 1);
+    PANIC_ON_CLONE.set(true);
+    let polled = panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut b, &wb)));
+    PANIC_ON_CLONE.set(false);
+    assert!(polled.is_err(), "the key's copy did not panic");
+    map.check_invariants();
+    assert_eq!(cc.wakes(), 1, "the take left behind was not woken");
+    assert!(poll_once(&mut c, &wc).is_pending());
+    assert_eq!(next(), Some(Some(key(1))));
+    if let Some(other) = &mut other {
+        // Announced once and still waiting: nothing more comes for it.
+        assert!(poll_once(other, &wo).is_pending());
+        assert_eq!(co.wakes(), 0);
+        assert_eq!(next(), None);
+    }
+    map.insert(key(1), 11);
+    assert_eq!(poll_once(&mut c, &wc), Poll::Ready(Ok(11)));
+    drop((b, other));
+    assert_eq!(map.waiters(), 0);
+}
+
+// Guarantee 11 with a demand: a key copy that panics while a take announces
+// its key leaves the announcement to the next waiter, which is woken for it:
+// the demand forgets no one.
+#[test]
+fn a_key_copy_that_panics_while_announcing_leaves_the_announcement_to_the_next_waiter() {
+    announce_with_a_panicking_copy(FragileKey, false);
 }
 
 // Guarantees 11 and 13 with a demand: as above, on keys that all hash alike,
@@ -2739,40 +2761,7 @@ impl Clone for CollidingFragileKey {
 // announce it, and the other key is not announced twice.
 #[test]
 fn a_key_copy_that_panics_while_announcing_colliding_keys_undoes_its_own_announcement() {
-    let map: AwaitMap<CollidingFragileKey, u32> = AwaitMap::new();
-    let demand = map.demand();
-    let next = || futures::FutureExt::now_or_never(demand.next());
-    let (other_key, key) = (CollidingFragileKey(2), CollidingFragileKey(1));
-    let (co, wo) = counting_waker();
-    let mut other = map.take(&other_key);
-    assert!(poll_once(&mut other, &wo).is_pending());
-    assert_eq!(next(), Some(Some(CollidingFragileKey(2))));
-    let (_ca, wa) = counting_waker();
-    let (_cb, wb) = counting_waker();
-    let (cc, wc) = counting_waker();
-    let mut a = map.take(&key);
-    let mut b = map.take(&key);
-    let mut c = map.take(&key);
-    assert!(poll_once(&mut a, &wa).is_pending());
-    assert!(poll_once(&mut b, &wb).is_pending());
-    assert!(poll_once(&mut c, &wc).is_pending());
-    assert_eq!(next(), Some(Some(CollidingFragileKey(1))));
-    map.insert(CollidingFragileKey(1), 10);
-    assert_eq!(poll_once(&mut a, &wa), Poll::Ready(Ok(10)));
-    PANIC_ON_CLONE.set(true);
-    let polled = panic::catch_unwind(AssertUnwindSafe(|| poll_once(&mut b, &wb)));
-    PANIC_ON_CLONE.set(false);
-    assert!(polled.is_err(), "the key's copy did not panic");
-    map.check_invariants();
-    assert_eq!(cc.wakes(), 1, "the take left behind was not woken");
-    assert!(poll_once(&mut c, &wc).is_pending());
-    assert_eq!(next(), Some(Some(CollidingFragileKey(1))));
-    // The other key was announced once and still is: nothing more comes.
-    assert!(poll_once(&mut other, &wo).is_pending());
-    assert_eq!(co.wakes(), 0);
-    assert_eq!(next(), None);
-    drop((b, c, other));
-    assert_eq!(map.waiters(), 0);
+    announce_with_a_panicking_copy(CollidingFragileKey, true);
 }
 
 // Guarantees 1, 5 and 11: a get's first look finds its key's entry (a take
