@@ -1576,6 +1576,16 @@ struct Named {
     log: Arc<Mutex<Vec<&'static str>>>,
 }
 
+impl Named {
+    /// A waker that logs `name` in `log` when woken.
+    fn waker(name: &'static str, log: &Arc<Mutex<Vec<&'static str>>>) -> Waker {
+        Waker::from(Arc::new(Named {
+            name,
+            log: Arc::clone(log),
+        }))
+    }
+}
+
 impl Wake for Named {
     fn wake(self: Arc<Self>) {
         self.log.lock().unwrap().push(self.name);
@@ -1589,12 +1599,7 @@ impl Wake for Named {
 fn insert_wakes_the_gets_before_the_take() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let waker = |name| {
-        Waker::from(Arc::new(Named {
-            name,
-            log: Arc::clone(&log),
-        }))
-    };
+    let waker = |name| Named::waker(name, &log);
     let (wt, wg1, wg2) = (waker("take"), waker("get 1"), waker("get 2"));
     let mut take = map.take(&1);
     let mut g1 = map.get(&1);
@@ -1648,12 +1653,7 @@ fn gets_joining_thousands_of_awaited_keys_each_wait_on_their_own() {
 fn cancel_wakes_the_gets_before_the_takes() {
     let map: AwaitMap<u32, u32> = AwaitMap::new();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let waker = |name| {
-        Waker::from(Arc::new(Named {
-            name,
-            log: Arc::clone(&log),
-        }))
-    };
+    let waker = |name| Named::waker(name, &log);
     let (wt1, wt2, wg1, wg2) = (
         waker("take 1"),
         waker("take 2"),
