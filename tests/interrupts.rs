@@ -733,6 +733,43 @@ unsafe impl ScopedRawMutex for HookLock {
     }
 }
 
+type HookMap = AwaitMap<u32, u32, FixedState, HookLock>;
+
+/// A get_or_promise of `key`, behind a promise of another producer, polled
+/// once while `between` runs right after its first trip (given the map and
+/// that promise). The poll must make the caller the producer: its promise
+/// then stores `value`, which the map must hold, with no waiter left.
+fn get_or_promise_with_a_gap(
+    key: u32,
+    value: u32,
+    between: impl FnOnce(&Arc<HookMap>, awaitmap::OwnedPromise<u32, u32, FixedState, HookLock>)
+    + 'static,
+) {
+    let map = Arc::new(HookMap::with_hasher_and_lock(
+        FixedState::with_seed(u64::from(key)),
+        HookLock(Mutex::new(())),
+    ));
+    let promise = map.promise_owned(key).expect("the key is free");
+    let mut gop = map.get_or_promise(&key);
+    let other = Arc::clone(&map);
+    AFTER_UNLOCK.set(Some(Box::new(move || between(&other, promise))));
+    let (_, w) = common::counting_waker();
+    match common::poll_once(&mut gop, &w) {
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
+            assert_eq!(p.fulfill(value), None);
+        }
+        Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
+        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
+        Poll::Pending => panic!("waits although nobody produces the key"),
+    }
+    assert!(
+        AFTER_UNLOCK.with_borrow(Option::is_none),
+        "nothing ran between the two trips"
+    );
+    assert_eq!(map.try_get(&key), Some(value));
+    assert_eq!(map.waiters(), 0);
+}
+
 // P, 1, 11: a get_or_promise registers behind another producer's promise in
 // its first trip, without a waker yet; the promise is dropped unfulfilled
 // before its next trip, which would store the waker. That trip sees the
@@ -741,30 +778,7 @@ unsafe impl ScopedRawMutex for HookLock {
 // with no waker is not woken when the promise goes: it is mid-poll).
 #[test]
 fn a_get_or_promise_whose_promise_goes_between_its_trips_becomes_the_producer() {
-    let map = Arc::new(
-        AwaitMap::<u32, u32, FixedState, HookLock>::with_hasher_and_lock(
-            FixedState::with_seed(9),
-            HookLock(Mutex::new(())),
-        ),
-    );
-    let promise = map.promise_owned(5).expect("the key is free");
-    let mut gop = map.get_or_promise(&5);
-    AFTER_UNLOCK.set(Some(Box::new(move || drop(promise))));
-    let (_, w) = common::counting_waker();
-    match common::poll_once(&mut gop, &w) {
-        Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
-            assert_eq!(p.fulfill(50), None);
-        }
-        Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
-        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
-        Poll::Pending => panic!("waits for a value nobody will make"),
-    }
-    assert!(
-        AFTER_UNLOCK.with_borrow(Option::is_none),
-        "the promise was not dropped"
-    );
-    assert_eq!(map.try_get(&5), Some(50));
-    assert_eq!(map.waiters(), 0);
+    get_or_promise_with_a_gap(5, 50, |_, promise| drop(promise));
 }
 
 // P, 1, 7: as above, but between the get_or_promise's two trips the promise
@@ -772,29 +786,8 @@ fn a_get_or_promise_whose_promise_goes_between_its_trips_becomes_the_producer() 
 // producer again, so that same poll makes the caller the producer.
 #[test]
 fn a_get_or_promise_whose_value_comes_and_goes_between_its_trips_becomes_the_producer() {
-    let map = Arc::new(
-        AwaitMap::<u32, u32, FixedState, HookLock>::with_hasher_and_lock(
-            FixedState::with_seed(10),
-            HookLock(Mutex::new(())),
-        ),
-    );
-    let promise = map.promise_owned(6).expect("the key is free");
-    let mut gop = map.get_or_promise(&6);
-    let other = Arc::clone(&map);
-    AFTER_UNLOCK.set(Some(Box::new(move || {
+    get_or_promise_with_a_gap(6, 61, |map, promise| {
         assert_eq!(promise.fulfill(60), None);
-        assert_eq!(other.remove(&6), Some(60));
-    })));
-    let (_, w) = common::counting_waker();
-    match common::poll_once(&mut gop, &w) {
-        Poll::Ready(Ok(awaitmap::ValueOrPromise::Promise(p))) => {
-            assert_eq!(p.fulfill(61), None);
-        }
-        Poll::Ready(Ok(awaitmap::ValueOrPromise::Value(v))) => panic!("a value: {v}"),
-        Poll::Ready(Err(e)) => panic!("failed: {e:?}"),
-        Poll::Pending => panic!("waits although nobody produces the key"),
-    }
-    assert!(AFTER_UNLOCK.with_borrow(Option::is_none));
-    assert_eq!(map.try_get(&6), Some(61));
-    assert_eq!(map.waiters(), 0);
+        assert_eq!(map.remove(&6), Some(60));
+    });
 }
