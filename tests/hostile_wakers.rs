@@ -1914,6 +1914,191 @@ fn get_or_promise_restarting_with_a_panicking_eq_still_tells_drained() {
     });
 }
 
+/// A `Wake` waker that runs `on_wake` at each wake-up and `on_drop` when its
+/// last handle goes; for maps whose key type the [`Hooks`] do not serve.
+struct FnWaker {
+    on_wake: Box<dyn Fn() + Send + Sync>,
+    on_drop: Box<dyn Fn() + Send + Sync>,
+}
+
+impl FnWaker {
+    fn waker(
+        on_wake: impl Fn() + Send + Sync + 'static,
+        on_drop: impl Fn() + Send + Sync + 'static,
+    ) -> Waker {
+        Waker::from(Arc::new(FnWaker {
+            on_wake: Box::new(on_wake),
+            on_drop: Box::new(on_drop),
+        }))
+    }
+}
+
+impl Wake for FnWaker {
+    fn wake(self: Arc<Self>) {
+        (self.on_wake)();
+    }
+}
+
+impl Drop for FnWaker {
+    fn drop(&mut self) {
+        (self.on_drop)();
+    }
+}
+
+// Guarantee 11: a take resolved while its stored waker panics on drop puts
+// its value back under its own key, found by `Eq` among keys that share its
+// hash: another key present in the map is not mistaken for it (the value
+// would then be dropped as if a newer one had arrived).
+#[test]
+fn take_resolving_while_its_stored_waker_panics_puts_the_value_back_beside_a_colliding_key() {
+    no_hang(
+        "take resolves beside a colliding key, stored waker panics",
+        || {
+            let map: Arc<AwaitMap<CollidingKey, u64>> = Arc::new(AwaitMap::new());
+            let (k1, k2) = (CollidingKey(1), CollidingKey(2));
+            map.insert(k2.clone(), 20); // shares the hash: every lookup compares it
+            let bombed = Arc::new(AtomicBool::new(false));
+            let take = slot(map.take_owned(&k1));
+            let bomb = {
+                let bombed = Arc::clone(&bombed);
+                FnWaker::waker(
+                    || {},
+                    move || {
+                        bombed.store(true, SeqCst);
+                        panic!("hostile waker: drop panics");
+                    },
+                )
+            };
+            let outcome = Arc::new(Mutex::new(None));
+            let runs = {
+                let (take, outcome) = (Arc::clone(&take), Arc::clone(&outcome));
+                FnWaker::waker(
+                    move || {
+                        let (_, w) = counting_waker();
+                        let mut t = take.lock().unwrap();
+                        let r = try_poll(t.as_mut().expect("the take is in its slot"), &w);
+                        *outcome.lock().unwrap() = Some(r);
+                    },
+                    || {},
+                )
+            };
+            // The get registers first, so its wake runs (and polls the take)
+            // while the take's waker is still stored.
+            let mut get = map.get(&k1);
+            assert!(poll_once(&mut get, &runs).is_pending());
+            drop(runs);
+            assert!(poll_slot(&take, &bomb).is_pending());
+            drop(bomb); // the map holds the only handle
+
+            assert_eq!(map.insert(k1.clone(), 7), None);
+            assert!(
+                bombed.load(SeqCst),
+                "the take's stored waker was not dropped"
+            );
+            let outcome = outcome.lock().unwrap().take().expect("the take was polled");
+            drop(take.lock().unwrap().take());
+            let returned = returned(&outcome);
+            let kept = map.try_get(&k1);
+            assert!(
+                matches!((returned, kept), (Some(7), None) | (None, Some(7))),
+                "the value went astray: the take's poll gave {outcome:?}, the map holds {kept:?}"
+            );
+            assert_eq!(
+                map.try_get(&k2),
+                Some(20),
+                "the colliding key's value changed"
+            );
+            let (_, w) = counting_waker();
+            assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(7)));
+            drop(get);
+            assert_eq!(map.waiters(), 0);
+            assert_eq!(map.len(), 1 + usize::from(kept.is_some()));
+        },
+    );
+}
+
+// Guarantee 11: a get resolved while its stored waker panics on drop gives
+// nothing back to the map: what it holds is a clone. Here the waker's drop
+// first removes the key, so a clone put back would bring a removed value
+// back to life.
+#[test]
+fn get_resolving_while_its_stored_waker_panics_puts_back_no_clone() {
+    no_hang(
+        "get resolves, stored waker removes its key and panics",
+        || {
+            let map = Arc::new(Map::new());
+            let armed = Arc::new(AtomicBool::new(false));
+            let removed = Arc::new(Mutex::new(None));
+            let bomb = {
+                let (armed, removed) = (Arc::clone(&armed), Arc::clone(&removed));
+                Hooks::new(&map, move |m, ev| {
+                    if ev == Event::Drop && armed.swap(false, SeqCst) {
+                        *removed.lock().unwrap() = Some(m.remove(&KEY));
+                        panic!("hostile waker: drop removes the key and panics");
+                    }
+                    false
+                })
+            };
+            let late = slot(map.get_owned(&KEY));
+            let outcome = Arc::new(Mutex::new(None));
+            let runs = {
+                let (late, outcome) = (Arc::clone(&late), Arc::clone(&outcome));
+                on_wake(&map, move |_| {
+                    let (_, w) = counting_waker();
+                    let mut g = late.lock().unwrap();
+                    let r = try_poll(g.as_mut().expect("the get is in its slot"), &w);
+                    *outcome.lock().unwrap() = Some(r);
+                })
+            };
+            // The first get's wake polls the late get while its waker is stored.
+            let mut first = map.get(&KEY);
+            assert!(poll_once(&mut first, &runs.waker()).is_pending());
+            assert!(poll_slot(&late, &bomb.waker()).is_pending());
+            armed.store(true, SeqCst);
+
+            assert_eq!(map.insert(KEY, 7), None);
+            assert_eq!(runs.acted(), 1, "the first get's wake did not run");
+            assert!(
+                !armed.load(SeqCst),
+                "the late get's stored waker was not dropped"
+            );
+            let outcome = outcome
+                .lock()
+                .unwrap()
+                .take()
+                .expect("the late get was polled");
+            drop(late.lock().unwrap().take());
+            assert!(
+                matches!(outcome, Ok(Poll::Ready(Ok(7))) | Err(_)),
+                "the late get's poll gave {outcome:?}"
+            );
+            assert_eq!(
+                *removed.lock().unwrap(),
+                Some(Some(7)),
+                "the waker's remove"
+            );
+            assert!(
+                !map.contains_key(&KEY),
+                "the key was removed, but the late get's clone was put back"
+            );
+            // The first get was woken for a value that is gone: it waits again,
+            // and the next value reaches it.
+            let (c, w) = counting_waker();
+            assert_eq!(poll_once(&mut first, &w), Poll::Pending);
+            assert_eq!(map.insert(KEY, 8), None);
+            assert_eq!(
+                c.wakes(),
+                1,
+                "the first get was not woken by the next value"
+            );
+            assert_eq!(poll_once(&mut first, &w), Poll::Ready(Ok(8)));
+            drop(first);
+            assert_eq!(map.waiters(), 0);
+            assert_clean(&[bomb, runs]);
+        },
+    );
+}
+
 /// A key that panics when dropped while `KEY_BOMB` names its id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct BombKey(u64);
