@@ -92,9 +92,32 @@ where
 /// Polls a claim: `Ready` at once if it resolved when it registered. Its
 /// first poll after that hands the map its waker in one trip (it registered
 /// with none); anything else (its value came, it failed) is a `take`'s
-/// poll.
-#[inline]
+/// poll. Small enough to inline: the poll that receives the reply goes
+/// straight to the take's.
+#[inline(always)]
 pub(crate) fn poll_claim<K, V, S, L>(
+    map: &AwaitMap<K, V, S, L>,
+    waiter: &mut Waiter,
+    key: &K,
+    early: &mut Option<Result<V, WaitError>>,
+    armed: &mut bool,
+    cx: &Context<'_>,
+    what: &'static str,
+) -> Poll<Result<V, WaitError>>
+where
+    K: Eq + Hash + Clone,
+    S: BuildHasher,
+    L: ScopedRawMutex,
+{
+    if !*armed {
+        return poll_claim_first(map, waiter, key, early, armed, cx, what);
+    }
+    map.poll_take(waiter, key, cx, what)
+}
+
+/// A claim's first poll: its early outcome, or its waker handed to the map.
+#[inline(never)]
+fn poll_claim_first<K, V, S, L>(
     map: &AwaitMap<K, V, S, L>,
     waiter: &mut Waiter,
     key: &K,
@@ -110,14 +133,16 @@ where
 {
     // Resolved when it registered.
     if let Some(early) = early.take() {
+        *armed = true;
         return Poll::Ready(early);
     }
-    if !*armed && waiter.is_registered() {
-        // Cloned before the lock: if the clone panics, nothing changed.
+    if waiter.is_registered() {
+        // Cloned before the lock: if the clone panics, nothing changed (and
+        // the next poll tries again).
         let waker = cx.waker().clone();
+        *armed = true;
         match map.state.with(|st| st.store_waker_fast(waiter, waker)) {
             Ok(noop) => {
-                *armed = true;
                 drop(noop);
                 return Poll::Pending;
             }
