@@ -128,7 +128,11 @@
 //! - **Under the lock,** a panic comes before any change and releases the
 //!   lock, so every invariant holds after it.
 //! - **A `take` whose poll panics** after it moved its value out puts the
-//!   value back before the panic goes on.
+//!   value back under its key before the panic goes on. (If code run by that
+//!   panicking poll, a waker's `drop` say, stored a new value for the key
+//!   meanwhile, the new one stays and the moved-out one is dropped: it is
+//!   the value that call was removing.) A `get`'s poll puts nothing back:
+//!   what it held was a clone.
 //! - **Wake-ups come first.** They are issued before anything is dropped, and
 //!   a waker that panics does not stop the others: the first panic is resumed
 //!   once they all ran.
