@@ -755,3 +755,48 @@ fn shrink_to_fit_gives_back_what_a_burst_took() {
         "of {grown} bytes the burst took, some stayed after shrink_to_fit"
     );
 }
+
+// `reserve(0, n)` on waiter storage that already grew adds only what is
+// missing for `n` waiters: it takes no more than the same call on a fresh
+// map, which has to make room for all of them.
+#[test]
+fn reserve_adds_to_grown_waiter_storage_only_what_is_missing() {
+    start_counting();
+    let (_c, w) = counting_waker();
+    let n = 64;
+    // Measured with the map alive: what the reservation holds.
+    let fresh = {
+        let map = Map::new();
+        let ((), c) = measure(|| map.reserve(0, n));
+        assert!(c.live > 0, "reserving room for {n} waiters took no memory");
+        c.live
+    };
+    let map = Map::new();
+    // Half as many takes on one key: all but the first live in the waiter
+    // storage, which grows to hold them, then they leave.
+    let mut takes: Vec<_> = (0..=n / 2).map(|_| map.take(&1)).collect();
+    for t in &mut takes {
+        assert!(poll_once(t, &w).is_pending());
+    }
+    takes.clear();
+    assert_eq!(map.waiters(), 0);
+    let ((), grown) = measure(|| map.reserve(0, n));
+    assert!(
+        grown.live <= fresh,
+        "reserving room for {n} waiters where {} nodes exist took {} bytes, more than the \
+         {fresh} it takes on a fresh map",
+        n / 2,
+        grown.live
+    );
+    // And the room is there: n waiters on the key allocate nothing more.
+    let mut takes: Vec<_> = Vec::with_capacity(n);
+    let ((), c) = measure(|| {
+        for _ in 0..n {
+            takes.push(map.take(&1));
+        }
+        for t in &mut takes {
+            assert!(poll_once(t, &w).is_pending());
+        }
+    });
+    assert_eq!(c.allocs, 0, "{n} waiters allocated after reserve(0, {n})");
+}

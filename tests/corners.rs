@@ -134,3 +134,42 @@ fn promises_on_colliding_keys_fulfil_their_own_keys_after_the_table_grows() {
     assert_eq!(first.fulfill(10), None);
     assert_eq!(map.try_get(&Same(1)), Some(10));
 }
+
+// Guarantees 1, 5, 6: `shrink_to_fit` while futures still wait. The takes
+// behind a key's first one live in the waiter storage; with the first
+// stored one dropped, one still waiting, and the last ones dropped, the
+// storage ends in room that can be given back, behind a waiter that must
+// stay. After the shrink, the remaining take keeps its place in line, a new
+// take reuses the freed room without disturbing it, and each value reaches
+// one take, in order.
+#[test]
+fn shrink_to_fit_keeps_the_waiters_left_and_reuses_the_room_it_keeps() {
+    let map: AwaitMap<u64, u64> = AwaitMap::new();
+    let counters: Vec<_> = (0..6).map(|_| counting_waker()).collect();
+    let mut takes: Vec<_> = (0..5).map(|_| Some(map.take(&1))).collect();
+    for (t, (_, w)) in takes.iter_mut().zip(&counters) {
+        pending(poll_once(t.as_mut().unwrap(), w));
+    }
+    // Keep the first (in the key's entry) and the third; drop the others.
+    for i in [1, 3, 4] {
+        takes[i] = None;
+    }
+    assert_eq!(map.waiters(), 2);
+    map.shrink_to_fit();
+    assert_eq!(map.waiters(), 2);
+    let mut late = map.take(&1);
+    pending(poll_once(&mut late, &counters[5].1));
+    assert_eq!(map.waiters(), 3);
+
+    // Three values, one for each take, first come first served.
+    let mut order = vec![(0, takes[0].take().unwrap()), (2, takes[2].take().unwrap())];
+    order.push((5, late));
+    for (v, (i, mut take)) in (10..).zip(order) {
+        assert_eq!(map.insert(1, v), None);
+        let (c, w) = &counters[i];
+        assert_eq!(c.wakes(), 1, "take {i} was not woken by value {v}");
+        assert_eq!(ready(poll_once(&mut take, w)), Ok(v), "take {i}");
+    }
+    assert_eq!(map.waiters(), 0);
+    assert!(map.is_empty());
+}
