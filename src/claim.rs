@@ -77,80 +77,117 @@ where
     /// assert!(replies.is_empty());
     /// ```
     pub fn claim(&self, key: K) -> Claim<'_, K, V, S, L> {
-        let mut waiter = Waiter::new();
-        let early = self.register_claim(&mut waiter, &key);
+        let waiting = Claimed::register(self, &key);
         Claim {
             map: self,
             key,
-            waiter,
-            early,
+            waiting,
+        }
+    }
+}
+
+/// What a claim future holds besides its map and key: its place among the
+/// key's waiters, the outcome of its registration if that resolved it, and
+/// whether it has handed the map a waker yet. Shared by [`Claim`] and
+/// [`OwnedClaim`](crate::OwnedClaim).
+pub(crate) struct Claimed<V> {
+    waiter: Waiter,
+    /// The outcome of the registration, if it resolved at once.
+    early: Option<Result<V, WaitError>>,
+    /// Whether the map holds a waker of a poll (not the registration's).
+    armed: bool,
+}
+
+impl<V> Claimed<V> {
+    /// Registers a claim of `key` (see [`AwaitMap::claim`]).
+    #[inline]
+    pub(crate) fn register<K, S, L>(map: &AwaitMap<K, V, S, L>, key: &K) -> Self
+    where
+        K: Eq + Hash + Clone,
+        S: BuildHasher,
+        L: ScopedRawMutex,
+    {
+        let mut claimed = Claimed {
+            waiter: Waiter::new(),
+            early: None,
             armed: false,
+        };
+        claimed.early = map.register_claim(&mut claimed.waiter, key);
+        claimed
+    }
+
+    /// Polls the claim: `Ready` at once if it resolved when it registered.
+    /// Its first poll after that hands the map its waker in one trip (it
+    /// registered with none); anything else (its value came, it failed) is
+    /// a `take`'s poll. Small enough to inline: the poll that receives the
+    /// reply goes straight to the take's.
+    #[inline(always)]
+    pub(crate) fn poll<K, S, L>(
+        &mut self,
+        map: &AwaitMap<K, V, S, L>,
+        key: &K,
+        cx: &Context<'_>,
+        what: &'static str,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        K: Eq + Hash + Clone,
+        S: BuildHasher,
+        L: ScopedRawMutex,
+    {
+        if !self.armed {
+            return self.poll_first(map, key, cx, what);
         }
+        map.poll_take(&mut self.waiter, key, cx, what)
     }
-}
 
-/// Polls a claim: `Ready` at once if it resolved when it registered. Its
-/// first poll after that hands the map its waker in one trip (it registered
-/// with none); anything else (its value came, it failed) is a `take`'s
-/// poll. Small enough to inline: the poll that receives the reply goes
-/// straight to the take's.
-#[inline(always)]
-pub(crate) fn poll_claim<K, V, S, L>(
-    map: &AwaitMap<K, V, S, L>,
-    waiter: &mut Waiter,
-    key: &K,
-    early: &mut Option<Result<V, WaitError>>,
-    armed: &mut bool,
-    cx: &Context<'_>,
-    what: &'static str,
-) -> Poll<Result<V, WaitError>>
-where
-    K: Eq + Hash + Clone,
-    S: BuildHasher,
-    L: ScopedRawMutex,
-{
-    if !*armed {
-        return poll_claim_first(map, waiter, key, early, armed, cx, what);
-    }
-    map.poll_take(waiter, key, cx, what)
-}
-
-/// A claim's first poll: its early outcome, or its waker handed to the map.
-#[inline(never)]
-fn poll_claim_first<K, V, S, L>(
-    map: &AwaitMap<K, V, S, L>,
-    waiter: &mut Waiter,
-    key: &K,
-    early: &mut Option<Result<V, WaitError>>,
-    armed: &mut bool,
-    cx: &Context<'_>,
-    what: &'static str,
-) -> Poll<Result<V, WaitError>>
-where
-    K: Eq + Hash + Clone,
-    S: BuildHasher,
-    L: ScopedRawMutex,
-{
-    // Resolved when it registered.
-    if let Some(early) = early.take() {
-        *armed = true;
-        return Poll::Ready(early);
-    }
-    if waiter.is_registered() {
-        // Cloned before the lock: if the clone panics, nothing changed (and
-        // the next poll tries again).
-        let waker = cx.waker().clone();
-        *armed = true;
-        match map.state.with(|st| st.store_waker_fast(waiter, waker)) {
-            Ok(noop) => {
-                drop(noop);
-                return Poll::Pending;
+    /// The first poll: the early outcome, or the waker handed to the map.
+    #[inline(never)]
+    fn poll_first<K, S, L>(
+        &mut self,
+        map: &AwaitMap<K, V, S, L>,
+        key: &K,
+        cx: &Context<'_>,
+        what: &'static str,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        K: Eq + Hash + Clone,
+        S: BuildHasher,
+        L: ScopedRawMutex,
+    {
+        // Resolved when it registered.
+        if let Some(early) = self.early.take() {
+            self.armed = true;
+            return Poll::Ready(early);
+        }
+        if self.waiter.is_registered() {
+            // Cloned before the lock: if the clone panics, nothing changed
+            // (and the next poll tries again).
+            let waker = cx.waker().clone();
+            self.armed = true;
+            let waiter = &self.waiter;
+            match map.state.with(|st| st.store_waker_fast(waiter, waker)) {
+                Ok(noop) => {
+                    drop(noop);
+                    return Poll::Pending;
+                }
+                Err(waker) => drop(waker),
             }
-            Err(waker) => drop(waker),
         }
+        self.armed = true;
+        map.poll_take(&mut self.waiter, key, cx, what)
     }
-    *armed = true;
-    map.poll_take(waiter, key, cx, what)
+
+    /// Drops the claim: see [`AwaitMap::release_claim`].
+    #[inline]
+    pub(crate) fn release<K, S, L: ScopedRawMutex>(&mut self, map: &AwaitMap<K, V, S, L>) {
+        map.release_claim(&mut self.waiter);
+    }
+
+    /// `Debug` output of the future that holds it.
+    pub(crate) fn fmt_fields(&self, f: &mut fmt::DebugStruct<'_, '_>) {
+        f.field("registered", &self.waiter.is_registered())
+            .field("ready", &self.early.is_some());
+    }
 }
 
 impl<K, V, S, L> AwaitMap<K, V, S, L>
@@ -266,11 +303,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
 pub struct Claim<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     key: K,
-    waiter: Waiter,
-    /// The outcome of the registration, if it resolved at once.
-    early: Option<Result<V, WaitError>>,
-    /// Whether the map holds a waker of a poll (not the registration's).
-    armed: bool,
+    waiting: Claimed<V>,
 }
 
 impl<K, V, S, L: ScopedRawMutex> Unpin for Claim<'_, K, V, S, L> {}
@@ -285,29 +318,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        poll_claim(
-            this.map,
-            &mut this.waiter,
-            &this.key,
-            &mut this.early,
-            &mut this.armed,
-            cx,
-            "Claim",
-        )
+        this.waiting.poll(this.map, &this.key, cx, "Claim")
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> Drop for Claim<'_, K, V, S, L> {
     fn drop(&mut self) {
-        self.map.release_claim(&mut self.waiter);
+        self.waiting.release(self.map);
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Claim<'_, K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Claim")
-            .field("registered", &self.waiter.is_registered())
-            .field("ready", &self.early.is_some())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Claim");
+        self.waiting.fmt_fields(&mut d);
+        d.finish_non_exhaustive()
     }
 }

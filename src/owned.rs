@@ -13,6 +13,7 @@ use alloc::sync::Arc;
 use hashbrown::{DefaultHashBuilder, Equivalent};
 use mutex::ScopedRawMutex;
 
+use crate::claim::Claimed;
 use crate::future::debug_future;
 use crate::state::waiter::{EntryRef, Kind, Outcome, Waiter};
 use crate::sync::DefaultLock;
@@ -526,14 +527,11 @@ where
     /// assert_eq!(caller.join().unwrap(), Ok(100));
     /// ```
     pub fn claim_owned(self: &Arc<Self>, key: K) -> OwnedClaim<K, V, S, L> {
-        let mut waiter = Waiter::new();
-        let early = self.register_claim(&mut waiter, &key);
+        let waiting = Claimed::register(self, &key);
         OwnedClaim {
             map: Arc::clone(self),
             key,
-            waiter,
-            early,
-            armed: false,
+            waiting,
         }
     }
 }
@@ -560,9 +558,7 @@ where
 pub struct OwnedClaim<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: Arc<AwaitMap<K, V, S, L>>,
     key: K,
-    waiter: Waiter,
-    early: Option<Result<V, WaitError>>,
-    armed: bool,
+    waiting: Claimed<V>,
 }
 
 impl<K, V, S, L: ScopedRawMutex> Unpin for OwnedClaim<K, V, S, L> {}
@@ -577,29 +573,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        crate::claim::poll_claim(
-            &this.map,
-            &mut this.waiter,
-            &this.key,
-            &mut this.early,
-            &mut this.armed,
-            cx,
-            "OwnedClaim",
-        )
+        this.waiting.poll(&this.map, &this.key, cx, "OwnedClaim")
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> Drop for OwnedClaim<K, V, S, L> {
     fn drop(&mut self) {
-        self.map.release_claim(&mut self.waiter);
+        self.waiting.release(&self.map);
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedClaim<K, V, S, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedClaim")
-            .field("registered", &self.waiter.is_registered())
-            .field("ready", &self.early.is_some())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("OwnedClaim");
+        self.waiting.fmt_fields(&mut d);
+        d.finish_non_exhaustive()
     }
 }
