@@ -316,6 +316,7 @@ where
 {
     type Output = Result<V, WaitError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.waiting.poll(this.map, &this.key, cx, "Claim")

@@ -186,6 +186,7 @@ where
 {
     type Output = Result<V, WaitError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.map
@@ -200,6 +201,7 @@ where
 {
     type Output = Result<V, WaitError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.map
@@ -571,6 +573,7 @@ where
 {
     type Output = Result<V, WaitError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.waiting.poll(&this.map, &this.key, cx, "OwnedClaim")
