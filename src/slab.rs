@@ -259,14 +259,28 @@ impl Slab {
 
     /// Queues the wake-up of every node in `list`.
     pub(crate) fn enqueue_list(&mut self, list: u32) {
+        // As `enqueue` on each node, in one pass that keeps the tail at hand.
+        let mut tail = self.wq_tail;
         let mut slot = list;
         while slot != NIL {
-            self.enqueue(slot);
-            slot = self.next_of(slot);
+            let n = &mut self.nodes[slot as usize];
+            let next = n.next;
+            if !n.queued && n.waker.is_some() {
+                n.queued = true;
+                n.wq_next = NIL;
+                if tail == NIL {
+                    self.wq_head = slot;
+                } else {
+                    self.nodes[tail as usize].wq_next = slot;
+                }
+                tail = slot;
+            }
+            slot = next;
             if slot == list {
                 break;
             }
         }
+        self.wq_tail = tail;
     }
 
     /// Whether the node waits (its future owns it, it is not failed).
@@ -351,6 +365,33 @@ impl Slab {
     #[inline]
     pub(crate) fn has_queued(&self) -> bool {
         self.wq_head != NIL
+    }
+
+    /// Moves due wakers out of the queue into `batch`, from its start,
+    /// until the batch is full or the queue empty; returns how many. As
+    /// `pop` again and again, in one pass that keeps the head at hand.
+    pub(crate) fn pop_into(&mut self, batch: &mut [Option<Waker>]) -> usize {
+        let mut n = 0;
+        let mut head = self.wq_head;
+        while head != NIL && n < batch.len() {
+            let slot = head;
+            let node = &mut self.nodes[slot as usize];
+            node.queued = false;
+            head = node.wq_next;
+            if node.state == NodeState::Zombie {
+                node.state = NodeState::Free;
+                node.next = self.free;
+                self.free = slot;
+            } else if let Some(w) = node.waker.take() {
+                batch[n] = Some(w);
+                n += 1;
+            }
+        }
+        self.wq_head = head;
+        if head == NIL {
+            self.wq_tail = NIL;
+        }
+        n
     }
 
     /// Moves the first due waker out of the queue.

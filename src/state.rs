@@ -1317,7 +1317,9 @@ impl<K, V> State<K, V> {
 
     /// Moves up to a batch of due wakers into `batch`.
     pub(crate) fn pop_batch(&mut self, batch: &mut [Option<Waker>; BATCH]) -> usize {
-        let mut n = 0;
+        // The queue first, in one pass; then, if there is room left, what
+        // `close`'s sweep finds (and anything it queues).
+        let mut n = self.slab.pop_into(batch);
         while n < BATCH {
             match self.pop_due() {
                 Some(w) => {
