@@ -1317,11 +1317,12 @@ impl<K, V> State<K, V> {
 
     /// Moves up to a batch of due wakers into `batch`.
     pub(crate) fn pop_batch(&mut self, batch: &mut [Option<Waker>; BATCH]) -> usize {
-        // The queue first, in one pass; then, if there is room left, what
-        // `close`'s sweep finds (and anything it queues).
+        // The queue first, in one pass (it stops with the batch full or the
+        // queue empty); then, with room left, what `close`'s sweep finds (it
+        // queues nothing).
         let mut n = self.slab.pop_into(batch);
-        while n < BATCH {
-            match self.pop_due() {
+        while n < BATCH && self.sweep.next != usize::MAX {
+            match self.sweep_one() {
                 Some(w) => {
                     batch[n] = Some(w);
                     n += 1;
