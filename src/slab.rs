@@ -259,22 +259,12 @@ impl Slab {
 
     /// Queues the wake-up of every node in `list`.
     pub(crate) fn enqueue_list(&mut self, list: u32) {
-        // As `enqueue` on each node, in one pass that keeps the tail at hand.
+        // One pass that keeps the queue's tail at hand.
         let mut tail = self.wq_tail;
         let mut slot = list;
         while slot != NIL {
-            let n = &mut self.nodes[slot as usize];
-            let next = n.next;
-            if !n.queued && n.waker.is_some() {
-                n.queued = true;
-                n.wq_next = NIL;
-                if tail == NIL {
-                    self.wq_head = slot;
-                } else {
-                    self.nodes[tail as usize].wq_next = slot;
-                }
-                tail = slot;
-            }
+            let next = self.next_of(slot);
+            tail = self.queue_behind(slot, tail);
             slot = next;
             if slot == list {
                 break;
@@ -336,10 +326,18 @@ impl Slab {
     /// Puts the node's waker on the wake queue. A node without a waker has
     /// been woken already and will poll; a queued node is not queued twice.
     pub(crate) fn enqueue(&mut self, slot: u32) {
-        let tail = self.wq_tail;
+        self.wq_tail = self.queue_behind(slot, self.wq_tail);
+    }
+
+    /// Links the node into the wake queue behind `tail` (the queue's last
+    /// node, or `NIL`), unless it has no waker or is queued already;
+    /// returns the queue's last node after that. The caller stores it in
+    /// `wq_tail`.
+    #[inline(always)]
+    fn queue_behind(&mut self, slot: u32, tail: u32) -> u32 {
         let n = &mut self.nodes[slot as usize];
         if n.queued || n.waker.is_none() {
-            return;
+            return tail;
         }
         n.queued = true;
         n.wq_next = NIL;
@@ -348,7 +346,7 @@ impl Slab {
         } else {
             self.nodes[tail as usize].wq_next = slot;
         }
-        self.wq_tail = slot;
+        slot
     }
 
     /// Queues every node a future owns and that holds a waker: `close`
@@ -397,23 +395,10 @@ impl Slab {
     /// Moves the first due waker out of the queue.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<Waker> {
-        while self.wq_head != NIL {
-            let slot = self.wq_head;
-            let n = &mut self.nodes[slot as usize];
-            n.queued = false;
-            self.wq_head = n.wq_next;
-            if self.wq_head == NIL {
-                self.wq_tail = NIL;
-            }
-            if n.state == NodeState::Zombie {
-                n.state = NodeState::Free;
-                n.next = self.free;
-                self.free = slot;
-            } else if let Some(w) = n.waker.take() {
-                return Some(w);
-            }
-        }
-        None
+        let mut one = [None];
+        self.pop_into(&mut one);
+        let [w] = one;
+        w
     }
 }
 
