@@ -366,8 +366,9 @@ impl Slab {
     }
 
     /// Moves due wakers out of the queue into `batch`, from its start,
-    /// until the batch is full or the queue empty; returns how many. As
-    /// `pop` again and again, in one pass that keeps the head at hand.
+    /// until the batch is full or the queue empty; returns how many. One
+    /// pass that keeps the queue's head at hand; a zombie met on the way is
+    /// freed.
     pub(crate) fn pop_into(&mut self, batch: &mut [Option<Waker>]) -> usize {
         let mut n = 0;
         let mut head = self.wq_head;
@@ -390,15 +391,6 @@ impl Slab {
             self.wq_tail = NIL;
         }
         n
-    }
-
-    /// Moves the first due waker out of the queue.
-    #[inline]
-    pub(crate) fn pop(&mut self) -> Option<Waker> {
-        let mut one = [None];
-        self.pop_into(&mut one);
-        let [w] = one;
-        w
     }
 }
 

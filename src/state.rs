@@ -36,7 +36,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::OccupiedEntry;
 
 use crate::after::After;
-use crate::slab::{BATCH, NIL, NodeState, Slab};
+use crate::slab::{NIL, NodeState, Slab};
 use crate::state::waiter::{EntryRef, INLINE, Kind};
 
 // The producer side's bookkeeping: only where the producer side exists.
@@ -1308,20 +1308,20 @@ impl<K, V> State<K, V> {
     /// Moves the next due waker out.
     #[inline]
     pub(crate) fn pop_due(&mut self) -> Option<Waker> {
-        match self.slab.pop() {
-            Some(w) => Some(w),
-            None if self.sweep.next != usize::MAX => self.sweep_one(),
-            None => None,
-        }
+        let mut one = [None];
+        self.pop_batch(&mut one);
+        let [w] = one;
+        w
     }
 
-    /// Moves up to a batch of due wakers into `batch`.
-    pub(crate) fn pop_batch(&mut self, batch: &mut [Option<Waker>; BATCH]) -> usize {
+    /// Moves due wakers into `batch`, from its start, until it is full or
+    /// nothing is due; returns how many.
+    pub(crate) fn pop_batch(&mut self, batch: &mut [Option<Waker>]) -> usize {
         // The queue first, in one pass (it stops with the batch full or the
         // queue empty); then, with room left, what `close`'s sweep finds (it
         // queues nothing).
         let mut n = self.slab.pop_into(batch);
-        while n < BATCH && self.sweep.next != usize::MAX {
+        while n < batch.len() && self.sweep.next != usize::MAX {
             match self.sweep_one() {
                 Some(w) => {
                     batch[n] = Some(w);
