@@ -28,6 +28,11 @@ pub enum WaitError {
     /// The key's [`Promise`](crate::Promise) was dropped unfulfilled (its
     /// producer failed, panicked or was cancelled) while this future waited.
     Abandoned,
+    /// A [`FixedAwaitMap`](crate::FixedAwaitMap) had no room left for this
+    /// future: every key slot held another key, or every waiter slot another
+    /// waiting future. Nothing was registered; ask again with a new future
+    /// once there is room.
+    NoRoom,
 }
 
 impl fmt::Display for WaitError {
@@ -37,6 +42,7 @@ impl fmt::Display for WaitError {
             WaitError::Cancelled => "the wait was cancelled",
             WaitError::TimedOut => "the wait timed out",
             WaitError::Abandoned => "the producer of the key abandoned it",
+            WaitError::NoRoom => "the fixed-capacity map had no room for the wait",
         })
     }
 }

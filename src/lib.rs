@@ -256,29 +256,44 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+// Everything that allocates is behind feature `alloc`; without it the crate
+// links no allocator, and `FixedAwaitMap` is the map.
+#[cfg(feature = "alloc")]
 mod after;
 #[cfg(feature = "std")]
 mod blocking;
+#[cfg(feature = "alloc")]
 mod claim;
 mod error;
+mod fixed;
+#[cfg(feature = "alloc")]
 mod future;
+#[cfg(feature = "alloc")]
 mod map;
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 mod owned;
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 mod producer;
+#[cfg(feature = "alloc")]
 mod promise;
+#[cfg(feature = "alloc")]
 mod slab;
+#[cfg(feature = "alloc")]
 mod state;
 mod sync;
 
+#[cfg(feature = "alloc")]
 pub use claim::Claim;
 pub use error::WaitError;
+pub use fixed::{FixedAwaitMap, FixedGet, FixedTake};
+#[cfg(feature = "alloc")]
 pub use future::{Get, Take};
+#[cfg(feature = "alloc")]
 pub use hashbrown::Equivalent;
 
 /// The default hasher of [`AwaitMap`]: foldhash's fast hasher, as in
@@ -297,18 +312,21 @@ pub use hashbrown::Equivalent;
 ///     AwaitMap::with_capacity_and_hasher(8, DefaultHashBuilder::default());
 /// assert!(map.is_empty());
 /// ```
+#[cfg(feature = "alloc")]
 pub type DefaultHashBuilder = hashbrown::DefaultHashBuilder;
+#[cfg(feature = "alloc")]
 pub use map::{AwaitMap, ConstLock, FixedHashBuilder, Waiting};
 /// The lock traits: `L: ScopedRawMutex` for every map, and `ConstInit` for
 /// [`Default`] and [`FromIterator`] (re-exported from `mutex-traits`, the
 /// trait maitake-sync's locks use).
 pub use mutex::{ConstInit, ScopedRawMutex};
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 pub use owned::{
     GetOrPromiseOwned, GetOwned, OwnedClaim, OwnedPromise, OwnedValueOrPromise, TakeOwned,
 };
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
+#[cfg(feature = "alloc")]
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};
 #[cfg(feature = "critical-section")]
 #[cfg_attr(docsrs, doc(cfg(feature = "critical-section")))]

@@ -442,239 +442,252 @@ impl fmt::Debug for CsLock {
 // ---------------------------------------------------------------------------
 // Map-wide conditions.
 
-#[cfg(all(target_has_atomic = "ptr", feature = "std", not(awaitmap_loom)))]
-pub(crate) use event_listener::Listener;
-#[cfg(all(target_has_atomic = "ptr", not(awaitmap_loom)))]
-pub(crate) use event_listener::{Event, EventListener};
-#[cfg(all(awaitmap_loom, feature = "std"))]
-pub(crate) use loom_event::Listener;
-#[cfg(awaitmap_loom)]
-pub(crate) use loom_event::{Event, EventListener};
+/// The map-wide conditions of [`AwaitMap`](crate::AwaitMap) (feature
+/// `alloc`: event-listener allocates).
+#[cfg(feature = "alloc")]
+mod events {
+    use super::Panic;
 
-/// Under `--cfg awaitmap_loom`: the part of event-listener's API the crate
-/// uses, on loom's mutex, so loom can switch threads at every listen, notify
-/// and poll (event-listener's std mutex and atomics are invisible to it).
-/// The same contract: `notify(n)` makes sure `n` listeners are notified,
-/// `notify_additional(n)` notifies `n` more, in listening order, and a
-/// notified listener dropped before it saw the notification passes it on.
-#[cfg(awaitmap_loom)]
-mod loom_event {
-    use alloc::vec::Vec;
-    use core::future::Future;
-    use core::pin::Pin;
-    use core::task::{Context, Poll, Waker};
-    use loom::sync::{Arc, Mutex};
+    #[cfg(all(target_has_atomic = "ptr", feature = "std", not(awaitmap_loom)))]
+    pub(crate) use event_listener::Listener;
+    #[cfg(all(target_has_atomic = "ptr", not(awaitmap_loom)))]
+    pub(crate) use event_listener::{Event, EventListener};
+    #[cfg(all(awaitmap_loom, feature = "std"))]
+    pub(crate) use loom_event::Listener;
+    #[cfg(awaitmap_loom)]
+    pub(crate) use loom_event::{Event, EventListener};
 
-    /// The listeners, in listening order: id, `Some(additional)` once
-    /// notified, waker.
-    #[derive(Default)]
-    struct List {
-        next_id: u64,
-        entries: Vec<(u64, Option<bool>, Option<Waker>)>,
-    }
+    /// Under `--cfg awaitmap_loom`: the part of event-listener's API the crate
+    /// uses, on loom's mutex, so loom can switch threads at every listen, notify
+    /// and poll (event-listener's std mutex and atomics are invisible to it).
+    /// The same contract: `notify(n)` makes sure `n` listeners are notified,
+    /// `notify_additional(n)` notifies `n` more, in listening order, and a
+    /// notified listener dropped before it saw the notification passes it on.
+    #[cfg(awaitmap_loom)]
+    mod loom_event {
+        use alloc::vec::Vec;
+        use core::future::Future;
+        use core::pin::Pin;
+        use core::task::{Context, Poll, Waker};
+        use loom::sync::{Arc, Mutex};
 
-    impl List {
-        fn notify(&mut self, n: usize, additional: bool, wake: &mut Vec<Waker>) {
-            let notified = self.entries.iter().filter(|e| e.1.is_some()).count();
-            let mut n = if additional {
-                n
-            } else {
-                n.saturating_sub(notified)
-            };
-            for entry in self.entries.iter_mut().filter(|e| e.1.is_none()) {
-                if n == 0 {
-                    break;
+        /// The listeners, in listening order: id, `Some(additional)` once
+        /// notified, waker.
+        #[derive(Default)]
+        struct List {
+            next_id: u64,
+            entries: Vec<(u64, Option<bool>, Option<Waker>)>,
+        }
+
+        impl List {
+            fn notify(&mut self, n: usize, additional: bool, wake: &mut Vec<Waker>) {
+                let notified = self.entries.iter().filter(|e| e.1.is_some()).count();
+                let mut n = if additional {
+                    n
+                } else {
+                    n.saturating_sub(notified)
+                };
+                for entry in self.entries.iter_mut().filter(|e| e.1.is_none()) {
+                    if n == 0 {
+                        break;
+                    }
+                    entry.1 = Some(additional);
+                    wake.extend(entry.2.take());
+                    n -= 1;
                 }
-                entry.1 = Some(additional);
-                wake.extend(entry.2.take());
-                n -= 1;
-            }
-        }
-    }
-
-    pub(crate) struct Event(Arc<Mutex<List>>);
-
-    impl Event {
-        pub(crate) fn new() -> Self {
-            Event(Arc::new(Mutex::new(List::default())))
-        }
-
-        pub(crate) fn listen(&self) -> EventListener {
-            let mut list = self.0.lock().unwrap();
-            let id = list.next_id;
-            list.next_id += 1;
-            list.entries.push((id, None, None));
-            EventListener {
-                list: Arc::clone(&self.0),
-                id,
-                done: false,
             }
         }
 
-        pub(crate) fn notify(&self, n: usize) {
-            self.notify_with(n, false);
+        pub(crate) struct Event(Arc<Mutex<List>>);
+
+        impl Event {
+            pub(crate) fn new() -> Self {
+                Event(Arc::new(Mutex::new(List::default())))
+            }
+
+            pub(crate) fn listen(&self) -> EventListener {
+                let mut list = self.0.lock().unwrap();
+                let id = list.next_id;
+                list.next_id += 1;
+                list.entries.push((id, None, None));
+                EventListener {
+                    list: Arc::clone(&self.0),
+                    id,
+                    done: false,
+                }
+            }
+
+            pub(crate) fn notify(&self, n: usize) {
+                self.notify_with(n, false);
+            }
+
+            pub(crate) fn notify_additional(&self, n: usize) {
+                self.notify_with(n, true);
+            }
+
+            /// Wakers run after the list is unlocked.
+            fn notify_with(&self, n: usize, additional: bool) {
+                let mut wake = Vec::new();
+                self.0.lock().unwrap().notify(n, additional, &mut wake);
+                wake.into_iter().for_each(Waker::wake);
+            }
         }
 
-        pub(crate) fn notify_additional(&self, n: usize) {
-            self.notify_with(n, true);
+        pub(crate) struct EventListener {
+            list: Arc<Mutex<List>>,
+            id: u64,
+            /// Returned `Ready`: its entry is gone.
+            done: bool,
         }
 
-        /// Wakers run after the list is unlocked.
-        fn notify_with(&self, n: usize, additional: bool) {
-            let mut wake = Vec::new();
-            self.0.lock().unwrap().notify(n, additional, &mut wake);
-            wake.into_iter().for_each(Waker::wake);
-        }
-    }
+        impl Future for EventListener {
+            type Output = ();
 
-    pub(crate) struct EventListener {
-        list: Arc<Mutex<List>>,
-        id: u64,
-        /// Returned `Ready`: its entry is gone.
-        done: bool,
-    }
-
-    impl Future for EventListener {
-        type Output = ();
-
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            let mut list = self.list.lock().unwrap();
-            let at = list.entries.iter().position(|e| e.0 == self.id);
-            let at = at.expect("an event listener polled after it returned `Ready`");
-            if list.entries[at].1.is_some() {
-                list.entries.remove(at);
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+                let mut list = self.list.lock().unwrap();
+                let at = list.entries.iter().position(|e| e.0 == self.id);
+                let at = at.expect("an event listener polled after it returned `Ready`");
+                if list.entries[at].1.is_some() {
+                    list.entries.remove(at);
+                    drop(list);
+                    self.done = true;
+                    return Poll::Ready(());
+                }
+                let old = list.entries[at].2.replace(cx.waker().clone());
                 drop(list);
-                self.done = true;
-                return Poll::Ready(());
+                drop(old);
+                Poll::Pending
             }
-            let old = list.entries[at].2.replace(cx.waker().clone());
-            drop(list);
-            drop(old);
-            Poll::Pending
         }
-    }
 
-    impl Drop for EventListener {
-        fn drop(&mut self) {
-            if self.done {
-                return;
+        impl Drop for EventListener {
+            fn drop(&mut self) {
+                if self.done {
+                    return;
+                }
+                let mut wake = Vec::new();
+                let mut list = self.list.lock().unwrap();
+                let at = list.entries.iter().position(|e| e.0 == self.id);
+                let (_, notified, old) = list.entries.remove(at.expect("a listener is listed"));
+                if let Some(additional) = notified {
+                    list.notify(1, additional, &mut wake);
+                }
+                drop(list);
+                drop(old);
+                wake.into_iter().for_each(Waker::wake);
             }
-            let mut wake = Vec::new();
-            let mut list = self.list.lock().unwrap();
-            let at = list.entries.iter().position(|e| e.0 == self.id);
-            let (_, notified, old) = list.entries.remove(at.expect("a listener is listed"));
-            if let Some(additional) = notified {
-                list.notify(1, additional, &mut wake);
-            }
-            drop(list);
-            drop(old);
-            wake.into_iter().for_each(Waker::wake);
         }
-    }
 
-    /// Blocking waits (`insert_blocking`) are not modelled under loom.
-    #[cfg(feature = "std")]
-    pub(crate) trait Listener {
-        fn wait(self);
-    }
-
-    #[cfg(feature = "std")]
-    impl Listener for EventListener {
-        fn wait(self) {
-            unimplemented!("blocking waits are not modelled under loom")
+        /// Blocking waits (`insert_blocking`) are not modelled under loom.
+        #[cfg(feature = "std")]
+        pub(crate) trait Listener {
+            fn wait(self);
         }
-    }
-}
 
-/// The map-wide conditions producers wait on, each one event-listener
-/// `Event` that many may wait on. On targets without atomic pointers there
-/// is no event-listener and no producer side: the notifications are no-ops.
-#[cfg(target_has_atomic = "ptr")]
-pub(crate) struct Events {
-    /// A value left a limited map (one notification per freed slot), or the
-    /// map was closed (everyone: a closed map takes values beyond its limit).
-    pub(crate) room: Event,
-    /// A key became wanted.
-    pub(crate) demand: Event,
-    /// The map was closed.
-    pub(crate) closed: Event,
-    /// The last waiting future finished.
-    pub(crate) idle: Event,
-}
-
-#[cfg(target_has_atomic = "ptr")]
-impl Events {
-    const_fn_unless_loom! {
-        pub(crate) fn new() -> Self {
-            Events {
-                room: Event::new(),
-                demand: Event::new(),
-                closed: Event::new(),
-                idle: Event::new(),
+        #[cfg(feature = "std")]
+        impl Listener for EventListener {
+            fn wait(self) {
+                unimplemented!("blocking waits are not modelled under loom")
             }
         }
     }
 
-    /// `n` values left the map: lets as many waiting producers in.
-    #[inline]
-    pub(crate) fn room(&self, n: usize) {
-        self.room.notify_additional(n);
+    /// The map-wide conditions producers wait on, each one event-listener
+    /// `Event` that many may wait on. On targets without atomic pointers there
+    /// is no event-listener and no producer side: the notifications are no-ops.
+    #[cfg(target_has_atomic = "ptr")]
+    pub(crate) struct Events {
+        /// A value left a limited map (one notification per freed slot), or the
+        /// map was closed (everyone: a closed map takes values beyond its limit).
+        pub(crate) room: Event,
+        /// A key became wanted.
+        pub(crate) demand: Event,
+        /// The map was closed.
+        pub(crate) closed: Event,
+        /// The last waiting future finished.
+        pub(crate) idle: Event,
     }
 
-    /// A key became wanted: one more for the demand handles.
-    #[inline]
-    pub(crate) fn wanted(&self) {
-        self.demand.notify_additional(1);
-    }
+    #[cfg(target_has_atomic = "ptr")]
+    impl Events {
+        const_fn_unless_loom! {
+            pub(crate) fn new() -> Self {
+                Events {
+                    room: Event::new(),
+                    demand: Event::new(),
+                    closed: Event::new(),
+                    idle: Event::new(),
+                }
+            }
+        }
 
-    /// A future started waiting on a key: every producer waiting for room
-    /// looks again, since the one holding that key's value is let in.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn awaited(&self) {
-        // Additional: a producer let in this way and dropped before it
-        // looked passes the turn on, as one let in by a freed value does.
-        self.room.notify_additional(usize::MAX);
-    }
+        /// `n` values left the map: lets as many waiting producers in.
+        #[inline]
+        pub(crate) fn room(&self, n: usize) {
+            self.room.notify_additional(n);
+        }
 
-    /// The last waiter left.
-    #[inline]
-    pub(crate) fn idle(&self) {
-        self.idle.notify(usize::MAX);
-    }
+        /// A key became wanted: one more for the demand handles.
+        #[inline]
+        pub(crate) fn wanted(&self) {
+            self.demand.notify_additional(1);
+        }
 
-    /// The map closed: everyone waiting on any condition looks again.
-    pub(crate) fn closed(&self, panic: &mut Option<Panic>) {
-        for event in [&self.closed, &self.room, &self.demand] {
-            caught(|| event.notify(usize::MAX), panic);
+        /// A future started waiting on a key: every producer waiting for room
+        /// looks again, since the one holding that key's value is let in.
+        #[cold]
+        #[inline(never)]
+        pub(crate) fn awaited(&self) {
+            // Additional: a producer let in this way and dropped before it
+            // looked passes the turn on, as one let in by a freed value does.
+            self.room.notify_additional(usize::MAX);
+        }
+
+        /// The last waiter left.
+        #[inline]
+        pub(crate) fn idle(&self) {
+            self.idle.notify(usize::MAX);
+        }
+
+        /// The map closed: everyone waiting on any condition looks again.
+        pub(crate) fn closed(&self, panic: &mut Option<Panic>) {
+            for event in [&self.closed, &self.room, &self.demand] {
+                super::caught(|| event.notify(usize::MAX), panic);
+            }
         }
     }
-}
 
-/// Without atomic pointers: nobody can wait on a map-wide condition.
-#[cfg(not(target_has_atomic = "ptr"))]
-pub(crate) struct Events;
+    /// Without atomic pointers: nobody can wait on a map-wide condition.
+    #[cfg(not(target_has_atomic = "ptr"))]
+    pub(crate) struct Events;
 
-#[cfg(not(target_has_atomic = "ptr"))]
-impl Events {
-    pub(crate) const fn new() -> Self {
-        Events
+    #[cfg(not(target_has_atomic = "ptr"))]
+    impl Events {
+        pub(crate) const fn new() -> Self {
+            Events
+        }
+
+        #[inline]
+        pub(crate) fn room(&self, _n: usize) {}
+
+        #[inline]
+        pub(crate) fn wanted(&self) {}
+
+        #[inline]
+        pub(crate) fn awaited(&self) {}
+
+        #[inline]
+        pub(crate) fn idle(&self) {}
+
+        pub(crate) fn closed(&self, _panic: &mut Option<Panic>) {}
     }
-
-    #[inline]
-    pub(crate) fn room(&self, _n: usize) {}
-
-    #[inline]
-    pub(crate) fn wanted(&self) {}
-
-    #[inline]
-    pub(crate) fn awaited(&self) {}
-
-    #[inline]
-    pub(crate) fn idle(&self) {}
-
-    pub(crate) fn closed(&self, _panic: &mut Option<Panic>) {}
 }
+#[cfg(feature = "alloc")]
+pub(crate) use events::Events;
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr", feature = "std"))]
+pub(crate) use events::Listener;
+#[cfg(all(feature = "alloc", any(target_has_atomic = "ptr", awaitmap_loom)))]
+pub(crate) use events::{Event, EventListener};
 
 // ---------------------------------------------------------------------------
 // Panics in user code.
