@@ -170,33 +170,24 @@ impl<K, V, const N: usize, const W: usize> Table<K, V, N, W> {
     }
 
     /// Moves the wakers of the first `BATCH` marked nodes out: the gets
-    /// before the takes, each in the order they registered.
+    /// before the takes, each in the order they registered. (One look over
+    /// the nodes per waker: a node whose waker is out is no longer due.)
     fn collect(&mut self, due: &mut Due) {
         let next = self.next_seq;
-        let rank = |n: &Node| (n.take, core::cmp::Reverse(next.wrapping_sub(n.seq)));
-        // Node indices, kept sorted by rank.
-        let mut picked = [0; BATCH];
-        let mut count = 0;
-        for (at, node) in self.nodes.iter().enumerate() {
-            if node.status == Status::Waiting || node.waker.is_none() {
-                continue;
+        due.count = 0;
+        while due.count < BATCH {
+            let first = self
+                .nodes
+                .iter_mut()
+                .filter(|n| n.status != Status::Waiting && n.waker.is_some())
+                .min_by_key(|n| (n.take, core::cmp::Reverse(next.wrapping_sub(n.seq))));
+            match first {
+                Some(node) => due.wakers[due.count] = node.waker.take(),
+                None => break,
             }
-            let mut pos = count;
-            while pos > 0 && rank(&self.nodes[picked[pos - 1]]) > rank(node) {
-                pos -= 1;
-            }
-            if pos == BATCH {
-                continue;
-            }
-            count = (count + 1).min(BATCH);
-            picked.copy_within(pos..count - 1, pos + 1);
-            picked[pos] = at;
+            due.count += 1;
         }
-        for (slot, &at) in due.wakers.iter_mut().zip(&picked[..count]) {
-            *slot = self.nodes[at].waker.take();
-        }
-        due.count = count;
-        due.more = count == BATCH;
+        due.more = due.count == BATCH;
     }
 
     /// Starts draining if anything was marked.
@@ -549,14 +540,14 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<K, V
                 t.collect_if(marked > 0, &mut due);
             }
         });
-        self.wake(due, Spare::NONE);
+        self.wake(&mut due, Spare::NONE);
     }
 
     /// Wakes the batch, and the rest of the marked nodes a batch at a time,
     /// then drops what the operation `freed`: every wake-up is issued even if
     /// a waker or a destructor panics, and the first panic goes on once all
     /// ran.
-    fn wake(&self, mut due: Due, freed: Spare<K>) {
+    fn wake(&self, due: &mut Due, freed: Spare<K>) {
         let mut panic: Option<Panic> = None;
         loop {
             for waker in due.wakers.iter_mut().take(due.count) {
@@ -567,7 +558,7 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<K, V
             if !due.more {
                 break;
             }
-            self.state.with(|t| t.collect(&mut due));
+            self.state.with(|t| t.collect(due));
         }
         let Spare { key, waker } = freed;
         caught(|| drop(waker), &mut panic);
@@ -645,7 +636,7 @@ impl<K: Eq, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<
             Ok((old, key))
         });
         let (old, key) = stored?;
-        self.wake(due, Spare { key, waker: None });
+        self.wake(&mut due, Spare { key, waker: None });
         Ok(old)
     }
 
@@ -717,7 +708,7 @@ impl<K: Eq, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<
             t.collect_if(failed > 0, &mut due);
             failed
         });
-        self.wake(due, Spare::NONE);
+        self.wake(&mut due, Spare::NONE);
         failed
     }
 }
@@ -864,7 +855,7 @@ impl<'a, K, V, const N: usize, const W: usize, L: ScopedRawMutex> Wait<'a, K, V,
         let mut freed = Spare::NONE;
         let mut due = Due::NONE;
         self.map.state.with(|t| t.leave(n, &mut freed, &mut due));
-        self.map.wake(due, freed);
+        self.map.wake(&mut due, freed);
     }
 }
 

@@ -173,7 +173,8 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `std` | yes | the blocking API (`*_blocking`, `*_blocking_timeout`); `SpinLock` yields its thread while it waits |
+//! | `alloc` | yes | [`AwaitMap`], its futures and the producer side: everything that allocates. Without it the crate links no allocator and offers [`FixedAwaitMap`] |
+//! | `std` | yes (turns on `alloc`) | the blocking API (`*_blocking`, `*_blocking_timeout`); `SpinLock` yields its thread while it waits |
 //! | `spin` | yes | `SpinLock`, the default lock, and the constructors that do not name a lock (`new`, `with_capacity`, `with_hasher`, `with_capacity_and_hasher`) |
 //! | `critical-section` | no | `CsLock`, a lock that holds a critical section: for maps that interrupt handlers use; needs no compare-and-swap |
 //! | `portable-atomic` | no | targets without compare-and-swap: `SpinLock`'s atomics go through `portable-atomic`; the final binary picks its backend |
@@ -185,7 +186,9 @@
 //!
 //! # Locks, `no_std` and interrupts
 //!
-//! The crate is `#![no_std]` and needs `alloc`. One lock guards the map; the
+//! The crate is `#![no_std]`. [`AwaitMap`] needs `alloc`;
+//! [`FixedAwaitMap`] needs no heap at all (see [Choosing](#choosing)). One
+//! lock guards the map; the
 //! work done under it is short and calls no user code but `Eq` and `Clone`.
 //! The lock is the map's last type parameter, `AwaitMap<K, V, S, L>`, any
 //! [`ScopedRawMutex`]: the lock trait of the `mutex-traits` crate, which
@@ -233,6 +236,21 @@
 //! request/response correlation by id, reorder buffers, memoised task
 //! graphs, "wake the task waiting on pin/channel/request N" on a
 //! microcontroller.
+//!
+//! Of the two maps:
+//! - [`AwaitMap`] (feature `alloc`) grows as needed: any number of keys and
+//!   waiters, hashed lookups, the producer side (promises, demand,
+//!   backpressure, claims), owned futures. It needs a heap.
+//! - [`FixedAwaitMap`] needs none: `KEYS` key slots and `WAITERS` waiter
+//!   slots, fixed in its type and built in a constant, so a firmware that
+//!   uses it links no allocator, and it never holds more memory than its
+//!   type says. It has `get`, `take`, `insert`, `remove`, `try_get`,
+//!   `cancel` and `close`, with the guarantees below; when it is full an
+//!   insert of a new key is handed back and a wait that finds no slot fails
+//!   with [`WaitError::NoRoom`]. Lookups compare the key with each occupied
+//!   slot: right for the dozens of keys of a firmware, not for thousands.
+//!   Reach for it on a microcontroller without a heap, or to bound the memory
+//!   of a map whose size you know.
 //!
 //! Something else fits better when:
 //! - there is no key, just one value that changes and many readers:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Flash and RAM that awaitmap costs a Cortex-M4F firmware, next to
-# maitake-sync's WaitMap doing the same job. Builds the four images
-# (bare, baseline, awaitmap, maitake) at opt-level "s" and 3 and prints their
-# section sizes and the differences from `baseline`, where the awaitmap
-# image's extra flash goes, the size of each static map, then runs the
-# `report` builds under QEMU for the heap the map uses at run time.
+# maitake-sync's WaitMap doing the same job. Builds the five images
+# (bare, fixed without a heap; baseline, awaitmap, maitake with one) at
+# opt-level "s" and 3 and prints their section sizes and the differences from
+# their skeleton (`bare` for the heap-free images, `baseline` for the others),
+# checks that the heap-free images link no allocator, shows where each map's
+# extra flash goes and the size of each static map, then runs the `report`
+# builds under QEMU for the heap the map uses at run time.
 #
 #   bash benches/size/run.sh
 #
@@ -19,7 +21,11 @@ cd "$(dirname "$0")"
 TARGET=thumbv7em-none-eabihf
 LLVM_SIZE=${LLVM_SIZE:-llvm-size}
 LLVM_NM=${LLVM_NM:-llvm-nm}
-IMAGES=(bare baseline awaitmap maitake)
+# Each image and the skeleton its differences are taken from.
+IMAGES=(bare fixed baseline awaitmap maitake)
+declare -A SKELETON=([bare]=bare [fixed]=bare [baseline]=baseline [awaitmap]=baseline [maitake]=baseline)
+# The images built without feature `heap`: no global allocator, no `alloc`.
+HEAP_FREE=(bare fixed)
 
 for tool in cargo "$LLVM_SIZE" "$LLVM_NM"; do
     command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
@@ -35,24 +41,52 @@ sizes() {
     "$LLVM_SIZE" -B "$1" | awk 'NR == 2 { print $1, $2, $3 }'
 }
 
+# Builds every image for one cargo profile, with FEATURES added: the
+# heap-free ones without feature `heap`, the others with it.
+build() {
+    local profile=$1 features=${2:-} args=() img
+    for img in "${HEAP_FREE[@]}"; do args+=(--bin "fw-$img"); done
+    cargo build --profile "$profile" --quiet "${args[@]}" ${features:+--features "$features"}
+    args=()
+    for img in "${IMAGES[@]}"; do
+        [[ " ${HEAP_FREE[*]} " == *" $img "* ]] || args+=(--bin "fw-$img")
+    done
+    cargo build --profile "$profile" --quiet "${args[@]}" --features "heap${features:+,$features}"
+}
+
 # The size table for one cargo profile.
 table() {
     local profile=$1 label=$2 dir=target/$TARGET/$1
-    cargo build --profile "$profile" --bins --quiet
-    echo "== $label (profile $profile): bytes; flash = text + data, static RAM = data + bss"
-    local base
-    base=$(sizes "$dir/fw-baseline")
+    build "$profile"
+    echo "== $label (profile $profile): bytes; flash = text + data, static RAM = data + bss;"
+    echo "   each Δ is from the image's skeleton: bare for the heap-free ones, baseline for the others"
     # Each Δ is two bytes in UTF-8, so its column is one wider in printf.
-    printf '%-9s %7s %5s %6s | %8s %7s %7s | %8s %8s\n' \
-        image text data bss Δtext Δdata Δbss Δflash ΔRAM
-    local img row rows=""
+    printf '%-9s %7s %5s %6s | %-8s | %8s %7s %7s | %8s %8s\n' \
+        image text data bss skeleton Δtext Δdata Δbss Δflash ΔRAM
+    local img rows=""
     for img in "${IMAGES[@]}"; do
-        row=$(sizes "$dir/fw-$img")
-        rows+="$img $row $base"$'\n'
+        rows+="$img $(sizes "$dir/fw-$img") ${SKELETON[$img]} $(sizes "$dir/fw-${SKELETON[$img]}")"$'\n'
     done
-    printf '%s' "$rows" | awk '{ printf "%-9s %7d %5d %6d | %+7d %+6d %+6d | %+7d %+7d\n",
-        $1, $2, $3, $4, $2 - $5, $3 - $6, $4 - $7,
-        ($2 + $3) - ($5 + $6), ($3 + $4) - ($6 + $7) }'
+    printf '%s' "$rows" | awk '{ printf "%-9s %7d %5d %6d | %-8s | %+7d %+6d %+6d | %+7d %+7d\n",
+        $1, $2, $3, $4, $5, $2 - $6, $3 - $7, $4 - $8,
+        ($2 + $3) - ($6 + $7), ($3 + $4) - ($7 + $8) }'
+    echo
+}
+
+# Fails unless the heap-free images link no allocator: no allocator entry
+# points, no allocator crate, nothing of `alloc`.
+no_allocator() {
+    local img found
+    for img in "${HEAP_FREE[@]}"; do
+        found=$("$LLVM_NM" -C "target/$TARGET/release/fw-$img" |
+            grep -Ei '__rust_alloc|__rust_dealloc|__rust_realloc|__rg_|__rdl_|GlobalAlloc|embedded_alloc| alloc::' || true)
+        if [ -n "$found" ]; then
+            echo "fw-$img links allocator code:" >&2
+            echo "$found" >&2
+            return 1
+        fi
+    done
+    echo "== no allocator in the heap-free images (${HEAP_FREE[*]}): checked in their symbol tables"
     echo
 }
 
@@ -75,14 +109,17 @@ by_crate() {
 }
 
 crate_split() {
-    local dir=target/$TARGET/release
-    echo "== where awaitmap's extra flash goes (opt-level \"s\"; code and rodata by crate, awaitmap image minus baseline)"
-    join -t $'\t' -a 1 -a 2 -e 0 -o 0,1.2,2.2 \
-        <(by_crate awaitmap | sort) <(by_crate baseline | sort) |
-        awk -F'\t' '$2 != $3 { printf "%-30s %+7d\n", $1, $2 - $3 }' | sort -t$'\t' -k1,1
-    echo
+    local img
+    for img in fixed awaitmap; do
+        echo "== where the $img image's extra flash goes (opt-level \"s\"; code and rodata by crate, minus ${SKELETON[$img]})"
+        join -t $'\t' -a 1 -a 2 -e 0 -o 0,1.2,2.2 \
+            <(by_crate "$img" | sort) <(by_crate "${SKELETON[$img]}" | sort) |
+            awk -F'\t' '$2 != $3 { printf "%-30s %+7d\n", $1, $2 - $3 }' | sort -t$'\t' -k1,1
+        echo
+    done
     echo "== static maps (symbol sizes, opt-level \"s\"; the size_of each map type on this target)"
-    for img in awaitmap maitake; do
+    local dir=target/$TARGET/release
+    for img in fixed awaitmap maitake; do
         "$LLVM_NM" -S -C --radix=d "$dir/fw-$img" |
             awk -v img="$img" '$4 ~ ("^fw_" img "::MAP::") { printf "%-9s MAP: %d bytes in .%s\n",
                 img, $2, ($3 ~ /[dD]/ ? "data" : "bss") }'
@@ -96,13 +133,18 @@ qemu_report() {
         return
     fi
     if ! command -v qemu-system-arm >/dev/null; then
+        # QEMU=1 asks for the runs: then a missing QEMU is a failure.
+        if [ "${QEMU:-}" = 1 ]; then
+            echo "QEMU=1 but qemu-system-arm not found (Debian: apt-get install qemu-system-arm)" >&2
+            return 1
+        fi
         echo "== heap at run time: skipped (qemu-system-arm not found; Debian: apt-get install qemu-system-arm)"
         return
     fi
     echo "== heap at run time and type sizes: the report builds under QEMU (mps2-an386, a Cortex-M4F)"
-    cargo build --profile qemu-report --features report --bins --quiet
+    build qemu-report report
     local img
-    for img in baseline awaitmap maitake; do
+    for img in fixed baseline awaitmap maitake; do
         # Each image prints over semihosting and exits QEMU with its status;
         # a hang (which would be a bug) ends at the time-out.
         timeout 60 qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
@@ -114,5 +156,6 @@ qemu_report() {
 
 table release 'opt-level "s"'
 table release-o3 'opt-level 3'
+no_allocator
 crate_split
 qemu_report

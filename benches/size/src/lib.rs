@@ -1,5 +1,6 @@
-//! The skeleton every firmware image in this crate shares: the heap, a
-//! one-task poll-loop executor, the SysTick timer that stands in for a
+//! The skeleton every firmware image in this crate shares: the heap (with
+//! feature `heap`; the heap-free images are built without it), a one-task
+//! poll-loop executor, the SysTick timer that stands in for a
 //! peripheral's interrupt, and the end of the run. See README.md beside
 //! Cargo.toml for what is measured and how.
 //!
@@ -13,6 +14,7 @@
 
 #![no_std]
 
+#[cfg(feature = "heap")]
 extern crate alloc;
 
 /// Prints a line to the host (the `report` build, under QEMU).
@@ -57,7 +59,8 @@ const TICK_CYCLES: u32 = 20_000;
 // The heap.
 
 /// The heap: a static array handed to embedded-alloc's linked-list
-/// allocator. Every image but `bare` calls [`init_heap`].
+/// allocator (feature `heap`). The images built with it call [`init_heap`].
+#[cfg(feature = "heap")]
 pub mod heap {
     use core::mem::MaybeUninit;
 
@@ -182,6 +185,7 @@ pub mod heap {
     }
 }
 
+#[cfg(feature = "heap")]
 pub use heap::init_heap;
 
 // ---------------------------------------------------------------------------
@@ -281,12 +285,17 @@ pub fn finish(name: &str, sum: u32) -> ! {
     #[cfg(feature = "report")]
     {
         let ok = sum == EXPECTED_SUM;
-        let s = heap::stats(false);
+        #[cfg(feature = "heap")]
         report!(
             "{name}: sum {sum} ({}), heap live {} B, allocator used {} B",
             if ok { "ok" } else { "WRONG" },
-            s.live,
+            heap::stats(false).live,
             heap::allocator_used(),
+        );
+        #[cfg(not(feature = "heap"))]
+        report!(
+            "{name}: sum {sum} ({}), no heap",
+            if ok { "ok" } else { "WRONG" },
         );
         exit(ok);
     }

@@ -1,6 +1,6 @@
 //! The job with awaitmap: a static map with the critical-section lock; the
-//! SysTick handler inserts each key's value, and the task `take`s the keys
-//! one after the other. The map reserves room for 8 keys and 8 waiting
+//! SysTick handler inserts each key's value, and the task `get`s, then
+//! `take`s, the keys one after the other. The map reserves room for 8 keys and 8 waiting
 //! futures at start-up, so the handler never allocates.
 
 #![no_std]
@@ -21,10 +21,15 @@ static MAP: Map = AwaitMap::with_hasher_and_lock(FixedState::with_seed(1), CsLoc
 /// The next key the handler delivers.
 static NEXT: AtomicU8 = AtomicU8::new(0);
 
+/// Both calls, as firmware uses them: a `get` sees each value, then a
+/// `take` moves it out.
 async fn task() -> u32 {
     let mut sum = 0;
     for k in 0..KEYS {
-        sum += MAP.take(&black_box(k)).await.unwrap_or(0);
+        let k = black_box(k);
+        let seen = MAP.get(&k).await.unwrap_or(0);
+        let taken = MAP.take(&k).await.unwrap_or(1);
+        sum += if seen == taken { taken } else { 0 };
     }
     sum
 }
