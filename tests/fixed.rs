@@ -403,3 +403,37 @@ fn tokio_tasks_get_and_take_from_a_static_map() {
     assert_eq!(MAP.len(), 1);
     assert_eq!(MAP.waiters(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Auto traits, as for `AwaitMap`'s futures.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_map_is_send_and_sync_and_its_futures_send_and_unpin() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send_unpin<T: Send + Unpin>(_: &T) {}
+    // A key and a value that are `Send` but neither `Sync` nor `Unpin`.
+    struct NotUnpin(std::marker::PhantomPinned, std::cell::Cell<u8>);
+    impl PartialEq for NotUnpin {
+        fn eq(&self, other: &Self) -> bool {
+            self.1 == other.1
+        }
+    }
+    impl Eq for NotUnpin {}
+    impl Clone for NotUnpin {
+        fn clone(&self) -> Self {
+            NotUnpin(std::marker::PhantomPinned, self.1.clone())
+        }
+    }
+    let map: FixedAwaitMap<NotUnpin, NotUnpin, 2, 2> = FixedAwaitMap::new();
+    send_sync(&map);
+    let key = NotUnpin(std::marker::PhantomPinned, std::cell::Cell::new(1));
+    let (g, t) = (map.get(&key), map.take(&key));
+    // `&NotUnpin` is not `Send` (the key is not `Sync`), so check `Unpin` alone.
+    fn unpin<T: Unpin>(_: &T) {}
+    unpin(&g);
+    unpin(&t);
+    let u64_map: FixedAwaitMap<u64, u64, 2, 2> = FixedAwaitMap::new();
+    send_unpin(&u64_map.get(&1));
+    send_unpin(&u64_map.take(&1));
+}

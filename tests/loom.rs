@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc as StdArc, Mutex as StdMutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use awaitmap::{AwaitMap, ValueOrPromise, WaitError};
+use awaitmap::{AwaitMap, FixedAwaitMap, ValueOrPromise, WaitError};
 use common::{counting_waker, poll_once};
 use foldhash::fast::FixedState;
 
@@ -1027,5 +1027,294 @@ fn a_poll_that_drops_a_spare_key_copy_still_delivers_the_wake_up_it_picked_up() 
         assert_eq!(poll_once(&mut g1, &w1), Poll::Ready(Ok(1)));
         drop(g);
         assert_eq!(map.waiters(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 9. FixedAwaitMap
+// ---------------------------------------------------------------------------
+//
+// The same guarantees on the heap-free map (its docs: it keeps them for the
+// calls it has). Its futures borrow the map, so each one lives on the thread
+// that made it, and the map is built inside each model (under loom `new` is
+// not `const`: loom's mutex cannot be built in a constant). A first poll
+// that must wait takes two trips through the lock (one to see that it must
+// wait, one to register with the waker and key copy made in between), so
+// these models also race other threads' operations into that gap. Each model
+// ends by counting the free key slots: a slot a model's futures or values
+// leaked shows there.
+
+/// The fixed map of the models: room for four keys and four waiters.
+type Fixed = FixedAwaitMap<u64, u64, 4, 4>;
+
+/// A fixed map with one key slot and one waiter slot.
+type OneSlot = FixedAwaitMap<u64, u64, 1, 1>;
+
+fn new_fixed() -> Arc<Fixed> {
+    Arc::new(Fixed::new())
+}
+
+/// The first of the keys [`free_key_slots`] inserts: no model uses it.
+const FRESH: u64 = 1000;
+
+/// How many key slots of `map` are free: inserts new keys until one is
+/// handed back, then removes them again.
+fn free_key_slots<const N: usize, const W: usize>(map: &FixedAwaitMap<u64, u64, N, W>) -> usize {
+    let mut free = 0;
+    while map.insert(FRESH + free, 0).is_ok() {
+        free += 1;
+    }
+    for key in FRESH..FRESH + free {
+        assert_eq!(map.remove(&key), Some(0));
+    }
+    usize::try_from(free).unwrap()
+}
+
+/// [`reenter`] for a fixed map: deadlocks if a waker runs under its lock.
+fn reenter_fixed<const N: usize, const W: usize>(
+    map: &Arc<FixedAwaitMap<u64, u64, N, W>>,
+) -> impl Fn() + Send + Sync + 'static {
+    let map = Arc::clone(map);
+    move || {
+        let _ = map.len();
+    }
+}
+
+// Guarantees 1, 2, 3: insert ‖ first poll of a get. The get sees the value on
+// its first poll (also when the insert lands between the poll's two trips),
+// or waits and is woken exactly once, with the lock free and the value
+// stored. The outcome is how often it was woken: 0 or 1, never more.
+#[test]
+fn fixed_get_resolves_whether_insert_runs_before_or_after_its_first_poll() {
+    model_outcomes(PREEMPTIONS, &[0, 1], || {
+        let map = new_fixed();
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        let (counter, woke) = counting_waker();
+        let hook_map = Arc::clone(&map);
+        let got = block_on(on_wake(map.get(&K), move || {
+            assert!(
+                hook_map.contains_key(&K),
+                "woken before the value was stored"
+            );
+            woke.wake_by_ref();
+        }));
+        assert_eq!(got, Ok(10));
+        assert_eq!(producer.join().unwrap(), Ok(None));
+        assert_eq!(map.try_get(&K), Some(10));
+        assert_eq!((map.len(), map.waiters()), (1, 0));
+        assert_eq!(free_key_slots(&map), 3);
+        counter.wakes()
+    });
+}
+
+// Guarantees 1, 2, 5: insert ‖ first poll of a take: it resolves with the
+// value at once or after exactly one wake-up (its waker calls back into the
+// map: run under the lock, it would deadlock), the value leaves the map, and
+// the key's slot is free again.
+#[test]
+fn fixed_take_resolves_whether_insert_runs_before_or_after_its_first_poll() {
+    model_outcomes(PREEMPTIONS, &[0, 1], || {
+        let map = new_fixed();
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        let (counter, woke) = counting_waker();
+        let reenter = reenter_fixed(&map);
+        let got = block_on(on_wake(map.take(&K), move || {
+            reenter();
+            woke.wake_by_ref();
+        }));
+        assert_eq!(got, Ok(10));
+        assert_eq!(producer.join().unwrap(), Ok(None));
+        assert!(!map.contains_key(&K));
+        assert_eq!((map.len(), map.waiters()), (0, 0));
+        assert_eq!(free_key_slots(&map), 4);
+        counter.wakes()
+    });
+}
+
+// Guarantees 1, 5: a waiting get dropped while another thread inserts: it is
+// deregistered and the value is stored either way; its waker ran once if the
+// insert came first, never if the drop did. The key's slot then holds the
+// value alone.
+#[test]
+fn fixed_dropping_a_waiting_get_during_an_insert_deregisters_it() {
+    model_outcomes(PREEMPTIONS, &[0, 1], || {
+        let map = new_fixed();
+        let (counter, waker) = counting_waker();
+        let mut waiting = map.get(&K);
+        assert!(poll_once(&mut waiting, &waker).is_pending());
+        assert_eq!(map.waiters(), 1);
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 10))
+        };
+        drop(waiting);
+        assert_eq!(producer.join().unwrap(), Ok(None));
+        assert_eq!(map.waiters(), 0);
+        assert_eq!(map.try_get(&K), Some(10));
+        assert_eq!(map.len(), 1);
+        assert_eq!(free_key_slots(&map), 3);
+        counter.wakes()
+    });
+}
+
+// Guarantees 1, 6, 9: two takes on their own threads, two inserts (the second
+// may replace the first) and a close: each stored value goes to exactly one
+// take, and a take left without a value fails `Closed` instead of hanging
+// (a lost wake-up leaves its thread parked: loom reports the deadlock).
+#[test]
+fn fixed_two_takes_race_inserts_and_close_each_value_delivered_once() {
+    // (the first take, the second take, what the second insert replaced)
+    let legal = [
+        (Ok(1), Ok(2), None),
+        (Ok(2), Ok(1), None),
+        (Ok(2), Err(WaitError::Closed), Some(1)),
+        (Err(WaitError::Closed), Ok(2), Some(1)),
+    ];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = new_fixed();
+        let spawn_take = || {
+            let map = Arc::clone(&map);
+            thread::spawn(move || block_on(map.take(&K)))
+        };
+        let (first, second) = (spawn_take(), spawn_take());
+        assert_eq!(map.insert(K, 1), Ok(None));
+        let replaced = map.insert(K, 2).unwrap();
+        map.close();
+        let outcome = (first.join().unwrap(), second.join().unwrap(), replaced);
+        assert_eq!((map.len(), map.waiters()), (0, 0));
+        assert_eq!(free_key_slots(&map), 4);
+        outcome
+    });
+}
+
+// Guarantees 1, 5, 6, 9: takes A, B and C wait, in that order, then A is
+// dropped while another thread inserts. Insert first: A is woken for the
+// value, and dropping it passes the wake-up to B, the next in line. Drop
+// first: the insert wakes B itself. Either way B is woken exactly once and
+// gets the value, and C is not woken until the close. The outcome is how
+// often A was woken: both orders must be reached.
+#[test]
+fn fixed_dropping_a_woken_take_during_an_insert_hands_the_value_to_the_next() {
+    model_outcomes(PREEMPTIONS, &[0, 1], || {
+        let map = new_fixed();
+        let (a_counter, a_waker) = counting_waker();
+        let (b_counter, b_waker) = counting_waker();
+        let (c_counter, c_waker) = counting_waker();
+        let mut a = map.take(&K);
+        let mut b = map.take(&K);
+        let mut c = map.take(&K);
+        assert!(poll_once(&mut a, &a_waker).is_pending());
+        assert!(poll_once(&mut b, &b_waker).is_pending());
+        assert!(poll_once(&mut c, &c_waker).is_pending());
+        let producer = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.insert(K, 3))
+        };
+        drop(a);
+        assert_eq!(producer.join().unwrap(), Ok(None));
+        assert_eq!(b_counter.wakes(), 1, "the wake-up did not reach B");
+        assert_eq!(c_counter.wakes(), 0, "C was woken out of turn");
+        assert_eq!(poll_once(&mut b, &b_waker), Poll::Ready(Ok(3)));
+        assert!(poll_once(&mut c, &c_waker).is_pending());
+        map.close();
+        assert_eq!(c_counter.wakes(), 1);
+        assert_eq!(
+            poll_once(&mut c, &c_waker),
+            Poll::Ready(Err(WaitError::Closed))
+        );
+        assert_eq!((map.len(), map.waiters()), (0, 0));
+        assert_eq!(free_key_slots(&map), 4);
+        a_counter.wakes()
+    });
+}
+
+// Guarantee 8: a get waits; another thread cancels the key while a take is
+// first polled here. The take is failed exactly when `cancel` counted it,
+// and otherwise the next insert resolves it; each future is woken exactly
+// once (by the cancel or by the insert).
+#[test]
+fn fixed_cancel_counts_exactly_the_futures_it_fails_while_another_registers() {
+    // (cancel's count, the take's outcome)
+    let legal = [(2, Err(WaitError::Cancelled)), (1, Ok(7))];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = new_fixed();
+        let (early_counter, early_waker) = counting_waker();
+        let mut early = map.get(&K);
+        assert!(poll_once(&mut early, &early_waker).is_pending());
+        let canceller = {
+            let map = Arc::clone(&map);
+            thread::spawn(move || map.cancel(&K))
+        };
+        let (late_counter, late_waker) = counting_waker();
+        let mut late = map.take(&K);
+        assert!(poll_once(&mut late, &late_waker).is_pending());
+        let cancelled = canceller.join().unwrap();
+        // `cancel` wakes exactly the futures it failed.
+        assert_eq!(early_counter.wakes(), 1);
+        assert_eq!(late_counter.wakes(), cancelled - 1);
+
+        assert_eq!(map.insert(K, 7), Ok(None));
+        assert_eq!(late_counter.wakes(), 1);
+        assert_eq!(
+            poll_once(&mut early, &early_waker),
+            Poll::Ready(Err(WaitError::Cancelled))
+        );
+        let late = match poll_once(&mut late, &late_waker) {
+            Poll::Ready(late) => late,
+            Poll::Pending => panic!("the take still waits after its wake-up"),
+        };
+        let failed = 1 + usize::from(late == Err(WaitError::Cancelled));
+        assert_eq!(cancelled, failed);
+        let left = if late.is_ok() { 0 } else { 1 };
+        assert_eq!((map.len(), map.waiters()), (left, 0));
+        assert_eq!(free_key_slots(&map), 4 - left);
+        (cancelled, late)
+    });
+}
+
+// Guarantees 1, 2, 5, and the fixed map's full insert: a map with one key
+// slot. A take of key 1 on another thread registers key 1 in that slot or
+// finds its value; this thread inserts key 1, then key 2, which is handed
+// back while key 1 holds the slot and retried until the take has freed it.
+// The take must free the slot whether it waited (woken once) or not: else
+// the retries never end. The outcome: how often the take was woken, and
+// whether key 2 was ever handed back. All four are reached.
+#[test]
+fn fixed_full_map_insert_fits_once_a_take_frees_the_only_key_slot() {
+    let legal = [(0, false), (0, true), (1, false), (1, true)];
+    model_outcomes(PREEMPTIONS, &legal, || {
+        let map = Arc::new(OneSlot::new());
+        let (counter, woke) = counting_waker();
+        let consumer = {
+            let map = Arc::clone(&map);
+            let reenter = reenter_fixed(&map);
+            thread::spawn(move || {
+                block_on(on_wake(map.take(&1), move || {
+                    reenter();
+                    woke.wake_by_ref();
+                }))
+            })
+        };
+        assert_eq!(map.insert(1, 10), Ok(None));
+        let mut refused = 0;
+        while let Err(back) = map.insert(2, 20) {
+            assert_eq!(back, (2, 20), "the insert did not hand back its own");
+            refused += 1;
+            // Real threads may need many turns; under loom a turn each.
+            assert!(refused < 1_000_000, "the take never freed the slot");
+            thread::yield_now();
+        }
+        assert_eq!(consumer.join().unwrap(), Ok(10));
+        assert_eq!(map.try_get(&2), Some(20));
+        assert!(!map.contains_key(&1));
+        assert_eq!((map.len(), map.waiters()), (1, 0));
+        assert_eq!(free_key_slots(&map), 0);
+        (counter.wakes(), refused > 0)
     });
 }
