@@ -34,10 +34,13 @@ const DONE: u16 = u16::MAX - 1;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
     Waiting,
-    /// An `insert` (or a `take` that left) woke it: it looks at the value
-    /// when polled.
+    /// An `insert` (or a `take` that left) woke it for the value: it looks
+    /// at the value when polled.
     Woken,
-    /// `cancel` or `close` ended its wait.
+    /// `close` woke it: when polled, it resolves with a value its key has
+    /// for it (a `take` not while another is woken for it), else `Closed`.
+    Shut,
+    /// `cancel` ended its wait.
     Failed(WaitError),
 }
 
@@ -146,15 +149,12 @@ impl<K, V, const N: usize, const W: usize> Table<K, V, N, W> {
         self.vacate(i, freed);
     }
 
-    /// Marks the earliest waiting `take` of key slot `i` woken; with
-    /// `closed_too`, one that `close` failed counts as waiting (it may still
-    /// take a value that is there for it).
-    fn wake_first_take(&mut self, i: usize, closed_too: bool) -> bool {
+    /// Marks the earliest waiting `take` of key slot `i` woken for its
+    /// value. One that `close` woke still counts as waiting: the value is
+    /// for it now, and the takes behind it fail with `Closed`.
+    fn wake_first_take(&mut self, i: usize) -> bool {
         let next = self.next_seq;
-        let waits = |n: &Node| {
-            n.status == Status::Waiting
-                || (closed_too && n.status == Status::Failed(WaitError::Closed))
-        };
+        let waits = |n: &Node| n.status == Status::Waiting || n.status == Status::Shut;
         let first = self
             .nodes
             .iter()
@@ -252,9 +252,10 @@ impl<K: Eq, V, const N: usize, const W: usize> Table<K, V, N, W> {
         // A `take` waits its turn while another is woken for the value.
         let may_take = woken || !self.entry(i).handoff;
         let value = self.read(i, read, may_take);
+        let shut = status == Status::Shut || self.entry(i).value.is_none();
         let ended = match value {
             Some(v) => Some(Ok(v)),
-            None if self.closed && self.entry(i).value.is_none() => Some(Err(WaitError::Closed)),
+            None if self.closed && shut => Some(Err(WaitError::Closed)),
             None => None,
         };
         if take && woken {
@@ -337,7 +338,7 @@ impl<K, V, const N: usize, const W: usize> Table<K, V, N, W> {
         if node.take && node.status == Status::Woken {
             self.entry(i).handoff = false;
             if self.entry(i).value.is_some() {
-                passed = self.wake_first_take(i, true);
+                passed = self.wake_first_take(i);
             }
         }
         self.free(n, freed);
@@ -530,10 +531,12 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<K, V
         self.state.with(|t| {
             if !t.closed {
                 t.closed = true;
+                // Each looks again when polled: `Ok` if its key has a value
+                // for it by then, else `Closed`.
                 let marked = t.mark(|n| {
                     let waits = n.status == Status::Waiting;
                     if waits {
-                        n.status = Status::Failed(WaitError::Closed);
+                        n.status = Status::Shut;
                     }
                     waits
                 });
@@ -629,7 +632,7 @@ impl<K: Eq, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<
                 }
                 wakes
             });
-            if !t.entry(i).handoff && t.wake_first_take(i, false) {
+            if !t.entry(i).handoff && t.wake_first_take(i) {
                 marked += 1;
             }
             t.collect_if(marked > 0, &mut due);
@@ -692,11 +695,13 @@ impl<K: Eq, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<
             let Some(i) = t.find(key) else { return 0 };
             // With a value, the gets and the woken take have theirs.
             let spared = t.entry(i).value.is_some();
+            let handoff = t.entry(i).handoff;
             if !spared {
                 t.entry(i).handoff = false;
             }
             let failed = t.mark(|n| {
-                let has_value = spared && (!n.take || n.status == Status::Woken);
+                let for_it = n.status == Status::Woken || (n.status == Status::Shut && !handoff);
+                let has_value = spared && (!n.take || for_it);
                 let fails = usize::from(n.entry) == i
                     && !has_value
                     && !matches!(n.status, Status::Failed(_));
