@@ -9,6 +9,17 @@
 //! where it stands (waiting, woken, failed) and its waker; a `take`'s place
 //! in line is its registration number.
 //!
+//! Why plain arrays rather than a crate's table: a waiter slot names its
+//! key's slot by index, so key slots must not move while futures wait, and
+//! heapless's `LinearMap` and `IndexMap` move entries on removal
+//! (`swap_remove`); `IndexMap` also hashes keys inside the map (here, under
+//! the lock), and hashbrown with a fixed arena needs an `unsafe`
+//! `Allocator` implementation and links hashbrown's resize code (2 KB in the
+//! allocating map's firmware). The table itself is small either way: in the
+//! firmware of `benches/size`, a bare `heapless::LinearMap<u8, u32, 8>`
+//! costs 264 bytes of flash and a `FnvIndexMap` 592, against about 3 KB for
+//! this whole map with its waiters.
+//!
 //! Wake-ups go through the slots too: an operation marks the futures it
 //! wakes, then moves their wakers out a batch at a time and wakes them with
 //! the lock released. A slot marked but not yet drained still holds its
