@@ -263,10 +263,11 @@ impl<K: Eq, V, const N: usize, const W: usize> Table<K, V, N, W> {
         // A `take` waits its turn while another is woken for the value.
         let may_take = woken || !self.entry(i).handoff;
         let value = self.read(i, read, may_take);
-        let shut = status == Status::Shut || self.entry(i).value.is_none();
+        // Once closed, nothing waits (`close` woke every waiter): no value
+        // for this future is `Closed`.
         let ended = match value {
             Some(v) => Some(Ok(v)),
-            None if self.closed && shut => Some(Err(WaitError::Closed)),
+            None if self.closed => Some(Err(WaitError::Closed)),
             None => None,
         };
         if take && woken {
