@@ -178,11 +178,14 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 "step {at} {op:?}: AwaitMap says {a_says}, FixedAwaitMap says {f_says}"
             ));
         }
-        let look = |len, waiters, closed, values: Vec<(Option<u64>, bool)>| {
-            format!("len {len}, waiters {waiters}, closed {closed}, keys {values:?}")
+        let look = |len, empty, waiters, closed, values: Vec<(Option<u64>, bool)>| {
+            format!(
+                "len {len} (empty {empty}), waiters {waiters}, closed {closed}, keys {values:?}"
+            )
         };
         let a_look = look(
             alloc.len(),
+            alloc.is_empty(),
             alloc.waiters(),
             alloc.is_closed(),
             KEY_NAMES
@@ -192,6 +195,7 @@ fn run(ops: &[Op]) -> Result<(), String> {
         );
         let f_look = look(
             fixed.len(),
+            fixed.is_empty(),
             fixed.waiters(),
             fixed.is_closed(),
             KEY_NAMES
@@ -244,6 +248,49 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
     }
+}
+
+/// A get woken with a take polls before the take: the take still holds the
+/// value's wake-up, so a second insert wakes no other take.
+#[test]
+fn a_woken_get_polled_first_leaves_the_take_its_wake_up() {
+    use Op::*;
+    let ops = [
+        Take { key: 0, slot: 0 },
+        Take { key: 0, slot: 1 },
+        Get { key: 0, slot: 2 },
+        Poll {
+            slot: 0,
+            second_waker: false,
+        },
+        Poll {
+            slot: 1,
+            second_waker: false,
+        },
+        Poll {
+            slot: 2,
+            second_waker: false,
+        },
+        Insert { key: 0 },
+        Poll {
+            slot: 2,
+            second_waker: false,
+        },
+        Insert { key: 0 },
+        Poll {
+            slot: 1,
+            second_waker: false,
+        },
+        Poll {
+            slot: 0,
+            second_waker: false,
+        },
+        Poll {
+            slot: 1,
+            second_waker: false,
+        },
+    ];
+    assert_eq!(run(&ops), Ok(()));
 }
 
 /// A scripted sequence the differential run must agree on, so the file fails
