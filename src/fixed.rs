@@ -219,6 +219,20 @@ impl<K, V, const N: usize, const W: usize> Table<K, V, N, W> {
         }
     }
 
+    /// Stored values.
+    fn len(&self) -> usize {
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|e| e.value.is_some())
+            .count()
+    }
+
+    /// Nodes in use: registered futures.
+    fn live(&self) -> usize {
+        self.nodes.iter().filter(|n| n.entry != FREE).count()
+    }
+
     /// Marks every node for which `mark` says so; whether any was.
     fn mark(&mut self, mut mark: impl FnMut(&mut Node) -> bool) -> usize {
         let mut marked = 0;
@@ -501,13 +515,7 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<K, V
 
     /// How many values the map stores.
     pub fn len(&self) -> usize {
-        self.state.with(|t| {
-            t.entries
-                .iter()
-                .flatten()
-                .filter(|e| e.value.is_some())
-                .count()
-        })
+        self.state.with(|t| t.len())
     }
 
     /// Whether the map stores no value.
@@ -518,8 +526,7 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> FixedAwaitMap<K, V
     /// How many futures are registered as waiting (as
     /// [`AwaitMap::waiters`](crate::AwaitMap::waiters)): at most `WAITERS`.
     pub fn waiters(&self) -> usize {
-        self.state
-            .with(|t| t.nodes.iter().filter(|n| n.entry != FREE).count())
+        self.state.with(|t| t.live())
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -736,11 +743,7 @@ impl<K, V, const N: usize, const W: usize, L: ScopedRawMutex> fmt::Debug
     /// Prints the capacity and counts, never the keys or values, and never
     /// waits for the lock: `FixedAwaitMap { <locked> }` if it is busy.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let counts = self.state.try_with(|t| {
-            let values = t.entries.iter().flatten().filter(|e| e.value.is_some());
-            let waiters = t.nodes.iter().filter(|n| n.entry != FREE);
-            (values.count(), waiters.count(), t.closed)
-        });
+        let counts = self.state.try_with(|t| (t.len(), t.live(), t.closed));
         match counts {
             Some((len, waiters, closed)) => f
                 .debug_struct("FixedAwaitMap")
