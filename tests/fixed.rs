@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Wake, Waker};
 
 use awaitmap::{FixedAwaitMap, WaitError};
-use common::{Tracked, counting_waker, kept, live, live_counter, pending, poll_once, ready};
+use common::{
+    Tracked, counting_waker, kept, live, live_counter, pending, poll_once, raw_counting_waker,
+    ready,
+};
 
 type Small = FixedAwaitMap<u64, u64, 2, 3>;
 
@@ -276,54 +279,23 @@ fn a_take_whose_key_drop_panics_puts_the_value_back() {
     assert!(map.is_empty());
 }
 
-/// A waker whose `clone` panics while `PANIC_ON_CLONE` is set.
-static PANIC_ON_CLONE: AtomicBool = AtomicBool::new(false);
-
-#[allow(unsafe_code)] // a `Wake` impl cannot make its `clone` panic
-fn fragile_waker(wakes: &Arc<AtomicUsize>) -> Waker {
-    use std::task::{RawWaker, RawWakerVTable};
-    fn clone(p: *const ()) -> RawWaker {
-        assert!(!PANIC_ON_CLONE.load(Ordering::SeqCst), "waker clone panics");
-        // SAFETY: `p` came from `Arc::into_raw` of an `Arc<AtomicUsize>`.
-        unsafe { Arc::increment_strong_count(p.cast::<AtomicUsize>()) };
-        RawWaker::new(p, &VTABLE)
-    }
-    fn wake(p: *const ()) {
-        wake_by_ref(p);
-        drop_it(p);
-    }
-    fn wake_by_ref(p: *const ()) {
-        // SAFETY: as in `clone`; the reference lives as long as this waker.
-        unsafe { &*p.cast::<AtomicUsize>() }.fetch_add(1, Ordering::SeqCst);
-    }
-    fn drop_it(p: *const ()) {
-        // SAFETY: as in `clone`; each waker owns one count.
-        unsafe { Arc::decrement_strong_count(p.cast::<AtomicUsize>()) };
-    }
-    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop_it);
-    let p = Arc::into_raw(Arc::clone(wakes)).cast::<()>();
-    // SAFETY: the vtable's functions keep the `Arc`'s count balanced.
-    unsafe { Waker::from_raw(RawWaker::new(p, &VTABLE)) }
-}
-
 #[test]
 fn a_woken_take_whose_waker_clone_panics_gives_up_its_place() {
     let map: FixedAwaitMap<u64, u64, 2, 4> = FixedAwaitMap::new();
-    let wakes = Arc::new(AtomicUsize::new(0));
-    let fragile = fragile_waker(&wakes);
+    let (counts, fragile) = raw_counting_waker();
     let (c, w) = counting_waker();
     let mut a = map.take(&1);
     let mut b = map.take(&1);
     pending(poll_once(&mut a, &fragile));
     pending(poll_once(&mut b, &w));
     map.insert(1, 4).unwrap();
-    assert_eq!(wakes.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.wakes(), 1);
     // `a` was woken, but someone took the value first: it must wait again
     // and needs a new waker, whose clone panics.
     assert_eq!(map.remove(&1), Some(4));
-    PANIC_ON_CLONE.store(true, Ordering::SeqCst);
+    counts.panic_on_clone.store(true, Ordering::SeqCst);
     let caught = catch_unwind(AssertUnwindSafe(|| poll_once(&mut a, &fragile)));
-    PANIC_ON_CLONE.store(false, Ordering::SeqCst);
+    counts.panic_on_clone.store(false, Ordering::SeqCst);
     assert!(caught.is_err());
     // `a` left the line, so the next value goes to `b`.
     assert_eq!(map.waiters(), 1);
@@ -335,7 +307,7 @@ fn a_woken_take_whose_waker_clone_panics_gives_up_its_place() {
     map.insert(1, 6).unwrap();
     assert_eq!(ready(poll_once(&mut a, &w)), Ok(6));
     drop(fragile);
-    assert_eq!(Arc::strong_count(&wakes), 1, "no clone of the waker kept");
+    assert_eq!(Arc::strong_count(&counts), 1, "no clone of the waker kept");
 }
 
 // ---------------------------------------------------------------------------

@@ -159,6 +159,8 @@ pub struct RawCounts {
     pub clones: AtomicUsize,
     pub wakes: AtomicUsize,
     pub drops: AtomicUsize,
+    /// While set, cloning the waker panics (and makes no clone).
+    pub panic_on_clone: std::sync::atomic::AtomicBool,
 }
 
 impl RawCounts {
@@ -193,6 +195,10 @@ mod raw {
     }
 
     unsafe fn clone(data: *const ()) -> RawWaker {
+        // SAFETY: as below: this waker owns a strong count, so the `Arc` is
+        // alive while it is borrowed here.
+        let panics = unsafe { (*counts(data)).panic_on_clone.load(Ordering::SeqCst) };
+        assert!(!panics, "waker clone panics");
         // SAFETY: `data` came from `Arc::into_raw` and this waker still owns
         // one strong count, so the `Arc` is alive; the clone takes another.
         unsafe {
