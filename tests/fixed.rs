@@ -1,7 +1,8 @@
 //! What only `FixedAwaitMap` has: its fixed capacity (a full map hands an
 //! insert back, a wait with no room fails with `NoRoom`, slots are reused),
-//! a `static` built in a constant with either lock, and the guarantees on
-//! panicking user code (11) where its storage differs from `AwaitMap`'s. The
+//! a `static` built in a constant with either lock, the guarantees on
+//! panicking user code (11: wakers, destructors, and `Eq` and `Clone` under
+//! the lock) and on keys whose `Eq` lies (13), on its own storage. The
 //! guarantees it shares with `AwaitMap` are checked by
 //! `tests/fixed_semantics.rs`; threads and executors are at the end.
 
@@ -308,6 +309,118 @@ fn a_woken_take_whose_waker_clone_panics_gives_up_its_place() {
     assert_eq!(ready(poll_once(&mut a, &w)), Ok(6));
     drop(fragile);
     assert_eq!(Arc::strong_count(&counts), 1, "no clone of the waker kept");
+}
+
+/// A key whose `Eq` panics while `PANIC_ON_EQ` is set, and a value whose
+/// `Clone` panics while `PANIC_ON_CLONE_VALUE` is set: user code that runs
+/// under the lock.
+#[derive(Debug)]
+struct TouchyKey(u64);
+
+static PANIC_ON_EQ: AtomicBool = AtomicBool::new(false);
+
+impl PartialEq for TouchyKey {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!PANIC_ON_EQ.load(Ordering::SeqCst), "key eq panics");
+        self.0 == other.0
+    }
+}
+
+impl Eq for TouchyKey {}
+
+impl Clone for TouchyKey {
+    fn clone(&self) -> Self {
+        TouchyKey(self.0)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct TouchyValue(u64);
+
+static PANIC_ON_CLONE_VALUE: AtomicBool = AtomicBool::new(false);
+
+impl Clone for TouchyValue {
+    fn clone(&self) -> Self {
+        assert!(
+            !PANIC_ON_CLONE_VALUE.load(Ordering::SeqCst),
+            "value clone panics"
+        );
+        TouchyValue(self.0)
+    }
+}
+
+// Guarantee 11: `Eq` and `Clone` that panic under the lock release it and
+// leave the map consistent and usable, with nothing lost.
+#[test]
+fn eq_or_clone_panicking_under_the_lock_leaves_the_map_usable() {
+    let map: FixedAwaitMap<TouchyKey, TouchyValue, 4, 4> = FixedAwaitMap::new();
+    let (c, w) = counting_waker();
+    let (one, two) = (TouchyKey(1), TouchyKey(2));
+    map.insert(two.clone(), TouchyValue(20)).unwrap();
+    let mut waiting = map.get(&one);
+    pending(poll_once(&mut waiting, &w));
+
+    PANIC_ON_EQ.store(true, Ordering::SeqCst);
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        map.insert(TouchyKey(3), TouchyValue(30))
+    }));
+    PANIC_ON_EQ.store(false, Ordering::SeqCst);
+    assert!(caught.is_err());
+    // The lock is free, nothing changed, and the waiting get still waits.
+    assert_eq!((map.len(), map.waiters()), (1, 1));
+    assert!(!map.contains_key(&TouchyKey(3)));
+    assert_eq!(map.try_get(&two), Some(TouchyValue(20)));
+
+    map.insert(one.clone(), TouchyValue(10)).unwrap();
+    assert_eq!(c.wakes(), 1);
+    PANIC_ON_CLONE_VALUE.store(true, Ordering::SeqCst);
+    let caught = catch_unwind(AssertUnwindSafe(|| poll_once(&mut waiting, &w)));
+    PANIC_ON_CLONE_VALUE.store(false, Ordering::SeqCst);
+    assert!(caught.is_err());
+    // The value stayed; the get, polled again, gets its clone.
+    assert_eq!(map.try_get(&one), Some(TouchyValue(10)));
+    assert_eq!(ready(poll_once(&mut waiting, &w)), Ok(TouchyValue(10)));
+    assert_eq!((map.len(), map.waiters()), (2, 0));
+}
+
+/// A key whose `Eq` says no to everything, itself included.
+#[derive(Clone, Debug)]
+struct Liar;
+
+impl PartialEq for Liar {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+impl Eq for Liar {}
+
+// Guarantee 13: keys whose `Eq` lies get wrong answers (nothing is ever
+// found), never a panic inside the map or a hang: waiters still leave, a
+// full map still hands inserts back, and close still ends every wait.
+#[test]
+fn keys_whose_eq_lies_get_wrong_answers_and_nothing_worse() {
+    let map: FixedAwaitMap<Liar, u64, 3, 2> = FixedAwaitMap::new();
+    let (c, w) = counting_waker();
+    let k = Liar;
+    // Each insert of "the same" key takes a slot of its own.
+    assert_eq!(map.insert(k.clone(), 1), Ok(None));
+    assert_eq!(map.insert(k.clone(), 2), Ok(None));
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.try_get(&k), None);
+    let mut g = map.get(&k);
+    pending(poll_once(&mut g, &w));
+    // The last slot holds the get's key: a new key finds no room.
+    assert!(map.insert(k.clone(), 3).is_err());
+    let mut t = map.take(&k);
+    assert_eq!(ready(poll_once(&mut t, &w)), Err(WaitError::NoRoom));
+    map.close();
+    assert_eq!(c.wakes(), 1);
+    assert_eq!(ready(poll_once(&mut g, &w)), Err(WaitError::Closed));
+    assert_eq!(map.waiters(), 0);
+    // The get's slot is free again; the two values stay, unreachable.
+    assert!(map.insert(k.clone(), 4).is_ok());
+    assert_eq!((map.len(), map.remove(&k)), (3, None));
 }
 
 // ---------------------------------------------------------------------------
