@@ -186,7 +186,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Notes that a value left the map, if a limit makes that news.
     #[inline]
     pub(crate) fn note_freed(&self, after: &mut After<K>) {
-        if self.limit != usize::MAX {
+        if self.limited() {
             after.freed();
         }
     }

@@ -173,12 +173,13 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `alloc` | yes | [`AwaitMap`], its futures and the producer side: everything that allocates. Without it the crate links no allocator and offers [`FixedAwaitMap`] |
-//! | `std` | yes (turns on `alloc`) | the blocking API (`*_blocking`, `*_blocking_timeout`); `SpinLock` yields its thread while it waits |
+//! | `alloc` | yes | [`AwaitMap`] and its futures: everything that allocates. Without it the crate links no allocator and offers [`FixedAwaitMap`] |
+//! | `producer` | yes (turns on `alloc`) | `AwaitMap`'s producer side: `with_limit` with `try_insert`, `insert_async` (and with `std` `insert_blocking`), `demand`, `closed`, `drained`, and event-listener, which they wait on. Without it a firmware that never uses them links none of that code (in `benches/size`, the `AwaitMap` image is 2.5 KB smaller) |
+//! | `std` | yes (turns on `producer`) | the blocking API (`*_blocking`, `*_blocking_timeout`); `SpinLock` yields its thread while it waits |
 //! | `spin` | yes | `SpinLock`, the default lock, and the constructors that do not name a lock (`new`, `with_capacity`, `with_hasher`, `with_capacity_and_hasher`) |
 //! | `critical-section` | no | `CsLock`, a lock that holds a critical section: for maps that interrupt handlers use; needs no compare-and-swap |
 //! | `portable-atomic` | no | targets without compare-and-swap: `SpinLock`'s atomics go through `portable-atomic`; the final binary picks its backend |
-//! | `futures-core` | no | `Demand` and `OwnedDemand` implement `futures_core::Stream`, the stream of wanted keys |
+//! | `futures-core` | no (turns on `producer`) | `Demand` and `OwnedDemand` implement `futures_core::Stream`, the stream of wanted keys |
 //!
 //! Features only add: enabling `critical-section` does not change the
 //! default lock, so a map that must be interrupt-safe names `CsLock`, and
@@ -239,8 +240,8 @@
 //!
 //! Of the two maps:
 //! - [`AwaitMap`] (feature `alloc`) grows as needed: any number of keys and
-//!   waiters, hashed lookups, the producer side (promises, demand,
-//!   backpressure, claims), owned futures. It needs a heap.
+//!   waiters, hashed lookups, promises, claims, owned futures, and with
+//!   feature `producer` demand and backpressure. It needs a heap.
 //! - [`FixedAwaitMap`] needs none: `KEYS` key slots and `WAITERS` waiter
 //!   slots, fixed in its type and built in a constant, so a firmware that
 //!   uses it links no allocator, and it never holds more memory than its
@@ -295,7 +296,7 @@ mod future;
 mod map;
 #[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 mod owned;
-#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
+#[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
 mod producer;
 #[cfg(feature = "alloc")]
 mod promise;
@@ -342,7 +343,7 @@ pub use mutex::{ConstInit, ScopedRawMutex};
 pub use owned::{
     GetOrPromiseOwned, GetOwned, OwnedClaim, OwnedPromise, OwnedValueOrPromise, TakeOwned,
 };
-#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
+#[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
 pub use producer::{Demand, Drained, InsertAsync, NextWanted, OwnedDemand, WaitClosed};
 #[cfg(feature = "alloc")]
 pub use promise::{GetOrPromise, Promise, ValueOrPromise};

@@ -9,7 +9,7 @@ use crate::after::After;
 use crate::state::State;
 #[cfg(feature = "spin")]
 use crate::sync::SpinLock;
-use crate::sync::{DefaultLock, Events, Lock, caught, const_fn_unless_loom, resume};
+use crate::sync::{DefaultLock, Events, Lock, PRODUCER, caught, const_fn_unless_loom, resume};
 use mutex::{ConstInit, ScopedRawMutex};
 
 /// A map whose lookups can wait: [`get`](Self::get) and [`take`](Self::take)
@@ -305,6 +305,15 @@ impl<K, V, S, L> AwaitMap<K, V, S, L> {
             limit: usize::MAX,
             events: Events::new(),
         }
+    }
+}
+
+impl<K, V, S, L> AwaitMap<K, V, S, L> {
+    /// Whether a limit is set: never in a build without the producer side,
+    /// where nothing can set one (so the code serving it is not linked).
+    #[inline]
+    pub(crate) fn limited(&self) -> bool {
+        PRODUCER && self.limit != usize::MAX
     }
 }
 
@@ -651,7 +660,7 @@ where
     {
         let hash = self.hasher.hash_one(key);
         let (removed, gone) = self.state.with(|st| st.remove(hash, |k| key.equivalent(k)));
-        if removed.is_some() && self.limit != usize::MAX {
+        if removed.is_some() && self.limited() {
             // Told before the key is dropped: a panicking `K::drop` cannot
             // keep a producer from the room.
             let mut panic = None;
@@ -763,7 +772,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
             },
             &mut panic,
         );
-        if !values.is_empty() && self.limit != usize::MAX {
+        if !values.is_empty() && self.limited() {
             caught(|| self.events.room(values.len()), &mut panic);
         }
         // Last: a destructor that panics can no longer cost anyone a wake-up.

@@ -38,9 +38,10 @@ use hashbrown::hash_table::OccupiedEntry;
 use crate::after::After;
 use crate::slab::{NIL, NodeState, Slab};
 use crate::state::waiter::{EntryRef, INLINE, Kind};
+use crate::sync::PRODUCER;
 
 // The producer side's bookkeeping: only where the producer side exists.
-#[cfg(target_has_atomic = "ptr")]
+#[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
 mod producer;
 // The life of a waiting future, under the lock and around it.
 pub(crate) mod waiter;
@@ -556,7 +557,8 @@ pub(crate) fn nudge<K, V>(
 ) {
     // Most entries are announced (or needed no announcement) when they are
     // made and lose the flag only when a value or a promise arrives.
-    if e.announced() || !e.wanted() {
+    // Without the producer side nobody reads the flag.
+    if !PRODUCER || e.announced() || !e.wanted() {
         return;
     }
     nudge_unannounced(e, slab, watchers, after);
@@ -664,6 +666,29 @@ struct Sweep {
     moves: u32,
 }
 
+/// Who watches the map's conditions: the producer side's counters, read by
+/// the core through methods that say "nobody" in a build without the
+/// producer side, so the code that serves watchers is not linked there.
+struct Watchers {
+    /// `drained()` futures waiting for the last waiter to finish.
+    idle: usize,
+    /// Live `Demand` handles; while there are any, newly wanted keys are
+    /// queued in `State::wanted`.
+    demand: usize,
+}
+
+impl Watchers {
+    #[inline]
+    fn idle(&self) -> usize {
+        if PRODUCER { self.idle } else { 0 }
+    }
+
+    #[inline]
+    fn demand(&self) -> usize {
+        if PRODUCER { self.demand } else { 0 }
+    }
+}
+
 pub(crate) struct State<K, V> {
     table: HashTable<Entry<K, V>>,
     slab: Slab,
@@ -678,11 +703,8 @@ pub(crate) struct State<K, V> {
     sweep: Sweep,
     /// Counts the table operations that may move entries between buckets.
     moves: u32,
-    /// `drained()` futures waiting for the last waiter to finish.
-    idle_watchers: usize,
-    /// Live `Demand` handles; while there are any, newly wanted keys are
-    /// queued in `wanted`.
-    demand_watchers: usize,
+    /// `drained()` futures and `Demand` handles.
+    watchers: Watchers,
     /// Announced keys: `(hash, entry id, key)`.
     wanted: VecDeque<(u64, u64, K)>,
 }
@@ -708,8 +730,7 @@ impl<K, V> State<K, V> {
                 moves: 0,
             },
             moves: 0,
-            idle_watchers: 0,
-            demand_watchers: 0,
+            watchers: Watchers { idle: 0, demand: 0 },
             wanted: VecDeque::new(),
         }
     }
@@ -766,7 +787,7 @@ impl<K, V> State<K, V> {
     /// that.
     #[inline]
     pub(crate) fn idle_now(&self) -> bool {
-        self.idle_watchers > 0 && self.live() == 0
+        self.watchers.idle() > 0 && self.live() == 0
     }
 
     // ===== finding entries =====
@@ -1005,7 +1026,7 @@ impl<K, V> State<K, V> {
         }
         self.len -= 1;
         if e.meta & (INLINE_BITS | PROMISED) != 0 || e.gets != NIL || e.takes != NIL {
-            return Self::remove_kept(occ, &mut self.ghosts, self.demand_watchers);
+            return Self::remove_kept(occ, &mut self.ghosts, self.watchers.demand());
         }
         // Nothing but the value keeps the entry: it goes with it.
         let (e, vacant) = occ.remove();
@@ -1033,7 +1054,7 @@ impl<K, V> State<K, V> {
             if let Slot::Value(v) = &mut e.slot {
                 if !keep(&e.key, v) {
                     values.extend(e.take_value());
-                    nudge_woken(e, tidy.st.demand_watchers);
+                    nudge_woken(e, tidy.st.watchers.demand());
                     tidy.st.len -= 1;
                 }
             }
@@ -1262,7 +1283,7 @@ impl<K, V> State<K, V> {
         r: EntryRef,
         key: &mut Option<K>,
     ) -> VecDeque<(u64, u64, K)> {
-        if self.demand_watchers == 0 {
+        if self.watchers.demand() == 0 {
             return VecDeque::new();
         }
         if let Some(key) = key.take() {
@@ -1296,7 +1317,7 @@ impl<K, V> State<K, V> {
     /// the common case where none of them has anything).
     #[inline]
     pub(crate) fn needs_collect(&self) -> bool {
-        self.slab.has_queued() | (self.sweep.next != usize::MAX) | (self.idle_watchers != 0)
+        self.slab.has_queued() | (self.sweep.next != usize::MAX) | (self.watchers.idle() != 0)
     }
 
     /// Whether wake-ups are still due: queued nodes, or `close`'s sweep.
@@ -1508,7 +1529,7 @@ impl<K, V> State<K, V> {
                 _ => {}
             }
         }
-        if self.demand_watchers == 0 && !self.wanted.is_empty() {
+        if self.watchers.demand() == 0 && !self.wanted.is_empty() {
             return Err(format!(
                 "{} keys are queued for a demand nobody watches",
                 self.wanted.len()

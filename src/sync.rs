@@ -448,13 +448,18 @@ impl fmt::Debug for CsLock {
 mod events {
     use super::Panic;
 
-    #[cfg(all(target_has_atomic = "ptr", feature = "std", not(awaitmap_loom)))]
+    #[cfg(all(
+        feature = "producer",
+        target_has_atomic = "ptr",
+        feature = "std",
+        not(awaitmap_loom)
+    ))]
     pub(crate) use event_listener::Listener;
-    #[cfg(all(target_has_atomic = "ptr", not(awaitmap_loom)))]
+    #[cfg(all(feature = "producer", target_has_atomic = "ptr", not(awaitmap_loom)))]
     pub(crate) use event_listener::{Event, EventListener};
-    #[cfg(all(awaitmap_loom, feature = "std"))]
+    #[cfg(all(feature = "producer", awaitmap_loom, feature = "std"))]
     pub(crate) use loom_event::Listener;
-    #[cfg(awaitmap_loom)]
+    #[cfg(all(feature = "producer", awaitmap_loom))]
     pub(crate) use loom_event::{Event, EventListener};
 
     /// Under `--cfg awaitmap_loom`: the part of event-listener's API the crate
@@ -463,7 +468,7 @@ mod events {
     /// The same contract: `notify(n)` makes sure `n` listeners are notified,
     /// `notify_additional(n)` notifies `n` more, in listening order, and a
     /// notified listener dropped before it saw the notification passes it on.
-    #[cfg(awaitmap_loom)]
+    #[cfg(all(feature = "producer", awaitmap_loom))]
     mod loom_event {
         use alloc::vec::Vec;
         use core::future::Future;
@@ -593,9 +598,10 @@ mod events {
     }
 
     /// The map-wide conditions producers wait on, each one event-listener
-    /// `Event` that many may wait on. On targets without atomic pointers there
-    /// is no event-listener and no producer side: the notifications are no-ops.
-    #[cfg(target_has_atomic = "ptr")]
+    /// `Event` that many may wait on. Without the producer side (feature
+    /// `producer`, or a target without atomic pointers) there is no
+    /// event-listener: the notifications are no-ops.
+    #[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
     pub(crate) struct Events {
         /// A value left a limited map (one notification per freed slot), or the
         /// map was closed (everyone: a closed map takes values beyond its limit).
@@ -608,7 +614,7 @@ mod events {
         pub(crate) idle: Event,
     }
 
-    #[cfg(target_has_atomic = "ptr")]
+    #[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
     impl Events {
         const_fn_unless_loom! {
             pub(crate) fn new() -> Self {
@@ -657,11 +663,11 @@ mod events {
         }
     }
 
-    /// Without atomic pointers: nobody can wait on a map-wide condition.
-    #[cfg(not(target_has_atomic = "ptr"))]
+    /// Without the producer side: nobody can wait on a map-wide condition.
+    #[cfg(not(all(feature = "producer", target_has_atomic = "ptr")))]
     pub(crate) struct Events;
 
-    #[cfg(not(target_has_atomic = "ptr"))]
+    #[cfg(not(all(feature = "producer", target_has_atomic = "ptr")))]
     impl Events {
         pub(crate) const fn new() -> Self {
             Events
@@ -684,10 +690,17 @@ mod events {
 }
 #[cfg(feature = "alloc")]
 pub(crate) use events::Events;
-#[cfg(all(feature = "alloc", target_has_atomic = "ptr", feature = "std"))]
+#[cfg(all(feature = "producer", target_has_atomic = "ptr", feature = "std"))]
 pub(crate) use events::Listener;
-#[cfg(all(feature = "alloc", any(target_has_atomic = "ptr", awaitmap_loom)))]
+#[cfg(all(feature = "producer", target_has_atomic = "ptr"))]
 pub(crate) use events::{Event, EventListener};
+
+/// Whether this build has the producer side of `AwaitMap` (feature
+/// `producer`, on a target with atomic pointers). Without it nothing can set
+/// a limit or watch the demand, so the core's tests of those read constants
+/// and the code behind them is not linked. The one place the core asks.
+#[cfg(feature = "alloc")]
+pub(crate) const PRODUCER: bool = cfg!(all(feature = "producer", target_has_atomic = "ptr"));
 
 // ---------------------------------------------------------------------------
 // Panics in user code.

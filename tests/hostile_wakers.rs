@@ -8,6 +8,8 @@
 //! [`no_hang`], which fails with a clear message instead of hanging; and every
 //! hook first checks, through the map's never-blocking `Debug`, whether the
 //! lock is held, and records that as a failure rather than deadlocking.
+// Drives the producer side too (limits, demand, `drained`, `closed`).
+#![cfg(feature = "producer")]
 #![allow(unsafe_code)] // hand-made `RawWaker`s, to hook every waker clone and drop
 
 mod common;

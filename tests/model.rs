@@ -11,6 +11,8 @@
 //!
 //! `PROPTEST_CASES` sets the number of random sequences of each mix (default
 //! 3,000).
+// Drives the producer side too (limits, demand, `drained`, `closed`).
+#![cfg(feature = "producer")]
 
 mod common;
 #[path = "model/mod.rs"]

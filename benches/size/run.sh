@@ -4,7 +4,8 @@
 # (bare, fixed without a heap; baseline, awaitmap, maitake with one) at
 # opt-level "s" and 3 and prints their section sizes and the differences from
 # their skeleton (`bare` for the heap-free images, `baseline` for the others),
-# checks that the heap-free images link no allocator, shows where each map's
+# checks that the heap-free images link no allocator and that the awaitmap
+# image links none of the producer side it does not use, shows where each map's
 # extra flash goes and the size of each static map, then runs the `report`
 # builds under QEMU for the heap the map uses at run time.
 #
@@ -90,6 +91,22 @@ no_allocator() {
     echo
 }
 
+# Fails unless the awaitmap image, which never uses the producer side (and
+# is built without awaitmap's feature `producer`), links none of it: no
+# event-listener, no demand queue, no announcing, no limit's futures.
+no_producer_side() {
+    local found
+    found=$("$LLVM_NM" -C "target/$TARGET/release/fw-awaitmap" |
+        grep -Ei 'event_listener|vec_deque|announce|wanted|awaitmap::producer|InsertAsync|Demand|Drained|WaitClosed' || true)
+    if [ -n "$found" ]; then
+        echo "fw-awaitmap links producer-side code it never uses:" >&2
+        echo "$found" >&2
+        return 1
+    fi
+    echo "== no producer side in the awaitmap image: checked in its symbol table"
+    echo
+}
+
 # Bytes of code and read-only data per crate, from the symbol table, for
 # image $1. Code that the optimiser inlined is counted in its caller (the
 # images' SysTick, main and block_on), so read this as a rough split.
@@ -157,5 +174,6 @@ qemu_report() {
 table release 'opt-level "s"'
 table release-o3 'opt-level 3'
 no_allocator
+no_producer_side
 crate_split
 qemu_report

@@ -26,8 +26,8 @@ impl<K, V> State<K, V> {
     pub(crate) fn watch_idle(&mut self, watching: bool) -> bool {
         let idle = self.live() == 0;
         match (watching, idle) {
-            (false, false) => self.idle_watchers += 1,
-            (true, true) => self.idle_watchers -= 1,
+            (false, false) => self.watchers.idle += 1,
+            (true, true) => self.watchers.idle -= 1,
             _ => {}
         }
         idle
@@ -35,7 +35,7 @@ impl<K, V> State<K, V> {
 
     /// A watching `drained()` future is dropped.
     pub(crate) fn unwatch_idle(&mut self) {
-        self.idle_watchers -= 1;
+        self.watchers.idle -= 1;
     }
 
     /// `insert`, unless the map is full for this key: then `None`, with key
@@ -64,14 +64,14 @@ impl<K, V> State<K, V> {
 
     /// A `Demand` handle starts watching.
     pub(crate) fn watch_demand(&mut self) {
-        self.demand_watchers += 1;
+        self.watchers.demand += 1;
     }
 
     /// A `Demand` handle is gone; with the last one, the queued keys leave
     /// (to be dropped unlocked).
     pub(crate) fn unwatch_demand(&mut self) -> VecDeque<(u64, u64, K)> {
-        self.demand_watchers -= 1;
-        if self.demand_watchers == 0 {
+        self.watchers.demand -= 1;
+        if self.watchers.demand == 0 {
             mem::take(&mut self.wanted)
         } else {
             VecDeque::new()
