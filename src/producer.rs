@@ -54,6 +54,7 @@ fn retire(listener: &mut Option<EventListener>) {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// The map, limited to `limit` values that nobody has asked for yet:
     /// backpressure for producers that run ahead of their consumers.
@@ -165,6 +166,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 impl<K, V, S, L> AwaitMap<K, V, S, L>
 where
     K: Eq + Hash,
@@ -298,6 +300,7 @@ where
 ///
 /// Dropping it before it resolves drops the key and value unstored.
 #[must_use = "futures do nothing unless polled"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct InsertAsync<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     item: Option<(K, V)>,
@@ -355,6 +358,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for InsertAsync<'_, K, V, S, L> {
 /// futures::executor::block_on(map.closed()); // ready at once
 /// ```
 #[must_use = "futures do nothing unless polled"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct WaitClosed<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
@@ -392,6 +396,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for WaitClosed<'_, K, V, S, L> {
 /// futures::executor::block_on(map.drained()); // nobody waits: ready at once
 /// ```
 #[must_use = "futures do nothing unless polled"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct Drained<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
@@ -479,6 +484,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for Drained<'_, K, V, S, L> {
 /// assert_eq!(block_on(consumer), Ok(49));
 /// ```
 #[must_use = "keys are announced only while a `Demand` lives"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     /// The stream's listener, between polls (feature `futures-core`).
@@ -507,6 +513,7 @@ pub struct Demand<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultL
 /// producer.join().unwrap();
 /// ```
 #[must_use = "keys are announced only while a demand handle lives"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct OwnedDemand<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: Arc<AwaitMap<K, V, S, L>>,
     /// The stream's listener, between polls (feature `futures-core`).
@@ -514,6 +521,7 @@ pub struct OwnedDemand<K, V, S = DefaultHashBuilder, L: ScopedRawMutex = Default
     listener: Option<EventListener>,
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     /// Starts watching the demand: see [`Demand`].
     ///
@@ -661,6 +669,7 @@ impl<K, V, S, L: ScopedRawMutex> fmt::Debug for OwnedDemand<K, V, S, L> {
 ///
 /// Cancel-safe: a key leaves the queue only when the future resolves with it.
 #[must_use = "futures do nothing unless polled"]
+#[cfg_attr(docsrs, doc(cfg(feature = "producer")))]
 pub struct NextWanted<'a, K, V, S = DefaultHashBuilder, L: ScopedRawMutex = DefaultLock> {
     map: &'a AwaitMap<K, V, S, L>,
     listener: Option<EventListener>,
