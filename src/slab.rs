@@ -303,10 +303,6 @@ impl Slab {
         n
     }
 
-    pub(crate) fn is_only(&self, list: u32, slot: u32) -> bool {
-        list == slot && self.nodes[slot as usize].next == slot
-    }
-
     /// Whether the node holds a waker that `waker` would wake anyway.
     #[inline]
     pub(crate) fn will_wake(&self, slot: u32, waker: &Waker) -> bool {

@@ -44,8 +44,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 
 use crate::state::{
     DEMAND_BITS, Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash,
-    free_waiter, inline_of, nudge, pass_handoff, register, remove_entry, renew_if_worn, settle,
-    store_waker,
+    free_waiter, inline_of, nudge, pass_handoff, register, renew_if_worn, settle, store_waker,
 };
 use crate::{AwaitMap, WaitError};
 
@@ -583,91 +582,28 @@ impl<K, V> State<K, V> {
         }
     }
 
-    /// The fast path of a registered future polled again, for the common
-    /// case: it was woken, its value is there and is its own (a get; the
-    /// take first in line, or any take while nobody holds the hand-off), no
-    /// `drained()` future watches, and nothing that leaves the entry needs
-    /// dropping or makes it a ghost. It takes (or clones) the value and
-    /// leaves; the entry goes if nothing else keeps it. Anything else
-    /// returns `None` with nothing changed, for the general path.
+    /// The ready poll of a registered `get`, for the common case: it was
+    /// woken, its key's value is there, and no `drained()` future watches.
+    /// It clones the value and leaves (the value stays, and so does the
+    /// entry). Anything else returns `None` with nothing changed, for the
+    /// general path. (A `take` has [`take_inline`](Self::take_inline).)
     #[inline(always)]
-    pub(crate) fn resolve_fast(&mut self, mode: &Mode<V>, w: &mut Waiter) -> Option<V> {
+    pub(crate) fn resolve_get(&mut self, clone: fn(&V) -> V, w: &mut Waiter) -> Option<V> {
         let slot = w.slot;
         if self.watchers.idle() != 0 || (slot != INLINE && !self.slab.is_woken(slot)) {
             return None;
         }
-        let Ok(mut occ) = self.table.get_bucket_entry(w.entry.bucket()) else {
-            return None;
-        };
-        let e = occ.get_mut();
-        if e.id() != w.entry.id() {
+        let e = self.table.get_bucket_mut(w.entry.bucket())?;
+        if e.id() != w.entry.id() || (slot == INLINE && e.inline() != Inline::Get) {
             return None;
         }
-        let inline = e.inline();
-        let v = match mode {
-            Mode::Get(clone) => {
-                if slot == INLINE && inline != Inline::Get {
-                    return None;
-                }
-                // The value stays: so does the entry.
-                clone(e.value()?)
-            }
-            Mode::Take => {
-                if (slot == INLINE && inline != Inline::Take)
-                    || !e.has_value()
-                    || self.watchers.demand() != 0
-                {
-                    return None;
-                }
-                let first = e.first_take() == slot;
-                if !first && e.handoff() {
-                    return None;
-                }
-                // What keeps the entry once this take leaves with the value.
-                let waiters = if slot == INLINE {
-                    e.gets != NIL || e.takes != NIL
-                } else {
-                    e.gets != NIL
-                        || !self.slab.is_only(e.takes, slot)
-                        || matches!(inline, Inline::Get | Inline::Take)
-                };
-                let kept = waiters || e.promised();
-                if !kept && core::mem::needs_drop::<K>() {
-                    return None;
-                }
-                if !waiters && !e.promised() && inline != Inline::Free && slot != INLINE {
-                    // A failed inline waiter would be left alone: a ghost.
-                    return None;
-                }
-                let v = e.take_value()?;
-                self.len -= 1;
-                if first {
-                    e.set_handoff(false);
-                }
-                if !kept {
-                    if slot == INLINE {
-                        self.inline_live -= 1;
-                    } else {
-                        self.slab.remove(&mut e.takes, slot);
-                    }
-                    w.slot = DONE;
-                    remove_entry(occ);
-                    return Some(v);
-                }
-                v
-            }
-            Mode::GetOrPromise(_) => return None,
-        };
+        let v = clone(e.value()?);
         // It was woken, so it holds no waker: nothing to drop.
         if slot == INLINE {
             e.set_inline(Inline::Free);
             self.inline_live -= 1;
         } else {
-            let list = match mode {
-                Mode::Take => &mut e.takes,
-                _ => &mut e.gets,
-            };
-            self.slab.remove(list, slot);
+            self.slab.remove(&mut e.gets, slot);
         }
         w.slot = DONE;
         Some(v)
@@ -1204,33 +1140,12 @@ where
         assert_not_done(w, what);
         // Without a limit, a value that leaves tells nobody.
         if !self.limited() {
-            let mode = Mode::Get(V::clone);
-            if let Some(v) = self.state.with(|st| st.resolve_fast(&mode, w)) {
+            if let Some(v) = self.state.with(|st| st.resolve_get(V::clone, w)) {
                 return Poll::Ready(Ok(v));
             }
         }
-        self.poll_get_general(w, key, cx)
-    }
-
-    #[inline(never)]
-    fn poll_get_general<Q>(
-        &self,
-        w: &mut Waiter,
-        key: &Q,
-        cx: &Context<'_>,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        V: Clone,
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        let mode = Mode::Get(V::clone);
-        let mut none = Supplies::NONE;
-        let polled = match self.poll_trip(&mode, w, key, cx, &mut none) {
-            Trip::Done(polled) => polled,
-            Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs, Supplies::NONE),
-        };
-        polled.map(Outcome::into_result)
+        self.poll_general(Mode::Get(V::clone), w, key, cx)
+            .map(Outcome::into_result)
     }
 
     /// A `get` whose first look found no value: it registers.
@@ -1324,21 +1239,7 @@ where
                 return Poll::Ready(Ok(v));
             }
         }
-        self.poll_take_general(w, key, cx)
-    }
-
-    #[inline(never)]
-    fn poll_take_general<Q>(
-        &self,
-        w: &mut Waiter,
-        key: &Q,
-        cx: &Context<'_>,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
-        self.poll_again(Mode::Take, w, key, cx)
+        self.poll_general(Mode::Take, w, key, cx)
             .map(Outcome::into_result)
     }
 
@@ -1357,7 +1258,7 @@ where
     {
         let mode = Mode::GetOrPromise(V::clone);
         if w.is_registered() {
-            return self.poll_again(mode, w, key, cx);
+            return self.poll_general(mode, w, key, cx);
         }
         assert_not_done(w, "get_or_promise");
         w.entry.hash = self.hasher.hash_one(key);
@@ -1368,11 +1269,13 @@ where
         polled
     }
 
-    /// A registered future polled again: one trip through the lock, in
-    /// which the common outcomes (its value is there, or it still waits
-    /// with a waker the map holds) need nothing made outside the lock.
-    #[inline]
-    fn poll_again<Q>(
+    /// A registered future polled again past its kind's fast path (or
+    /// with none): the same path for every kind, the mode as data. One trip
+    /// through the lock, in which the common outcomes (its value is there,
+    /// or it still waits with a waker the map holds) need nothing made
+    /// outside the lock.
+    #[inline(never)]
+    fn poll_general<Q>(
         &self,
         mode: Mode<V>,
         w: &mut Waiter,
@@ -1383,16 +1286,7 @@ where
         Q: ?Sized + Hash + Equivalent<K> + ToOwned,
         Q::Owned: Into<K>,
     {
-        if !self.limited() {
-            // Without a limit, a value that leaves tells nobody.
-            if let Some(v) = self.state.with(|st| st.resolve_fast(&mode, w)) {
-                return Poll::Ready(Outcome::Value(v));
-            }
-        }
-        let mut none = Supplies {
-            waker: None,
-            key: None,
-        };
+        let mut none = Supplies::NONE;
         match self.poll_trip(&mode, w, key, cx, &mut none) {
             Trip::Done(polled) => polled,
             Trip::Make(needs) => self.poll_slow(mode, w, key, cx, needs, Supplies::NONE),
