@@ -1,0 +1,170 @@
+//! How many trips through the lock the common polls take: the fast paths'
+//! promise, counted by a user lock that counts every `with_lock` and
+//! `try_with_lock`. A fast path that never fires, or that gives up where it
+//! should not, still gives the right answers through the general path, so
+//! only a count like this one notices it. Hand-polled with counting wakers.
+#![allow(unsafe_code)] // a user-made lock: `ScopedRawMutex` is an unsafe trait
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use awaitmap::{AwaitMap, ScopedRawMutex, SpinLock};
+use common::{counting_waker, pending, poll_once, ready};
+use foldhash::fast::FixedState;
+
+/// The crate's spin lock, counting the times it is taken (or tried).
+struct CountingLock {
+    inner: SpinLock,
+    trips: Arc<AtomicUsize>,
+}
+
+// SAFETY: every call is passed on to `SpinLock`, a correct implementation;
+// the counter is only a side effect.
+unsafe impl ScopedRawMutex for CountingLock {
+    fn try_with_lock<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.inner.try_with_lock(f)
+    }
+
+    fn with_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        self.inner.with_lock(f)
+    }
+
+    fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+}
+
+type Map = AwaitMap<u64, u64, FixedState, CountingLock>;
+
+/// A map, and the count of trips through its lock.
+fn map() -> (Map, Arc<AtomicUsize>) {
+    let trips = Arc::new(AtomicUsize::new(0));
+    let lock = CountingLock {
+        inner: SpinLock::new(),
+        trips: Arc::clone(&trips),
+    };
+    (
+        AwaitMap::with_hasher_and_lock(FixedState::with_seed(7), lock),
+        trips,
+    )
+}
+
+/// What `f` returns, and the trips it takes through the lock.
+fn trips<R>(count: &AtomicUsize, f: impl FnOnce() -> R) -> (R, usize) {
+    let before = count.load(Ordering::Relaxed);
+    let r = f();
+    (r, count.load(Ordering::Relaxed) - before)
+}
+
+#[test]
+fn a_get_of_a_present_key_takes_one_trip() {
+    let (map, count) = map();
+    map.insert(1, 10);
+    let (_, w) = counting_waker();
+    let mut get = map.get(&1);
+    let (v, n) = trips(&count, || ready(poll_once(&mut get, &w)));
+    assert_eq!(v, Ok(10));
+    assert_eq!(n, 1);
+}
+
+// A get clones its waker only once it knows it waits, and never under the
+// lock (guarantee 11): a miss looks, then registers.
+#[test]
+fn a_get_that_waits_takes_two_trips_and_its_ready_poll_one() {
+    let (map, count) = map();
+    let (counter, w) = counting_waker();
+    let mut get = map.get(&1);
+    let ((), n) = trips(&count, || pending(poll_once(&mut get, &w)));
+    assert_eq!(n, 2);
+    let (_, n) = trips(&count, || map.insert(1, 10));
+    assert_eq!(n, 1);
+    assert_eq!(counter.wakes(), 1);
+    let (v, n) = trips(&count, || ready(poll_once(&mut get, &w)));
+    assert_eq!(v, Ok(10));
+    assert_eq!(n, 1, "a woken get's ready poll");
+}
+
+// The second get of a key waits in the slab, not in the entry: its ready
+// poll, after the first get's, is one trip too.
+#[test]
+fn a_second_woken_get_takes_one_trip() {
+    let (map, count) = map();
+    let (counter, w) = counting_waker();
+    let mut first = map.get(&1);
+    let mut second = map.get(&1);
+    pending(poll_once(&mut first, &w));
+    let ((), n) = trips(&count, || pending(poll_once(&mut second, &w)));
+    assert_eq!(
+        n, 2,
+        "the look finds the entry, the registration uses its id"
+    );
+    map.insert(1, 10);
+    assert_eq!(counter.wakes(), 2);
+    assert_eq!(ready(poll_once(&mut first, &w)), Ok(10));
+    let (v, n) = trips(&count, || ready(poll_once(&mut second, &w)));
+    assert_eq!(v, Ok(10));
+    assert_eq!(n, 1, "a woken get in the slab");
+}
+
+// The RPC round trip: a take registers in one trip (with no look first),
+// the response's insert wakes it in one, and its ready poll moves the value
+// out and removes the entry in one.
+#[test]
+fn an_rpc_round_trip_takes_three_trips() {
+    let (map, count) = map();
+    let (counter, w) = counting_waker();
+    let mut take = map.take(&1);
+    let ((), n) = trips(&count, || pending(poll_once(&mut take, &w)));
+    assert_eq!(n, 1, "a take's first poll");
+    let (_, n) = trips(&count, || map.insert(1, 10));
+    assert_eq!(n, 1);
+    assert_eq!(counter.wakes(), 1);
+    let (v, n) = trips(&count, || ready(poll_once(&mut take, &w)));
+    assert_eq!(v, Ok(10));
+    assert_eq!(n, 1, "a woken take's ready poll");
+    assert!(map.is_empty());
+    assert_eq!(map.waiters(), 0);
+}
+
+// A take whose response came first finds it in its one trip.
+#[test]
+fn a_take_of_a_present_key_takes_one_trip() {
+    let (map, count) = map();
+    map.insert(1, 10);
+    let (_, w) = counting_waker();
+    let mut take = map.take(&1);
+    let (v, n) = trips(&count, || ready(poll_once(&mut take, &w)));
+    assert_eq!(v, Ok(10));
+    // It expects to wait (it registers at once), finds the value there, and
+    // takes it in a second trip.
+    assert_eq!(n, 2);
+    assert!(map.is_empty());
+}
+
+// A woken take that shares its key with another waiting take goes through
+// the general path: one trip more than the inline take's fast path.
+#[test]
+fn a_woken_take_with_another_take_behind_it_takes_two_trips() {
+    let (map, count) = map();
+    let (counter, w) = counting_waker();
+    let mut first = map.take(&1);
+    let mut second = map.take(&1);
+    pending(poll_once(&mut first, &w));
+    pending(poll_once(&mut second, &w));
+    map.insert(1, 10);
+    assert_eq!(counter.wakes(), 1, "one value: one take woken");
+    let (v, n) = trips(&count, || ready(poll_once(&mut first, &w)));
+    assert_eq!(v, Ok(10));
+    assert_eq!(n, 2);
+    map.insert(1, 11);
+    let (v, n) = trips(&count, || ready(poll_once(&mut second, &w)));
+    assert_eq!(v, Ok(11));
+    assert_eq!(
+        n, 1,
+        "the last take, inline or not, finds nothing behind it"
+    );
+}
