@@ -14,11 +14,15 @@
 //! 2. **Registered.** The future's waiter is its entry's inline slot or a
 //!    node in the slab, and the future knows where: a [`Waiter`], the entry's
 //!    hash, id and bucket plus the slot.
-//! 3. **Woken and polled again** ([`State::repoll`]): it resolves if its key
-//!    has a value for it (every `get`; for `take`s, the one holding the
-//!    hand-off, or any take while nobody holds it), if the map is closed, or
-//!    if it was failed (`cancel`, an abandoned promise). Otherwise it stores
-//!    its newest waker and waits on.
+//! 3. **Woken and polled again**: a woken `get` whose value is there takes
+//!    it in one trip ([`State::resolve_get`]), and so does the inline `take`
+//!    of an RPC response ([`State::take_inline`]). Anything else goes through
+//!    the one general path of every mode ([`AwaitMap::poll_general`],
+//!    [`State::repoll`]): it resolves if its key has a value for it (every
+//!    `get`; for `take`s, the one holding the hand-off, or any take while
+//!    nobody holds it), if the map is closed, or if it was failed (`cancel`,
+//!    an abandoned promise). Otherwise it stores its newest waker and waits
+//!    on.
 //! 4. **Dropped while registered** ([`State::deregister`]): it leaves its
 //!    key's waiters; a `take` holding the hand-off passes it to the next
 //!    waiting take if the value is still there, so the value is never lost.
@@ -29,7 +33,7 @@
 //!
 //! User code (waker clones, key copies) runs between trips through the
 //! lock, never under it. A poll that panics there leaves no waiter behind
-//! that could hold up the others: see [`AwaitMap::poll_waiter`].
+//! that could hold up the others: see [`AwaitMap::poll_slow`].
 
 use core::hash::{BuildHasher, Hash};
 use core::task::{Context, Poll, Waker};
