@@ -74,18 +74,25 @@ table() {
     echo
 }
 
+# Fails if image $1's symbol table names anything that matches the extended
+# regular expression $2 (case-insensitive), printing what it found as $3.
+no_symbols() {
+    local found
+    found=$("$LLVM_NM" -C "target/$TARGET/release/fw-$1" | grep -Ei "$2" || true)
+    if [ -n "$found" ]; then
+        echo "fw-$1 links $3:" >&2
+        echo "$found" >&2
+        return 1
+    fi
+}
+
 # Fails unless the heap-free images link no allocator: no allocator entry
 # points, no allocator crate, nothing of `alloc`.
 no_allocator() {
-    local img found
+    local img
     for img in "${HEAP_FREE[@]}"; do
-        found=$("$LLVM_NM" -C "target/$TARGET/release/fw-$img" |
-            grep -Ei '__rust_alloc|__rust_dealloc|__rust_realloc|__rg_|__rdl_|GlobalAlloc|embedded_alloc| alloc::' || true)
-        if [ -n "$found" ]; then
-            echo "fw-$img links allocator code:" >&2
-            echo "$found" >&2
-            return 1
-        fi
+        no_symbols "$img" '__rust_alloc|__rust_dealloc|__rust_realloc|__rg_|__rdl_|GlobalAlloc|embedded_alloc| alloc::' \
+            "allocator code" || return 1
     done
     echo "== no allocator in the heap-free images (${HEAP_FREE[*]}): checked in their symbol tables"
     echo
@@ -95,14 +102,8 @@ no_allocator() {
 # is built without awaitmap's feature `producer`), links none of it: no
 # event-listener, no demand queue, no announcing, no limit's futures.
 no_producer_side() {
-    local found
-    found=$("$LLVM_NM" -C "target/$TARGET/release/fw-awaitmap" |
-        grep -Ei 'event_listener|vec_deque|announce|wanted|awaitmap::producer|InsertAsync|Demand|Drained|WaitClosed' || true)
-    if [ -n "$found" ]; then
-        echo "fw-awaitmap links producer-side code it never uses:" >&2
-        echo "$found" >&2
-        return 1
-    fi
+    no_symbols awaitmap 'event_listener|vec_deque|announce|wanted|awaitmap::producer|InsertAsync|Demand|Drained|WaitClosed' \
+        "producer-side code it never uses" || return 1
     echo "== no producer side in the awaitmap image: checked in its symbol table"
     echo
 }
