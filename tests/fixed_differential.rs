@@ -250,6 +250,15 @@ proptest! {
     }
 }
 
+/// A poll of the future in `slot` with its first waker, for the scripted
+/// sequences below.
+fn poll(slot: usize) -> Op {
+    Op::Poll {
+        slot,
+        second_waker: false,
+    }
+}
+
 /// A get woken with a take polls before the take: the take still holds the
 /// value's wake-up, so a second insert wakes no other take.
 #[test]
@@ -259,36 +268,15 @@ fn a_woken_get_polled_first_leaves_the_take_its_wake_up() {
         Take { key: 0, slot: 0 },
         Take { key: 0, slot: 1 },
         Get { key: 0, slot: 2 },
-        Poll {
-            slot: 0,
-            second_waker: false,
-        },
-        Poll {
-            slot: 1,
-            second_waker: false,
-        },
-        Poll {
-            slot: 2,
-            second_waker: false,
-        },
+        poll(0),
+        poll(1),
+        poll(2),
         Insert { key: 0 },
-        Poll {
-            slot: 2,
-            second_waker: false,
-        },
+        poll(2),
         Insert { key: 0 },
-        Poll {
-            slot: 1,
-            second_waker: false,
-        },
-        Poll {
-            slot: 0,
-            second_waker: false,
-        },
-        Poll {
-            slot: 1,
-            second_waker: false,
-        },
+        poll(1),
+        poll(0),
+        poll(1),
     ];
     assert_eq!(run(&ops), Ok(()));
 }
@@ -302,24 +290,15 @@ fn a_scripted_sequence_agrees() {
         Take { key: 0, slot: 0 },
         Take { key: 0, slot: 1 },
         Get { key: 0, slot: 2 },
-        Poll {
-            slot: 0,
-            second_waker: false,
-        },
-        Poll {
-            slot: 1,
-            second_waker: false,
-        },
+        poll(0),
+        poll(1),
         Poll {
             slot: 2,
             second_waker: true,
         },
         Insert { key: 0 },
         Drop { slot: 0 },
-        Poll {
-            slot: 1,
-            second_waker: false,
-        },
+        poll(1),
         Poll {
             slot: 2,
             second_waker: true,
@@ -327,10 +306,7 @@ fn a_scripted_sequence_agrees() {
         Insert { key: 0 },
         Cancel { key: 0 },
         Get { key: 1, slot: 3 },
-        Poll {
-            slot: 3,
-            second_waker: false,
-        },
+        poll(3),
         Close,
         Poll {
             slot: 3,
