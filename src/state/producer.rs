@@ -4,7 +4,8 @@
 use alloc::collections::VecDeque;
 use core::mem;
 
-use super::{Entry, HANDED, State};
+use super::entry::HANDED;
+use super::{Entry, State};
 use crate::after::After;
 
 impl<K, V> Entry<K, V> {
