@@ -168,3 +168,57 @@ fn a_woken_take_with_another_take_behind_it_takes_two_trips() {
         "the last take, inline or not, finds nothing behind it"
     );
 }
+
+// Each registered future remembers its entry's bucket: with many keys in
+// flight, spread over the table, every woken get, take and claim still
+// finds its entry in one trip, whichever bucket its key landed in. (Room is
+// reserved first: a table that grows moves its entries, and the first poll
+// after a move looks the entry up again in a second trip.)
+#[test]
+fn with_many_keys_in_flight_every_ready_poll_still_takes_one_trip() {
+    const N: u64 = 16;
+    let (map, count) = map();
+    map.reserve(4 * N as usize, 4 * N as usize);
+    let (counter, w) = counting_waker();
+    let get_ids: Vec<u64> = (0..N).collect();
+    let take_ids: Vec<u64> = (N..2 * N).collect();
+    let mut gets: Vec<_> = get_ids.iter().map(|k| map.get(k)).collect();
+    let mut takes: Vec<_> = take_ids.iter().map(|k| map.take(k)).collect();
+    let mut claims: Vec<_> = (2 * N..3 * N).map(|k| map.claim(k)).collect();
+    for get in &mut gets {
+        let ((), n) = trips(&count, || pending(poll_once(get, &w)));
+        assert_eq!(n, 2, "a get that waits");
+    }
+    for take in &mut takes {
+        let ((), n) = trips(&count, || pending(poll_once(take, &w)));
+        assert_eq!(n, 1, "a take's first poll");
+    }
+    for claim in &mut claims {
+        let ((), n) = trips(&count, || pending(poll_once(claim, &w)));
+        assert_eq!(n, 1, "a claim's first poll hands over its waker");
+    }
+    for k in 0..2 * N {
+        map.insert(k, k + 100);
+    }
+    for k in 2 * N..3 * N {
+        assert_eq!(map.deliver(k, k + 100), Ok(None));
+    }
+    assert_eq!(counter.wakes(), 3 * N as usize);
+    for (get, k) in gets.iter_mut().zip(0..) {
+        let (v, n) = trips(&count, || ready(poll_once(get, &w)));
+        assert_eq!(v, Ok(k + 100));
+        assert_eq!(n, 1, "the woken get of key {k}");
+    }
+    for (take, k) in takes.iter_mut().zip(N..) {
+        let (v, n) = trips(&count, || ready(poll_once(take, &w)));
+        assert_eq!(v, Ok(k + 100));
+        assert_eq!(n, 1, "the woken take of key {k}");
+    }
+    for (claim, k) in claims.iter_mut().zip(2 * N..) {
+        let (v, n) = trips(&count, || ready(poll_once(claim, &w)));
+        assert_eq!(v, Ok(k + 100));
+        assert_eq!(n, 1, "the woken claim of key {k}");
+    }
+    assert_eq!(map.len(), N as usize, "the gets' values stay");
+    assert_eq!(map.waiters(), 0);
+}
