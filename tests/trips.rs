@@ -222,3 +222,34 @@ fn with_many_keys_in_flight_every_ready_poll_still_takes_one_trip() {
     assert_eq!(map.len(), N as usize, "the gets' values stay");
     assert_eq!(map.waiters(), 0);
 }
+
+// A table that grows moves its entries. A future whose entry moved finds it
+// again by its hash and id, and remembers the new bucket: its ready poll
+// after the next insert is one trip again, not a lookup every time.
+#[test]
+fn a_future_whose_entry_moved_remembers_where_it_went() {
+    const N: u64 = 8;
+    let (map, count) = map();
+    let (_, w) = counting_waker();
+    let ids: Vec<u64> = (0..N).collect();
+    let mut gets: Vec<_> = ids.iter().map(|k| map.get(k)).collect();
+    for get in &mut gets {
+        pending(poll_once(get, &w));
+    }
+    // Values of other keys make the table grow, moving every entry.
+    for k in 1_000..1_200 {
+        map.insert(k, k);
+    }
+    for get in &mut gets {
+        let ((), n) = trips(&count, || pending(poll_once(get, &w)));
+        assert_eq!(n, 2, "a get whose entry moved looks it up again");
+    }
+    for k in 0..N {
+        map.insert(k, k + 100);
+    }
+    for (get, k) in gets.iter_mut().zip(0..) {
+        let (v, n) = trips(&count, || ready(poll_once(get, &w)));
+        assert_eq!(v, Ok(k + 100));
+        assert_eq!(n, 1, "the get of key {k} knows where its entry is now");
+    }
+}
