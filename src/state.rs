@@ -53,7 +53,7 @@ pub(crate) mod waiter;
 use entry::Leftover;
 pub(crate) use entry::{
     ANNOUNCED, DEMAND_BITS, Entry, HANDOFF, ID_SHIFT, INLINE_BITS, Inline, PROMISED, Slot,
-    free_waiter, inline_of, nudge, nudge_woken, pass_handoff, register, store_waker,
+    inline_of, leave, nudge, nudge_woken, register, store_waker,
 };
 
 /// A failed inline waiter whose entry is gone: its future has yet to learn
@@ -242,7 +242,7 @@ struct Sweep {
 /// Who watches the map's conditions: the producer side's counters, read by
 /// the core through methods that say "nobody" in a build without the
 /// producer side, so the code that serves watchers is not linked there.
-struct Watchers {
+pub(crate) struct Watchers {
     /// `drained()` futures waiting for the last waiter to finish.
     idle: usize,
     /// Live `Demand` handles; while there are any, newly wanted keys are

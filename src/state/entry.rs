@@ -7,8 +7,8 @@ use core::task::Waker;
 
 use crate::after::After;
 use crate::slab::{NIL, Slab};
-use crate::state::Failure;
 use crate::state::waiter::{EntryRef, INLINE, Kind};
+use crate::state::{Failure, Watchers};
 use crate::sync::PRODUCER;
 
 /// The entry's own waiter slot.
@@ -314,7 +314,7 @@ pub(crate) fn register<K, V>(
 /// Frees the waiter at `slot` of `e` (waiting, or a failed inline one);
 /// returns its waker, to drop unlocked.
 #[inline(always)]
-pub(crate) fn free_waiter<K, V>(
+fn free_waiter<K, V>(
     e: &mut Entry<K, V>,
     slab: &mut Slab,
     inline_live: &mut usize,
@@ -343,9 +343,31 @@ pub(crate) fn free_waiter<K, V>(
     slab.remove(list, slot)
 }
 
+/// A waiter of `kind` at `slot` leaves `e`: its slot is freed (its waker
+/// goes to `after`, to be dropped unlocked), a take holding the hand-off
+/// passes it on, and a key this leaves wanted and unannounced is nudged.
+/// The caller settles the entry.
+#[inline]
+pub(crate) fn leave<K, V>(
+    e: &mut Entry<K, V>,
+    slab: &mut Slab,
+    inline_live: &mut usize,
+    watchers: &Watchers,
+    slot: u32,
+    kind: Kind,
+    after: &mut After<K>,
+) {
+    let passes = kind == Kind::Take && e.handoff() && e.first_take() == slot;
+    after.drop_waker(free_waiter(e, slab, inline_live, slot, kind));
+    if passes {
+        pass_handoff(e, slab);
+    }
+    nudge(e, slab, watchers.demand(), after);
+}
+
 /// The first take left while it held the hand-off: the next take gets it,
 /// and its wake-up, if the value is still there.
-pub(crate) fn pass_handoff<K, V>(e: &mut Entry<K, V>, slab: &mut Slab) {
+fn pass_handoff<K, V>(e: &mut Entry<K, V>, slab: &mut Slab) {
     e.set_handoff(false);
     if e.has_value() {
         let next = e.first_take();

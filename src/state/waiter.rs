@@ -48,7 +48,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 
 use crate::state::{
     DEMAND_BITS, Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash,
-    free_waiter, inline_of, nudge, pass_handoff, register, renew_if_worn, settle, store_waker,
+    inline_of, leave, nudge, register, renew_if_worn, settle, store_waker,
 };
 use crate::{AwaitMap, WaitError};
 

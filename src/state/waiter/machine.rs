@@ -243,19 +243,16 @@ impl<K, V> State<K, V> {
             outcome => outcome,
         };
         if let Some(outcome) = outcome {
-            let passes = first && e.handoff();
-            after.drop_waker(free_waiter(
+            leave(
                 e,
                 &mut self.slab,
                 &mut self.inline_live,
+                &self.watchers,
                 slot,
                 kind,
-            ));
-            if passes {
-                pass_handoff(e, &mut self.slab);
-            }
+                after,
+            );
             w.slot = DONE;
-            nudge(e, &mut self.slab, self.watchers.demand(), after);
             settle(occ, &mut self.ghosts, after);
             return Step::Ready(outcome);
         }
@@ -465,18 +462,15 @@ impl<K, V> State<K, V> {
             unreachable!("`bucket_or_ghost` found it");
         };
         let e = occ.get_mut();
-        let passes = kind == Kind::Take && e.handoff() && e.first_take() == slot;
-        after.drop_waker(free_waiter(
+        leave(
             e,
             &mut self.slab,
             &mut self.inline_live,
+            &self.watchers,
             slot,
             kind,
-        ));
-        if passes {
-            pass_handoff(e, &mut self.slab);
-        }
-        nudge(e, &mut self.slab, self.watchers.demand(), after);
+            after,
+        );
         settle(occ, &mut self.ghosts, after);
     }
 }
