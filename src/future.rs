@@ -248,13 +248,13 @@ where
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Get<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Get, &mut self.waiter);
+        self.map.deregister(Kind::Get, &self.waiter);
     }
 }
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for Take<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Take, &mut self.waiter);
+        self.map.deregister(Kind::Take, &self.waiter);
     }
 }
 

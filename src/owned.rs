@@ -211,13 +211,13 @@ where
 
 impl<K, V, S, L: ScopedRawMutex> Drop for GetOwned<K, V, S, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Get, &mut self.waiter);
+        self.map.deregister(Kind::Get, &self.waiter);
     }
 }
 
 impl<K, V, S, L: ScopedRawMutex> Drop for TakeOwned<K, V, S, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Take, &mut self.waiter);
+        self.map.deregister(Kind::Take, &self.waiter);
     }
 }
 
@@ -377,7 +377,7 @@ where
 
 impl<K, V, S, L: ScopedRawMutex> Drop for GetOrPromiseOwned<K, V, S, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Get, &mut self.waiter);
+        self.map.deregister(Kind::Get, &self.waiter);
     }
 }
 

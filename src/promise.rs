@@ -240,7 +240,7 @@ where
 
 impl<K, V, S, Q: ?Sized, L: ScopedRawMutex> Drop for GetOrPromise<'_, K, V, S, Q, L> {
     fn drop(&mut self) {
-        self.map.deregister(Kind::Get, &mut self.waiter);
+        self.map.deregister(Kind::Get, &self.waiter);
     }
 }
 

@@ -2214,6 +2214,117 @@ fn take_whose_new_waker_panics_on_clone_does_not_starve_the_next_take() {
     });
 }
 
+// Guarantees 5 and 11: a waiting get polled again with a waker whose `clone`
+// panics leaves its key's waiters, and is then a future that starts over: the
+// place it held may go to another future, and dropping it afterwards must not
+// take that place away (the other would never be woken).
+#[test]
+fn get_whose_new_waker_panics_on_clone_leaves_and_takes_no_other_place() {
+    no_hang("get's waker clone panics", || {
+        let map = Map::new();
+        let (c0, w0) = counting_waker();
+        let (c1, w1) = counting_waker();
+        let (c2, w2) = counting_waker();
+        // The first get keeps the key's entry alive throughout.
+        let mut anchor = map.get(&KEY);
+        let mut first = map.get(&KEY);
+        assert!(poll_once(&mut anchor, &w0).is_pending());
+        assert!(poll_once(&mut first, &w1).is_pending());
+        assert_eq!(map.waiters(), 2);
+        expect_panic(&map, "a poll with a waker whose clone panics", || {
+            poll_once(&mut first, &clone_panicking_waker())
+        });
+        assert_eq!(map.waiters(), 1, "the panicked poll left the key's waiters");
+        let mut second = map.get(&KEY);
+        assert!(poll_once(&mut second, &w2).is_pending());
+        drop(first);
+        assert_eq!(
+            map.waiters(),
+            2,
+            "dropping the future that had left took another future's place"
+        );
+        assert_eq!(map.insert(KEY, 9), None);
+        assert_eq!((c0.wakes(), c1.wakes(), c2.wakes()), (1, 0, 1));
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut second, &w), Poll::Ready(Ok(9)));
+        assert_eq!(poll_once(&mut anchor, &w), Poll::Ready(Ok(9)));
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
+thread_local! {
+    /// Run by the next `ReentrantKey` clone (then unarmed).
+    static ON_KEY_CLONE: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    /// Whether the next `ReentrantKey` drop panics (then unarmed).
+    static KEY_DROP_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A key whose `Clone` may call into the map and whose `Drop` may panic.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ReentrantKey(u64);
+
+impl Clone for ReentrantKey {
+    fn clone(&self) -> Self {
+        if let Some(hook) = ON_KEY_CLONE.take() {
+            hook();
+        }
+        ReentrantKey(self.0)
+    }
+}
+
+impl Drop for ReentrantKey {
+    fn drop(&mut self) {
+        if KEY_DROP_PANICS.replace(false) {
+            panic!("hostile key: drop panics");
+        }
+    }
+}
+
+// Guarantees 5 and 11: a get's first poll copies its key for a new entry;
+// that copy waits for the key on another future, so the get joins that
+// entry and its copy is dropped spare, after the get registered, and the
+// drop panics. The panicked get leaves the key's waiters (nothing is left
+// waiting for a future that believes it never registered) and, polled again,
+// starts over; both gets then receive the value.
+#[test]
+fn get_whose_spare_key_panics_on_drop_after_it_registered_leaves_nothing_behind() {
+    no_hang("spare key drop panics", || {
+        let map = Arc::new(AwaitMap::<ReentrantKey, u64>::new());
+        let other = Arc::new(Mutex::new(None));
+        let (c0, w0) = counting_waker();
+        let (c1, w1) = counting_waker();
+        {
+            let (map, other, w0) = (Arc::clone(&map), Arc::clone(&other), w0.clone());
+            ON_KEY_CLONE.set(Some(Box::new(move || {
+                let mut get = map.get_owned(&ReentrantKey(1));
+                assert!(poll_once(&mut get, &w0).is_pending());
+                *other.lock().unwrap() = Some(get);
+                KEY_DROP_PANICS.set(true);
+            })));
+        }
+        let key = ReentrantKey(1);
+        let mut get = map.get(&key);
+        expect_panic(&map, "a poll whose spare key panics on drop", || {
+            poll_once(&mut get, &w1)
+        });
+        assert!(
+            ON_KEY_CLONE.with_borrow(Option::is_none),
+            "the key was never copied"
+        );
+        assert!(!KEY_DROP_PANICS.get(), "no key was dropped after the copy");
+        assert_eq!(map.waiters(), 1, "the panicked get is left waiting");
+        assert!(poll_once(&mut get, &w1).is_pending());
+        assert_eq!(map.waiters(), 2);
+        assert_eq!(map.insert(ReentrantKey(1), 5), None);
+        assert_eq!((c0.wakes(), c1.wakes()), (1, 1));
+        let (_, w) = counting_waker();
+        assert_eq!(poll_once(&mut get, &w), Poll::Ready(Ok(5)));
+        let mut first = other.lock().unwrap().take().unwrap();
+        assert_eq!(poll_once(&mut first, &w), Poll::Ready(Ok(5)));
+        assert_eq!(map.waiters(), 0);
+    });
+}
+
 // ----- Neighbours: the same contract elsewhere. -----
 
 // Guarantee 11: a get resolving while its stored waker panics on drop (polled

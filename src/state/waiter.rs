@@ -153,6 +153,14 @@ impl Waiter {
         }
     }
 
+    /// Not registered any more: polled again, it starts over.
+    #[inline]
+    fn start_over(&mut self) {
+        if self.is_registered() {
+            self.slot = FRESH;
+        }
+    }
+
     #[inline]
     pub(crate) fn is_fresh(&self) -> bool {
         self.slot == FRESH
@@ -494,17 +502,24 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     }
 
     /// Deregisters a future that is dropped (or whose poll panicked) while
-    /// registered.
+    /// registered. The waiter goes out by value, so no pointer into the
+    /// future escapes (see [`poll_get`](Self::poll_get)).
     #[inline]
-    pub(crate) fn deregister(&self, kind: Kind, w: &mut Waiter) {
+    pub(crate) fn deregister(&self, kind: Kind, w: &Waiter) {
         if w.is_registered() {
-            self.deregister_slow(kind, w);
+            let e = w.entry;
+            self.deregister_slow(kind, e.hash, e.id, e.bucket, w.slot);
         }
     }
 
+    /// The waiter in scalars: passed in registers, not through memory.
     #[inline(never)]
-    fn deregister_slow(&self, kind: Kind, w: &mut Waiter) {
-        self.locked(|st, after| st.deregister(kind, w, after));
+    fn deregister_slow(&self, kind: Kind, hash: u64, id: u64, bucket: u32, slot: u32) {
+        let mut w = Waiter {
+            entry: EntryRef { hash, id, bucket },
+            slot,
+        };
+        self.locked(|st, after| st.deregister(kind, &mut w, after));
     }
 }
 
@@ -541,6 +556,7 @@ impl<K, V, S, L: ScopedRawMutex> Drop for UnannounceOnUnwind<'_, K, V, S, L> {
 impl<K, V, S, L: ScopedRawMutex> Drop for DeregisterOnUnwind<'_, K, V, S, L> {
     fn drop(&mut self) {
         self.map.deregister(self.kind, self.w);
+        self.w.start_over();
     }
 }
 
@@ -584,7 +600,6 @@ where
             return self.poll_get_again(w, key, cx, what);
         }
         let hash = self.hasher.hash_one(key);
-        w.entry.hash = hash;
         // A busy lock waits out of line, in the general path.
         let looked = self
             .state
@@ -597,14 +612,15 @@ where
             Some(Err(miss)) => miss,
             None => Miss::BUSY,
         };
-        let polled = self.poll_get_missed(w, key, cx, miss);
-        if polled.is_ready() {
-            // Known to the caller's code too: a future that is `Ready`
-            // needs no deregistration when it is dropped.
-            w.slot = DONE;
-        } else {
-            self.started_waiting();
-        }
+        // The miss registers a waiter of its own, copied into the future
+        // after (or, if the poll panics, left: see `poll_get_missed`): no
+        // pointer into the future leaves this function, so a future made
+        // and polled in one place (a hit) stays in registers, its fields
+        // never written to memory.
+        let mut fresh = Waiter::new();
+        fresh.entry.hash = hash;
+        let polled = self.poll_get_missed(&mut fresh, key, cx, miss);
+        *w = fresh;
         polled
     }
 
@@ -648,6 +664,40 @@ where
     #[cold]
     #[inline(never)]
     fn poll_get_missed<Q>(
+        &self,
+        w: &mut Waiter,
+        key: &Q,
+        cx: &Context<'_>,
+        miss: u64,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        V: Clone,
+        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
+        Q::Owned: Into<K>,
+    {
+        // The future copies this waiter only when the poll returns: if user
+        // code panics after it registered, it leaves, and the future (still
+        // fresh) starts over if polled again.
+        let unwind = DeregisterOnUnwind {
+            map: self,
+            kind: Kind::Get,
+            w,
+        };
+        let polled = self.poll_get_missed_in(unwind.w, key, cx, miss);
+        if polled.is_ready() {
+            // A future that is `Ready` needs no deregistration when dropped.
+            unwind.w.slot = DONE;
+        }
+        core::mem::forget(unwind);
+        if polled.is_pending() {
+            self.started_waiting();
+        }
+        polled
+    }
+
+    /// [`poll_get_missed`](Self::poll_get_missed) within its guard.
+    #[inline(always)]
+    fn poll_get_missed_in<Q>(
         &self,
         w: &mut Waiter,
         key: &Q,
