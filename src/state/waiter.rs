@@ -620,7 +620,13 @@ where
         let mut fresh = Waiter::new();
         fresh.entry.hash = hash;
         let polled = self.poll_get_missed(&mut fresh, key, cx, miss);
-        *w = fresh;
+        if polled.is_ready() {
+            // Known to the caller's code too: a future that is `Ready`
+            // needs no deregistration when it is dropped.
+            w.slot = DONE;
+        } else {
+            *w = fresh;
+        }
         polled
     }
 
@@ -684,10 +690,6 @@ where
             w,
         };
         let polled = self.poll_get_missed_in(unwind.w, key, cx, miss);
-        if polled.is_ready() {
-            // A future that is `Ready` needs no deregistration when dropped.
-            unwind.w.slot = DONE;
-        }
         core::mem::forget(unwind);
         if polled.is_pending() {
             self.started_waiting();
@@ -711,10 +713,7 @@ where
     {
         let mode = Mode::Get(V::clone);
         let polled = match miss {
-            Miss::CLOSED => {
-                w.slot = DONE;
-                return Poll::Ready(Err(WaitError::Closed));
-            }
+            Miss::CLOSED => return Poll::Ready(Err(WaitError::Closed)),
             Miss::ABSENT => self.poll_register::<false, Q>(mode, w, key, cx),
             Miss::BUSY => self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE),
             id => {
