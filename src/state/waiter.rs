@@ -502,7 +502,7 @@ impl<K, V, S, L: ScopedRawMutex> AwaitMap<K, V, S, L> {
     }
 
     /// Deregisters a future that is dropped (or whose poll panicked) while
-    /// registered. The waiter goes out by value, so no pointer into the
+    /// registered. The waiter goes out in scalars, so no pointer into the
     /// future escapes (see [`poll_get`](Self::poll_get)).
     #[inline]
     pub(crate) fn deregister(&self, kind: Kind, w: &Waiter) {
@@ -613,10 +613,10 @@ where
             None => Miss::BUSY,
         };
         // The miss registers a waiter of its own, copied into the future
-        // after (or, if the poll panics, left: see `poll_get_missed`): no
-        // pointer into the future leaves this function, so a future made
-        // and polled in one place (a hit) stays in registers, its fields
-        // never written to memory.
+        // after (if the poll panics, the waiter leaves its key instead: see
+        // `poll_get_missed`). No pointer into the future leaves this
+        // function, so a future made and polled in one place (a hit) stays
+        // in registers, its fields never written to memory.
         let mut fresh = Waiter::new();
         fresh.entry.hash = hash;
         let polled = self.poll_get_missed(&mut fresh, key, cx, miss);
