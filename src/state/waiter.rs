@@ -689,33 +689,16 @@ where
             kind: Kind::Get,
             w,
         };
-        let polled = self.poll_get_missed_in(unwind.w, key, cx, miss);
-        core::mem::forget(unwind);
-        if polled.is_pending() {
-            self.started_waiting();
-        }
-        polled
-    }
-
-    /// [`poll_get_missed`](Self::poll_get_missed) within its guard.
-    #[inline(always)]
-    fn poll_get_missed_in<Q>(
-        &self,
-        w: &mut Waiter,
-        key: &Q,
-        cx: &Context<'_>,
-        miss: u64,
-    ) -> Poll<Result<V, WaitError>>
-    where
-        V: Clone,
-        Q: ?Sized + Hash + Equivalent<K> + ToOwned,
-        Q::Owned: Into<K>,
-    {
+        let w = &mut *unwind.w;
         let mode = Mode::Get(V::clone);
         let polled = match miss {
-            Miss::CLOSED => return Poll::Ready(Err(WaitError::Closed)),
-            Miss::ABSENT => self.poll_register::<false, Q>(mode, w, key, cx),
-            Miss::BUSY => self.poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE),
+            Miss::CLOSED => Poll::Ready(Err(WaitError::Closed)),
+            Miss::ABSENT => self
+                .poll_register::<false, Q>(mode, w, key, cx)
+                .map(Outcome::into_result),
+            Miss::BUSY => self
+                .poll_slow(mode, w, key, cx, Needs::NOTHING, Supplies::NONE)
+                .map(Outcome::into_result),
             id => {
                 // Not registered yet: a panic in the clone leaves nothing.
                 let waker = cx.waker().clone();
@@ -723,10 +706,10 @@ where
                     .state
                     .with(|st| st.register_get(w, id, waker, V::clone))
                 {
-                    Registration::Waiting => return Poll::Pending,
+                    Registration::Waiting => Poll::Pending,
                     Registration::Came(v, waker) => {
                         drop(waker);
-                        return Poll::Ready(Ok(v));
+                        Poll::Ready(Ok(v))
                     }
                     Registration::Elsewhere(waker) => {
                         let supplies = Supplies {
@@ -734,11 +717,16 @@ where
                             key: None,
                         };
                         self.poll_slow(mode, w, key, cx, Needs::NOTHING, supplies)
+                            .map(Outcome::into_result)
                     }
                 }
             }
         };
-        polled.map(Outcome::into_result)
+        core::mem::forget(unwind);
+        if polled.is_pending() {
+            self.started_waiting();
+        }
+        polled
     }
 
     /// Polls a `take`.
