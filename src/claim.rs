@@ -140,7 +140,9 @@ impl<V> Claimed<V> {
         map.poll_take(&mut self.waiter, key, cx, what)
     }
 
-    /// The first poll: the early outcome, or the waker handed to the map.
+    /// The first poll: in the common case (the claim registered and waits,
+    /// its reply not in yet), the waker handed to the map in one short trip;
+    /// anything else out of line.
     #[inline(never)]
     fn poll_first<K, S, L>(
         &mut self,
@@ -154,26 +156,47 @@ impl<V> Claimed<V> {
         S: BuildHasher,
         L: ScopedRawMutex,
     {
-        // Resolved when it registered.
-        if let Some(early) = self.early.take() {
-            self.armed = true;
-            return Poll::Ready(early);
-        }
-        if self.waiter.is_registered() {
+        if self.early.is_none() && self.waiter.is_registered() {
             // Cloned before the lock: if the clone panics, nothing changed
             // (and the next poll tries again).
             let waker = cx.waker().clone();
-            self.armed = true;
             let waiter = &self.waiter;
-            match map.state.with(|st| st.store_waker_fast(waiter, waker)) {
-                Ok(noop) => {
-                    drop(noop);
+            match map
+                .state
+                .with(|st| st.store_waker_fast::<true>(waiter, waker))
+            {
+                Ok(replaced) => {
+                    self.armed = true;
+                    drop(replaced);
                     return Poll::Pending;
                 }
                 Err(waker) => drop(waker),
             }
         }
+        self.poll_first_else(map, key, cx, what)
+    }
+
+    /// The first poll of a claim that resolved when it registered, or whose
+    /// waker the short trip could not store: the early outcome, or a
+    /// `take`'s poll.
+    #[cold]
+    #[inline(never)]
+    fn poll_first_else<K, S, L>(
+        &mut self,
+        map: &AwaitMap<K, V, S, L>,
+        key: &K,
+        cx: &Context<'_>,
+        what: &'static str,
+    ) -> Poll<Result<V, WaitError>>
+    where
+        K: Eq + Hash + Clone,
+        S: BuildHasher,
+        L: ScopedRawMutex,
+    {
         self.armed = true;
+        if let Some(early) = self.early.take() {
+            return Poll::Ready(early);
+        }
         map.poll_take(&mut self.waiter, key, cx, what)
     }
 

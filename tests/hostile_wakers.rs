@@ -2252,6 +2252,30 @@ fn get_whose_new_waker_panics_on_clone_leaves_and_takes_no_other_place() {
     });
 }
 
+// Guarantee 11 and the claim's reservation: a claim's first poll with a
+// waker whose `clone` panics changes nothing: the claim stays registered, so
+// the reply is still accepted, and its next poll hands the map its waker,
+// which the reply then wakes.
+#[test]
+fn claim_whose_first_waker_panics_on_clone_keeps_its_reservation() {
+    no_hang("claim's waker clone panics", || {
+        let map = Map::new();
+        let mut claim = map.claim(KEY);
+        expect_panic(
+            &map,
+            "a claim's poll with a waker whose clone panics",
+            || poll_once(&mut claim, &clone_panicking_waker()),
+        );
+        assert_eq!(map.waiters(), 1, "the claim lost its reservation");
+        let (c, w) = counting_waker();
+        assert!(poll_once(&mut claim, &w).is_pending());
+        assert_eq!(map.deliver(KEY, 4), Ok(None), "the reply was refused");
+        assert_eq!(c.wakes(), 1, "the claim's waker was not stored");
+        assert_eq!(poll_once(&mut claim, &w), Poll::Ready(Ok(4)));
+        assert_eq!((map.waiters(), map.len()), (0, 0));
+    });
+}
+
 thread_local! {
     /// Run by the next `ReentrantKey` clone (then unarmed).
     static ON_KEY_CLONE: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);

@@ -311,7 +311,7 @@ where
                     && w.is_registered()
                     && !matches!(mode, Mode::GetOrPromise(_))
                 {
-                    match self.state.with(|st| st.store_waker_fast(w, waker)) {
+                    match self.state.with(|st| st.store_waker_fast::<false>(w, waker)) {
                         Ok(old) => {
                             drop(old);
                             return Poll::Pending;

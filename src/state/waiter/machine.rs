@@ -390,9 +390,11 @@ impl<K, V> State<K, V> {
     /// common case: it waits (not failed), its key has no value, the map is
     /// open, and it does not hold the hand-off. Returns the waker it
     /// replaced; anything else hands `waker` back, with nothing changed,
-    /// for the general path.
+    /// for the general path. `SHORT` stores an inline waiter's waker in
+    /// line (the claim's first poll: the whole trip is this); otherwise the
+    /// store is a call, which keeps the general poll path small.
     #[inline(always)]
-    pub(crate) fn store_waker_fast(
+    pub(crate) fn store_waker_fast<const SHORT: bool>(
         &mut self,
         w: &Waiter,
         waker: Waker,
@@ -411,6 +413,15 @@ impl<K, V> State<K, V> {
             || (self.watchers.demand() != 0 && !e.announced())
         {
             return Err(waker);
+        }
+        if SHORT && slot == INLINE {
+            return Ok(match &mut e.slot {
+                Slot::Waker(old) => Some(core::mem::replace(old, waker)),
+                other => {
+                    *other = Slot::Waker(waker);
+                    None
+                }
+            });
         }
         Ok(store_waker(e, &mut self.slab, slot, waker))
     }
