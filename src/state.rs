@@ -53,7 +53,7 @@ pub(crate) mod waiter;
 use entry::Leftover;
 pub(crate) use entry::{
     ANNOUNCED, DEMAND_BITS, Entry, HANDOFF, ID_SHIFT, INLINE_BITS, Inline, PROMISED, Slot,
-    inline_of, leave, nudge, nudge_woken, register, store_waker,
+    inline_of, leave, nudge, nudge_woken, register, store_inline_waker, store_waker,
 };
 
 /// A failed inline waiter whose entry is gone: its future has yet to learn

@@ -457,6 +457,12 @@ pub(crate) fn store_waker<K, V>(
     if slot != INLINE {
         return slab.replace_waker(slot, waker);
     }
+    store_inline_waker(e, waker)
+}
+
+/// [`store_waker`] for the entry's inline waiter, always in line.
+#[inline(always)]
+pub(crate) fn store_inline_waker<K, V>(e: &mut Entry<K, V>, waker: Waker) -> Option<Waker> {
     debug_assert!(
         !e.has_value(),
         "an inline waiter waits only while there is no value"

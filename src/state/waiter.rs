@@ -48,7 +48,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 
 use crate::state::{
     DEMAND_BITS, Entry, Failure, HANDOFF, ID_SHIFT, Inline, NIL, Slot, State, entry_hash,
-    inline_of, leave, nudge, register, renew_if_worn, settle, store_waker,
+    inline_of, leave, nudge, register, renew_if_worn, settle, store_inline_waker, store_waker,
 };
 use crate::{AwaitMap, WaitError};
 

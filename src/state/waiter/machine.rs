@@ -415,13 +415,7 @@ impl<K, V> State<K, V> {
             return Err(waker);
         }
         if SHORT && slot == INLINE {
-            return Ok(match &mut e.slot {
-                Slot::Waker(old) => Some(core::mem::replace(old, waker)),
-                other => {
-                    *other = Slot::Waker(waker);
-                    None
-                }
-            });
+            return Ok(store_inline_waker(e, waker));
         }
         Ok(store_waker(e, &mut self.slab, slot, waker))
     }
